@@ -1,0 +1,248 @@
+"""The budget: what an edge device can afford, parsed once from a YAML file into frozen objects.
+
+A budget file has four sections::
+
+    device:      what the target is (free text plus cores and memory, for the card)
+    runtime:     the runtime the artifact is deployed in, and the threads latency is timed with
+    limits:      params, flops, peak_memory, size, latency, accuracy_drop (each optional)
+    objectives:  the measures traded off against accuracy on the Pareto front
+
+Each limit is absolute with a unit (``1.2M``, ``40M``, ``8MB``, ``5ms``) or relative to the
+uncompressed base model (``50%`` = half the base's value). ``accuracy_drop`` is in percentage
+points of validation accuracy below the base (``2%`` or ``2pp``: base 90.0% allows 88.0%).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from edgeslim.errors import BudgetError
+from edgeslim.units import Kind, parse_quantity
+
+RuntimeName = Literal["onnxruntime"]
+
+# YAML key of a limit -> (measure name used everywhere else, kind of quantity).
+# The measure names are the trial user-attribute keys, card keys and table columns.
+LIMIT_KEYS: dict[str, tuple[str, Kind]] = {
+    "params": ("params", "count"),
+    "flops": ("macs", "count"),
+    "peak_memory": ("peak_memory_bytes", "bytes"),
+    "size": ("size_bytes", "bytes"),
+    "latency": ("latency_ms", "ms"),
+}
+ACCURACY_DROP_KEY = "accuracy_drop"
+# Measures a budget can put on the Pareto front next to accuracy (YAML key -> measure name).
+OBJECTIVE_KEYS: dict[str, str] = {key: measure for key, (measure, _) in LIMIT_KEYS.items()}
+
+_SECTIONS = {"device", "runtime", "limits", "objectives"}
+_DEVICE_KEYS = {"name", "cpu", "cores", "memory", "notes"}
+_RUNTIME_KEYS = {"name", "threads"}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The target device as the budget describes it (informational, copied to the card)."""
+
+    name: str
+    cpu: str = ""
+    cores: int | None = None  # physical cores of the device
+    memory_bytes: int | None = None  # RAM of the device
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The runtime the deployed artifact runs in, and the settings latency is timed with."""
+
+    name: RuntimeName = "onnxruntime"
+    threads: int = 1  # intra-op threads at inference, batch 1
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One cap on a measure. ``value`` is absolute in the measure's unit, or a fraction of the
+    base model's value when ``relative``; ``resolve`` turns it into an absolute cap."""
+
+    measure: str
+    value: float
+    relative: bool = False
+
+    def resolve(self, base_value: float) -> float:
+        return self.value * base_value if self.relative else self.value
+
+    def describe(self) -> str:
+        return f"{self.value:.0%} of base" if self.relative else f"{self.value:g}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A device budget. Build it with :func:`load_budget`; every field is validated."""
+
+    name: str
+    device: Device
+    runtime: Runtime = field(default_factory=Runtime)
+    limits: tuple[Limit, ...] = ()
+    # Maximum accuracy loss against the base, in percentage points; None = unconstrained.
+    accuracy_drop_points: float | None = None
+    objectives: tuple[str, ...] = ()  # measure names minimised next to maximising accuracy
+    source: str = ""  # the file it came from, for messages and the card
+
+    def limit(self, measure: str) -> Limit | None:
+        return next((lim for lim in self.limits if lim.measure == measure), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary, stored on the study and in model cards."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "device": vars(self.device),
+            "runtime": vars(self.runtime),
+            "limits": {lim.measure: {"value": lim.value, "relative": lim.relative}
+                       for lim in self.limits},
+            "accuracy_drop_points": self.accuracy_drop_points,
+            "objectives": list(self.objectives),
+        }
+
+
+def load_budget(path: str | os.PathLike[str]) -> Budget:
+    """Reads and validates a budget file (YAML, safe loader).
+
+    Raises:
+        BudgetError: one line naming the file, the key path, the rule and the value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BudgetError(f"{path}: cannot read budget file ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BudgetError(f"{path}: not valid YAML{where}") from None
+    return parse_budget(raw, source=str(path), name=path.stem)
+
+
+def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Budget:
+    """Validates an already-loaded mapping; see :func:`load_budget`."""
+
+    def fail(key: str, rule: str, value: Any) -> BudgetError:
+        return BudgetError(f"{source}: {key}: {rule}, got {value!r}")
+
+    def bad(key: str, message: str) -> BudgetError:
+        return BudgetError(f"{source}: {key}: {message}")
+
+    def mapping(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise fail(key, "must be a mapping", value)
+        for k in value:
+            if k not in allowed:
+                raise fail(f"{key}.{k}" if key else str(k), "unknown key (allowed: "
+                           f"{', '.join(sorted(allowed))})", value[k])
+        return value
+
+    raw = mapping(raw, "", _SECTIONS) if raw is not None else {}
+    if "device" not in raw:
+        raise BudgetError(f"{source}: device: missing section (the target device's name at least)")
+    dev = mapping(raw["device"], "device", _DEVICE_KEYS)
+    if not isinstance(dev.get("name"), str) or not dev["name"].strip():
+        raise fail("device.name", "must be a non-empty string", dev.get("name"))
+    device = Device(
+        name=dev["name"],
+        cpu=_string(dev.get("cpu", ""), "device.cpu", fail),
+        cores=_positive_int(dev.get("cores"), "device.cores", fail),
+        memory_bytes=_bytes_or_none(dev.get("memory"), "device.memory", fail, bad),
+        notes=_string(dev.get("notes", ""), "device.notes", fail),
+    )
+
+    rt = mapping(raw.get("runtime", {}), "runtime", _RUNTIME_KEYS)
+    runtime_name = rt.get("name", "onnxruntime")
+    if runtime_name not in get_args(RuntimeName):
+        raise fail("runtime.name", f"must be one of {', '.join(get_args(RuntimeName))}",
+                   runtime_name)
+    threads = _positive_int(rt.get("threads", 1), "runtime.threads", fail)
+    runtime = Runtime(name=runtime_name, threads=threads or 1)
+
+    lim = mapping(raw.get("limits", {}) or {}, "limits", set(LIMIT_KEYS) | {ACCURACY_DROP_KEY})
+    limits = []
+    for key, (measure, kind) in LIMIT_KEYS.items():
+        if key not in lim:
+            continue
+        try:
+            value, relative = parse_quantity(lim[key], kind)
+        except ValueError as exc:
+            raise bad(f"limits.{key}", str(exc)) from None
+        unit = {"count": "", "bytes": " bytes", "ms": " ms"}[kind]
+        if value <= 0:
+            raise fail(f"limits.{key}", f"must be > 0{unit}", lim[key])
+        if relative and value > 1:
+            raise fail(f"limits.{key}", "a relative limit must be at most 100% of the base",
+                       lim[key])
+        limits.append(Limit(measure=measure, value=value, relative=relative))
+    drop = None
+    if ACCURACY_DROP_KEY in lim:
+        drop = _accuracy_points(lim[ACCURACY_DROP_KEY], f"limits.{ACCURACY_DROP_KEY}", fail)
+
+    objectives_raw = raw.get("objectives", [])
+    if not isinstance(objectives_raw, list):
+        raise fail("objectives", "must be a list of measure names", objectives_raw)
+    objectives: list[str] = []
+    for i, key in enumerate(objectives_raw):
+        if key not in OBJECTIVE_KEYS:
+            raise fail(f"objectives[{i}]", "must be one of "
+                       f"{', '.join(OBJECTIVE_KEYS)} (accuracy is always an objective)", key)
+        if OBJECTIVE_KEYS[key] in objectives:
+            raise fail(f"objectives[{i}]", "is listed twice", key)
+        objectives.append(OBJECTIVE_KEYS[key])
+    return Budget(name=name, device=device, runtime=runtime, limits=tuple(limits),
+                  accuracy_drop_points=drop, objectives=tuple(objectives), source=source)
+
+
+def _string(value: Any, key: str, fail: Any) -> str:
+    if not isinstance(value, str):
+        raise fail(key, "must be a string", value)
+    return value
+
+
+def _positive_int(value: Any, key: str, fail: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(key, "must be an integer >= 1", value)
+    return value
+
+
+def _bytes_or_none(value: Any, key: str, fail: Any, bad: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        amount, relative = parse_quantity(value, "bytes")
+    except ValueError as exc:
+        raise bad(key, str(exc)) from None
+    if relative or amount <= 0:
+        raise fail(key, "must be an absolute size > 0 bytes (e.g. 4GB)", value)
+    return int(amount)
+
+
+def _accuracy_points(value: Any, key: str, fail: Any) -> float:
+    text = str(value).strip()
+    for suffix in ("pp", "%"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+            break
+    else:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise fail(key, "must be percentage points of accuracy, like 2% or 2pp", value)
+    try:
+        points = float(text)
+    except ValueError:
+        raise fail(key, "must be percentage points of accuracy, like 2% or 2pp", value) from None
+    if not 0 <= points < 100:
+        raise fail(key, "must be >= 0 and < 100 percentage points", value)
+    return points

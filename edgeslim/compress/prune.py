@@ -1,0 +1,159 @@
+"""Structured (channel) pruning with torch-pruning's DependencyGraph.
+
+A *group* is a set of layers whose channels must be removed together: a conv's output channels,
+its batch norm, the next layers' input channels and, through residual adds, every layer writing
+to the same residual stream. Each group is named after its root layer's qualified module name
+(``layer2.0.conv1``), which is stable for a given architecture and readable in the dashboard.
+
+Channel counts are snapped to multiples of ``round_to`` (8 by default): CPU and GPU kernels are
+vectorised over channel blocks, and off-multiple counts (12/24/48) run slower than the unpruned
+model despite fewer MACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeslim.errors import CandidateError
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "lamp")
+_ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """One dependency group that the search can shrink."""
+
+    name: str  # qualified name of the group's root layer
+    channels: int  # output channels of the root layer in the unpruned model
+    layers: tuple[str, ...]  # every conv/linear layer the group touches (out or in channels)
+
+
+def _out_dim(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _prune_fn(module: nn.Module):
+    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
+        else tp.prune_conv_out_channels
+
+
+def _output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers producing the class scores, which must keep all their outputs."""
+    return [m for m in model.modules()
+            if isinstance(m, _ROOT_TYPES) and _out_dim(m) == num_classes]
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    was_training = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        model.train(was_training)
+
+
+def prunable_groups(model: nn.Module, example_input: torch.Tensor, num_classes: int,
+                    round_to: int = 8) -> tuple[PrunableGroup, ...]:
+    """The groups of ``model`` that can lose channels, in module order.
+
+    A group qualifies when its root has more than ``round_to`` output channels (so at least one
+    aligned smaller count exists) and is not a depthwise conv (those follow their producer).
+    """
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    graph = dependency_graph(model, example_input)
+    groups = {}
+    for group in graph.get_all_groups(ignored_layers=_output_layers(model, num_classes),
+                                      root_module_types=list(_ROOT_TYPES)):
+        touched = [it.dep.target.module for it in group
+                   if isinstance(it.dep.target.module, _ROOT_TYPES)
+                   and it.dep.target.module in names]
+        # Layers whose *output* channels this group removes; depthwise convs only follow.
+        producers = [it.dep.target.module for it in group
+                     if _is_out_pruning(it) and isinstance(it.dep.target.module, _ROOT_TYPES)
+                     and getattr(it.dep.target.module, "groups", 1) == 1]
+        if not producers:
+            continue
+        root = min(producers, key=lambda m: order[names[m]])
+        if _out_dim(root) <= round_to or names[root] in groups:
+            continue
+        layers = sorted({names[m] for m in touched}, key=order.__getitem__)
+        groups[names[root]] = PrunableGroup(names[root], _out_dim(root), tuple(layers))
+    return tuple(sorted(groups.values(), key=lambda g: order[g.name]))
+
+
+def _is_out_pruning(item: object) -> bool:
+    return getattr(item.dep.handler, "__name__", "") == "prune_out_channels"
+
+
+def kept_channels(channels: int, ratio: float, round_to: int = 8) -> int:
+    """Channels left after pruning ``ratio`` of ``channels``, snapped to a multiple of
+    ``round_to``, never below ``round_to`` and never above ``channels``.
+
+    Example:
+        >>> kept_channels(64, 0.5), kept_channels(16, 0.6), kept_channels(64, 0.3)
+        (32, 8, 48)
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    target = channels * (1.0 - ratio)
+    snapped = round_to * max(1, round(target / round_to))
+    return int(min(channels, snapped))
+
+
+def _importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    raise ValueError(f"unknown importance {name!r}; valid: {', '.join(IMPORTANCES)}")
+
+
+def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping[str, float],
+                  importance: str = "l2", round_to: int = 8) -> dict[str, int]:
+    """Removes channels from ``model`` in place: for each group root named in ``ratios``, the
+    least important channels (by ``importance``) until ``kept_channels`` remain.
+
+    Returns:
+        The kept output channels of every group root named in ``ratios``.
+
+    Raises:
+        CandidateError: when a name is not a prunable layer or the graph rejects the pruning.
+    """
+    graph = dependency_graph(model, example_input)
+    scorer = _importance(importance)
+    fallback = _importance("l2")
+    kept = {}
+    for name, ratio in ratios.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise CandidateError(f"no layer named {name!r} in the model") from None
+        if not isinstance(module, _ROOT_TYPES):
+            raise CandidateError(f"layer {name!r} is a {type(module).__name__}, not prunable")
+        current = _out_dim(module)
+        keep = kept_channels(current, ratio, round_to)
+        kept[name] = keep
+        if keep >= current:
+            continue
+        fn = _prune_fn(module)
+        group = graph.get_pruning_group(module, fn, idxs=list(range(current)))
+        scores = scorer(group)
+        if scores is None:  # e.g. bn_scale on a group without batch norm
+            scores = fallback(group)
+        drop = torch.argsort(scores)[: current - keep].tolist()
+        group = graph.get_pruning_group(module, fn, idxs=sorted(drop))
+        if not graph.check_pruning_group(group):
+            raise CandidateError(f"pruning {name!r} to {keep} channels would empty a layer")
+        group.prune()
+    return kept

@@ -1,0 +1,69 @@
+"""Dataset registry: decoded once into uint8 tensors, with a deterministic validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeslim.data._base import (
+    Augment,
+    DataBundle,
+    DatasetEntry,
+    RawDataset,
+    Split,
+    augment_batch,
+    carve_validation,
+)
+from edgeslim.data.digits import load_digits
+from edgeslim.data.imagefolder import load_imagefolder
+from edgeslim.data.torchvision_files import load_cifar10, load_fashion_mnist, load_mnist
+from edgeslim.errors import DataError
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, entry: DatasetEntry) -> None:
+    """Adds a dataset under ``name``; refuses a name that is taken."""
+    if name in DATASETS:
+        raise ValueError(f"dataset {name!r} is already registered")
+    DATASETS[name] = entry
+
+
+register_dataset("digits", DatasetEntry(load_digits, 0.2, 30,
+                                        "scikit-learn's 8x8 handwritten digits (offline)"))
+register_dataset("cifar10", DatasetEntry(load_cifar10, 0.1, 15, "CIFAR-10, 32x32 RGB"))
+register_dataset("mnist", DatasetEntry(load_mnist, 0.1, 5, "MNIST, 28x28 grey"))
+register_dataset("fashion-mnist", DatasetEntry(load_fashion_mnist, 0.1, 10,
+                                               "Fashion-MNIST, 28x28 grey"))
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+
+def dataset_entry(spec: str) -> DatasetEntry:
+    if spec.startswith(IMAGEFOLDER_PREFIX):
+        return DatasetEntry(lambda d, c: load_imagefolder(d, cache_dir=c), 0.1, 15,
+                            "image files in class folders")
+    try:
+        return DATASETS[spec]
+    except KeyError:
+        raise DataError(f"unknown dataset {spec!r}; registered: {', '.join(DATASETS)} "
+                        f"(or {IMAGEFOLDER_PREFIX}PATH)") from None
+
+
+def load_dataset(spec: str, data_dir: Path, cache_dir: Path | None = None,
+                 seed: int = 0) -> DataBundle:
+    """Loads dataset ``spec`` and carves its validation split with ``seed``.
+
+    ``imagefolder:PATH`` reads PATH; the registered names read ``data_dir``.
+    """
+    entry = dataset_entry(spec)
+    root = Path(spec[len(IMAGEFOLDER_PREFIX):]) if spec.startswith(IMAGEFOLDER_PREFIX) \
+        else Path(data_dir)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    raw = entry.load(root, cache_dir)
+    return carve_validation(raw, spec, entry.val_fraction, seed)
+
+
+__all__ = [
+    "DATASETS", "Augment", "DataBundle", "DatasetEntry", "RawDataset", "Split",
+    "augment_batch", "carve_validation", "dataset_entry", "load_dataset", "register_dataset",
+]

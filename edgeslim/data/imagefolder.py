@@ -1,0 +1,86 @@
+"""Image files in class folders (``ROOT/train/<class>/*.png``, optional ``ROOT/test/``).
+
+Files are decoded once (torchvision.io, two threads) into one uint8 tensor per split. The decoded
+tensors are cached beside the run's other caches, keyed by the file list with sizes and
+modification times, so a second study on the same folder starts in a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import resize
+
+from edgeslim.data._base import Augment, RawDataset, Split
+from edgeslim.errors import DataError
+from edgeslim.fsutil import atomic_torch_save
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    items = []
+    for label, cls in enumerate(classes):
+        for dirpath, _, files in os.walk(root / cls):
+            for f in sorted(files):
+                if f.lower().endswith(EXTENSIONS):
+                    items.append((Path(dirpath) / f, label))
+    return classes, items
+
+
+def load_split(root: Path, classes: list[str] | None = None,
+               cache_dir: Path | None = None, grey: bool = False) -> tuple[Split, list[str]]:
+    found, items = find_images(root)
+    if classes is not None and found != classes:
+        raise DataError(f"{root}: class folders {found} differ from the training split's "
+                        f"{classes}")
+    if not items:
+        raise DataError(f"{root}: no image files ({', '.join(EXTENSIONS)}) in class folders")
+    key = hashlib.blake2b(digest_size=12)
+    for path, label in items:
+        st = path.stat()
+        key.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}|{grey}\n".encode())
+    cache = cache_dir / f"imagefolder-{key.hexdigest()}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        blob = torch.load(cache, weights_only=True)
+        return Split(blob["x"], blob["y"]), found
+    mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
+
+    def decode(path: Path) -> torch.Tensor:
+        try:
+            return decode_image(read_file(str(path)), mode=mode)
+        except RuntimeError as exc:
+            raise DataError(f"{path}: cannot be decoded as an image ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        images = list(pool.map(decode, (p for p, _ in items)))
+    size = Counter(tuple(im.shape[1:]) for im in images).most_common(1)[0][0]
+    images = [im if tuple(im.shape[1:]) == size else resize(im, list(size), antialias=True)
+              for im in images]
+    split = Split(torch.stack(images), torch.tensor([lab for _, lab in items], dtype=torch.int64))
+    if cache is not None:
+        atomic_torch_save({"x": split.x, "y": split.y}, cache)
+    return split, found
+
+
+def load_imagefolder(root: Path, cache_dir: Path | None = None, grey: bool = False,
+                     augment: Augment | None = None) -> RawDataset:
+    """Loads ``root/train`` (or ``root`` itself when it holds class folders) and ``root/test``."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such directory (expected class folders, or train/ and "
+                        "test/ holding class folders)")
+    train_root = root / "train" if (root / "train").is_dir() else root
+    train, classes = load_split(train_root, None, cache_dir, grey)
+    test = None
+    if (root / "test").is_dir():
+        test, _ = load_split(root / "test", classes, cache_dir, grey)
+    if augment is None:
+        augment = Augment(crop_padding=max(1, train.x.shape[-1] // 8), hflip=True)
+    return RawDataset(train=train, test=test, class_names=tuple(classes), augment=augment)

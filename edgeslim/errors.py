@@ -1,0 +1,34 @@
+"""The exceptions a user can cause. The CLI prints their message on one line and exits 2."""
+
+from __future__ import annotations
+
+
+class EdgeslimError(Exception):
+    """Base class of every error caused by input the user can fix (files, flags, names)."""
+
+
+class BudgetError(EdgeslimError):
+    """A budget file is malformed: unknown key, bad unit or impossible value."""
+
+
+class ConfigError(EdgeslimError):
+    """A command-line option or a combination of options is invalid."""
+
+
+class ModelError(EdgeslimError):
+    """A model specification cannot be resolved, built or matched to its checkpoint."""
+
+
+class DataError(EdgeslimError):
+    """A dataset name is unknown, or its files are missing or malformed."""
+
+
+class StudyError(EdgeslimError):
+    """A study, trial or storage named by the user does not exist or cannot be opened."""
+
+
+class CandidateError(Exception):
+    """A sampled candidate cannot be built, trained or exported.
+
+    Not a user error: the search records the trial as failed with this message and goes on.
+    """

@@ -1,0 +1,204 @@
+"""The training recipe shared by the base model and every candidate's fine-tune.
+
+One loop (airbench-style): the training split stays in memory as uint8, each step gathers a
+random batch, augments it as tensors and normalises it; no DataLoader, no per-sample Python.
+On CPUs with bf16 support (AVX-512 BF16 or AMX) the forward pass runs under bf16 autocast with
+channels_last tensors, which about doubles throughput for these CNNs; on CUDA it uses AMP.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeslim.data import DataBundle, Split, augment_batch
+from edgeslim.errors import CandidateError
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a model is trained: the base model for many epochs, candidates briefly.
+
+    SGD with Nesterov momentum; the learning rate rises linearly for the first
+    ``warmup_fraction`` of the steps, then falls linearly to zero (a one-cycle schedule, which
+    makes short runs converge). With ``distill_alpha`` > 0 and a teacher, the loss is
+    ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * cross_entropy``.
+    """
+
+    epochs: float = 15.0  # passes over the training split; fractions allowed
+    steps: int | None = None  # optimizer steps; overrides ``epochs`` when set
+    batch_size: int = 128
+    lr: float = 0.2  # peak learning rate for ``batch_size``
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # not applied to biases and norm parameters
+    warmup_fraction: float = 0.15
+    label_smoothing: float = 0.1
+    distill_alpha: float = 0.0  # weight of the distillation term; 0 turns it off
+    distill_temperature: float = 4.0
+    precision: Precision = "auto"
+    channels_last: bool = True
+    seed: int = 0
+
+    def total_steps(self, n_train: int) -> int:
+        if self.steps is not None:
+            return max(1, self.steps)
+        per_epoch = max(1, n_train // self.batch_size)
+        return max(1, math.ceil(self.epochs * per_epoch))
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    images: int
+    seconds: float
+    final_loss: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_for(precision: Precision, device: torch.device):
+    """The autocast context the recipe's precision asks for on ``device``."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if _cpu_has_bf16() else "fp32"
+    if precision == "fp32":
+        return nullcontext(), precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), precision
+
+
+def _cpu_has_bf16() -> bool:
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
+          teacher: nn.Module | None = None, device: torch.device | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> TrainStats:
+    """Trains ``model`` in place on ``data.train`` following ``recipe``.
+
+    Raises:
+        CandidateError: when the loss becomes NaN or infinite.
+    """
+    device = device or default_device()
+    fmt = torch.channels_last if recipe.channels_last and data.train.x.dim() == 4 \
+        else torch.contiguous_format
+    model.to(device=device, memory_format=fmt).train()
+    if teacher is not None and recipe.distill_alpha > 0:
+        teacher.to(device=device, memory_format=fmt).eval()
+    else:
+        teacher = None
+    gen = torch.Generator().manual_seed(recipe.seed)
+    n = len(data.train)
+    batch = min(recipe.batch_size, n)
+    total = recipe.total_steps(n)
+    opt = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                          momentum=recipe.momentum, nesterov=True)
+    warm = max(1, int(total * recipe.warmup_fraction))
+
+    def lr_at(step: int) -> float:
+        return (step + 1) / warm if step < warm else max(0.0, (total - step) / (total - warm + 1))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(recipe.precision, device))
+    ctx, _ = autocast_for(recipe.precision, device)
+    x_all, y_all = data.train.x, data.train.y
+    perm, pos, loss_value = torch.randperm(n, generator=gen), 0, float("nan")
+    start = time.perf_counter()
+    for step in range(total):
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos:pos + batch]
+        pos += batch
+        xb = augment_batch(x_all[idx], data.augment, gen).to(device, non_blocking=True)
+        xb = data.normalize(xb).contiguous(memory_format=fmt)
+        yb = y_all[idx].to(device, non_blocking=True)
+        with ctx:
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(xb).float()
+                loss = (1 - recipe.distill_alpha) * loss + recipe.distill_alpha * \
+                    _distill_loss(logits.float(), t_logits, recipe.distill_temperature)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise CandidateError(f"training loss became {loss_value} at step {step + 1}/{total}")
+        if on_step is not None:
+            on_step(step + 1, total)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.to(memory_format=torch.contiguous_format)
+    return TrainStats(steps=total, images=total * batch, seconds=seconds, final_loss=loss_value)
+
+
+def _uses_fp16(precision: Precision, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    return precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported())
+
+
+def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) \
+        -> torch.Tensor:
+    """Hinton et al. (2015): KL divergence between softened distributions, scaled by T^2 so
+    its gradient stays comparable to the cross-entropy's as T changes."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, data: DataBundle, batch_size: int = 512,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Class predictions of ``model`` (eval mode, fp32) for every image of ``split``."""
+    device = device or default_device()
+    model.to(device).eval()
+    out = []
+    for i in range(0, len(split), batch_size):
+        xb = data.normalize(split.x[i:i + batch_size].to(device))
+        out.append(model(xb).argmax(1).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, split: Split, data: DataBundle,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy (fraction correct) of ``model`` over ``split`` in PyTorch fp32."""
+    return float((predict(model, split, data, device=device) == split.y).float().mean())

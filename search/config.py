@@ -1,0 +1,61 @@
+"""The typed configuration of a search, built once by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edgeslim.budget import Budget
+from edgeslim.compress import IMPORTANCES
+from edgeslim.training import TrainRecipe
+
+SamplerName = Literal["tpe", "nsga2", "random"]
+SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class SpaceOptions:
+    """What the pruning space may choose from."""
+
+    max_ratio: float = 0.8  # largest fraction of a group's channels that may be removed
+    step: float = 0.05  # ratio grid
+    importances: tuple[str, ...] = IMPORTANCES
+    round_to: int = 8  # kept channel counts are multiples of this
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    budget: Budget
+    model: str = "resnet20"
+    dataset: str = "digits"
+    data_dir: Path = Path("data")
+    checkpoint: Path | None = None
+    trials: int = 20  # finished trials (complete or failed) the study should hold
+    study_name: str | None = None  # default: "<model>-<dataset>-<budget>"
+    storage: str | None = None  # any Optuna storage URL; default: SQLite in ``workdir``
+    workdir: Path = Path("edgeslim-runs")
+    seed: int = 0
+    sampler: SamplerName = "tpe"
+    base_recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    finetune: TrainRecipe = field(default_factory=TrainRecipe)
+    space: SpaceOptions = field(default_factory=SpaceOptions)
+
+    @property
+    def name(self) -> str:
+        if self.study_name:
+            return self.study_name
+        return "-".join(s.replace(":", "_").replace("/", "_") for s in
+                        (self.model, self.dataset, self.budget.name))
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or default_storage(self.workdir)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workdir / "cache"
+
+
+def default_storage(workdir: Path) -> str:
+    return f"sqlite:///{(Path(workdir) / 'studies.db').resolve()}"

@@ -1,0 +1,71 @@
+"""The Optuna objective: space -> candidate -> evaluator -> recorded trial."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import upload_artifact
+from optuna.artifacts._protocol import ArtifactStore
+
+from edgeslim.errors import CandidateError
+from edgeslim.evaluators import Caps, Evaluator, Measurement
+from edgeslim.spaces import Space
+
+ACCURACY = "val_acc"
+
+
+def directions(objectives: Sequence[str]) -> list[str]:
+    """Accuracy is maximised; every other objective (a cost) is minimised."""
+    return ["maximize"] + ["minimize"] * len(objectives)
+
+
+class Objective:
+    """Calls ``space`` and ``evaluator`` for one trial and records the result on it.
+
+    Recorded per trial: every measure as a user attribute under its unit-suffixed name, one
+    constraint per budget limit (``Trial.set_constraint``; feasible when <= 0), ``finetuned``,
+    ``infeasible_reason`` for candidates stopped before training, ``fail_reason`` for failures,
+    and the artifact ids of the saved files (``artifact:model.onnx``).
+    """
+
+    def __init__(self, space: Space, evaluator: Evaluator, caps: Caps,
+                 objectives: Sequence[str], store: ArtifactStore, workdir: Path) -> None:
+        self.space, self.evaluator, self.caps = space, evaluator, caps
+        self.objectives = tuple(objectives)
+        self.store, self.workdir = store, Path(workdir)
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        candidate = self.space(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"trial-{trial.number}-", dir=self.workdir) as t:
+            try:
+                measurement = self.evaluator.evaluate(candidate, Path(t))
+            except CandidateError as exc:
+                trial.set_user_attr("fail_reason", str(exc))
+                raise
+            return self.record(trial, measurement)
+
+    def record(self, trial: optuna.Trial, m: Measurement) -> list[float]:
+        for key, value in m.values.items():
+            trial.set_user_attr(key, value)
+        for key, value in m.info.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("finetuned", m.finetuned)
+        if m.infeasible:
+            trial.set_user_attr("infeasible_reason", "; ".join(m.infeasible))
+        for key, value in self.caps.constraints(m.values).items():
+            trial.set_constraint(key, value)
+        for name, path in m.artifacts.items():
+            artifact_id = upload_artifact(artifact_store=self.store, file_path=str(path),
+                                          study_or_trial=trial)
+            trial.set_user_attr(f"artifact:{name}", artifact_id)
+        return [m.values[ACCURACY]] + [m.values[o] for o in self.objectives]
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == optuna.trial.TrialState.COMPLETE and \
+        all(v <= 0 for v in trial.constraints.values())

@@ -1,0 +1,54 @@
+"""Terminal reports: the Pareto table and the end-of-run summary."""
+
+from __future__ import annotations
+
+import optuna
+from rich.console import Console
+from rich.table import Table
+
+from edgeslim.search.objective import is_feasible
+
+COLUMNS = (
+    ("val_acc", "val_acc", lambda v: f"{100 * v:.2f}%"),
+    ("params", "params", lambda v: f"{v / 1e3:,.1f}K"),
+    ("macs", "macs", lambda v: f"{v / 1e6:,.2f}M"),
+    ("size_bytes", "size_bytes", lambda v: f"{v / 1e3:,.1f}kB"),
+    ("peak_memory_bytes", "peak_memory_bytes", lambda v: f"{v / 1e6:,.2f}MB"),
+    ("latency_ms", "latency_ms", lambda v: f"{v:.3f}"),
+)
+
+
+def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials on the Pareto front (all Pareto trials when none is feasible)."""
+    return sorted(study.best_trials, key=lambda t: -t.values[0])
+
+
+def pareto_table(study: optuna.Study) -> Table:
+    base = study.user_attrs.get("base", {})
+    table = Table(title=f"Pareto front of {study.study_name}", title_justify="left")
+    table.add_column("trial", justify="right")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("feasible")
+    if base:
+        table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in COLUMNS),
+                      "", style="dim")
+    for t in pareto_trials(study):
+        attrs = t.user_attrs
+        table.add_row(str(t.number), *(fmt(attrs[k]) if k in attrs else "-"
+                                       for k, _, fmt in COLUMNS),
+                      "yes" if is_feasible(t) else "no")
+    return table
+
+
+def summary_line(study: optuna.Study) -> str:
+    states = [t.state for t in study.trials]
+    complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states)
+    failed = sum(s == optuna.trial.TrialState.FAIL for s in states)
+    feasible = sum(is_feasible(t) for t in study.trials)
+    return (f"{len(states)} trials: {complete} complete ({feasible} feasible), {failed} failed")
+
+
+def print_report(study: optuna.Study, console: Console) -> None:
+    console.print(pareto_table(study))
+    console.print(summary_line(study))

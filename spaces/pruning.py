@@ -1,0 +1,98 @@
+"""Per-layer structured pruning ratios: one searched ratio per prunable dependency group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from edgeslim.compress.prune import IMPORTANCES, PrunableGroup, prunable_groups
+from edgeslim.errors import ConfigError
+from edgeslim.spaces._base import Candidate
+
+PARAM_PREFIX = "prune/"
+IMPORTANCE_PARAM = "prune/importance"
+
+
+@dataclass(frozen=True)
+class PruningSpace:
+    """One ratio per group, ``prune/<root layer>`` in ``[0, max_ratio]`` by ``step``, and the
+    channel-importance criterion as ``prune/importance``.
+
+    Example:
+        >>> space = PruningSpace(groups=(PrunableGroup("conv1", 16, ("conv1",)),))
+        >>> space(optuna.trial.FixedTrial({"prune/conv1": 0.5, "prune/importance": "l1"}))
+        Candidate(prune_ratios=(('conv1', 0.5),), importance='l1', round_to=8, tags=())
+    """
+
+    groups: tuple[PrunableGroup, ...]
+    max_ratio: float = 0.8
+    step: float = 0.05
+    importances: tuple[str, ...] = IMPORTANCES
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_ratio < 1.0:
+            raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {self.max_ratio}")
+        if not 0.0 < self.step <= self.max_ratio:
+            raise ConfigError(f"ratio step: must be > 0 and <= max ratio, got {self.step}")
+        if self.round_to < 1:
+            raise ConfigError(f"--round-to: must be >= 1 channel, got {self.round_to}")
+        unknown = [i for i in self.importances if i not in IMPORTANCES]
+        if unknown or not self.importances:
+            raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, "
+                              f"got {', '.join(unknown) or 'none'}")
+
+    @classmethod
+    def from_model(cls, model: nn.Module, example_input: torch.Tensor, num_classes: int,
+                   round_to: int = 8, **options: Any) -> PruningSpace:
+        groups = prunable_groups(model, example_input, num_classes, round_to)
+        if not groups:
+            raise ConfigError("the model has no layer with more than "
+                              f"{round_to} output channels to prune")
+        return cls(groups=groups, round_to=round_to, **options)
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        ratios = tuple(
+            (g.name, trial.suggest_float(PARAM_PREFIX + g.name, 0.0, self.max_ratio,
+                                         step=self.step))
+            for g in self.groups
+        )
+        importance = trial.suggest_categorical(IMPORTANCE_PARAM, list(self.importances))
+        return Candidate(prune_ratios=ratios, importance=str(importance),
+                         round_to=self.round_to)
+
+    def params_for(self, candidate: Candidate) -> dict[str, Any]:
+        """The trial parameters that make this space return ``candidate`` (for enqueueing)."""
+        ratios = candidate.ratios
+        params: dict[str, Any] = {
+            PARAM_PREFIX + g.name: self._on_grid(ratios.get(g.name, 0.0)) for g in self.groups
+        }
+        params[IMPORTANCE_PARAM] = candidate.importance
+        return params
+
+    def _on_grid(self, ratio: float) -> float:
+        steps = round(min(max(ratio, 0.0), self.max_ratio) / self.step)
+        return round(steps * self.step, 10)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "pruning",
+            "groups": [{"name": g.name, "channels": g.channels, "layers": list(g.layers)}
+                       for g in self.groups],
+            "max_ratio": self.max_ratio,
+            "step": self.step,
+            "importances": list(self.importances),
+            "round_to": self.round_to,
+        }
+
+
+def uniform_candidate(groups: Sequence[PrunableGroup], ratio: float, importance: str = "l2",
+                      round_to: int = 8) -> Candidate:
+    """Every group pruned by the same ratio: the usual hand-picked baseline."""
+    return Candidate(prune_ratios=tuple((g.name, ratio) for g in groups),
+                     importance=importance, round_to=round_to, tags=("uniform",))

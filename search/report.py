@@ -8,13 +8,14 @@ from rich.table import Table
 
 from edgeslim.search.objective import is_feasible
 
+# (measure, column header, format)
 COLUMNS = (
-    ("val_acc", "val_acc", lambda v: f"{100 * v:.2f}%"),
+    ("val_acc", "val acc", lambda v: f"{100 * v:.2f}%"),
     ("params", "params", lambda v: f"{v / 1e3:,.1f}K"),
-    ("macs", "macs", lambda v: f"{v / 1e6:,.2f}M"),
-    ("size_bytes", "size_bytes", lambda v: f"{v / 1e3:,.1f}kB"),
-    ("peak_memory_bytes", "peak_memory_bytes", lambda v: f"{v / 1e6:,.2f}MB"),
-    ("latency_ms", "latency_ms", lambda v: f"{v:.3f}"),
+    ("macs", "MACs", lambda v: f"{v / 1e6:,.2f}M"),
+    ("size_bytes", "size", lambda v: f"{v / 1e3:,.1f}kB"),
+    ("peak_memory_bytes", "peak mem", lambda v: f"{v / 1e6:,.2f}MB"),
+    ("latency_ms", "latency", lambda v: f"{v:.3f}ms"),
 )
 
 

@@ -57,9 +57,10 @@ class PruningSpace:
         return cls(groups=groups, round_to=round_to, **options)
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        # Rounded: stepped floats come back as 0.15000000000000002.
         ratios = tuple(
-            (g.name, trial.suggest_float(PARAM_PREFIX + g.name, 0.0, self.max_ratio,
-                                         step=self.step))
+            (g.name, round(trial.suggest_float(PARAM_PREFIX + g.name, 0.0, self.max_ratio,
+                                               step=self.step), 10))
             for g in self.groups
         )
         importance = trial.suggest_categorical(IMPORTANCE_PARAM, list(self.importances))

@@ -93,6 +93,7 @@ class DatasetEntry:
     val_fraction: float  # share of the training data carved out for validation
     base_epochs: int  # epochs of the base-model recipe when the tool trains the base itself
     description: str
+    finetune_epochs: float = 1.0  # default fine-tune of each candidate during the search
 
 
 def carve_validation(raw: RawDataset, name: str, val_fraction: float, seed: int) -> DataBundle:

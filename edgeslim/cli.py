@@ -1,0 +1,205 @@
+"""The ``optimize`` command.
+
+    optimize --budget budgets/pi4.yaml [options]          search (the default command)
+    optimize export --study NAME --out DIR [--trial N]    write the deployable files and card
+    optimize show --study NAME                            print a study's Pareto table
+
+Errors the user can fix print one line and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from edgeslim.errors import ConfigError, EdgeslimError
+
+COMMANDS = ("search", "export", "show")
+DEFAULT_WORKDIR = Path("edgeslim-runs")
+
+
+def _positive(kind: type, name: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in --workdir); "
+                   "journal:PATH for a journal file")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                   help="where studies, artifacts and caches live (default: %(default)s)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optimize", description="Search per-layer compression of a CNN under a device "
+        "budget, then export the best model that fits.")
+    sub = parser.add_subparsers(dest="command")
+
+    s = sub.add_parser("search", help="run or resume a search (the default command)")
+    s.add_argument("--budget", type=Path, required=True, help="budget YAML file")
+    s.add_argument("--model", default="resnet20",
+                   help="registered name, torchvision:NAME, path/file.py:factory or "
+                   "package.module:factory (default: %(default)s)")
+    s.add_argument("--dataset", default="digits",
+                   help="digits, cifar10, mnist, fashion-mnist or imagefolder:PATH "
+                   "(default: %(default)s)")
+    s.add_argument("--data-dir", type=Path, default=Path("data"),
+                   help="where the dataset's files are (default: %(default)s)")
+    s.add_argument("--checkpoint", type=Path, help="base model weights (a state dict); "
+                   "without it the base model is trained once and cached")
+    s.add_argument("--trials", type=_positive(int, "--trials"), default=20,
+                   help="finished trials the study should hold (default: %(default)s)")
+    s.add_argument("--study-name", help="default: <model>-<dataset>-<budget>; an existing "
+                   "study of that name is resumed")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe")
+    s.add_argument("--base-epochs", type=_positive(float, "--base-epochs"),
+                   help="epochs of the base model's training (default: per dataset)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--finetune-epochs", type=_positive(float, "--finetune-epochs"),
+                   help="fine-tune epochs per candidate (default: per dataset)")
+    g.add_argument("--finetune-steps", type=_positive(int, "--finetune-steps"),
+                   help="fine-tune optimizer steps per candidate, instead of epochs")
+    s.add_argument("--no-distill", action="store_true",
+                   help="fine-tune on labels only, without distilling from the base model")
+    s.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
+                   help="kept channel counts are multiples of this (default: %(default)s)")
+    s.add_argument("--max-ratio", type=float, default=0.8,
+                   help="largest fraction of a group's channels removed (default: %(default)s)")
+    s.add_argument("--importance", default="l1,l2,bn_scale,lamp",
+                   help="channel importance criteria the search chooses from, comma-separated "
+                   "(default: %(default)s)")
+    _common(s)
+
+    e = sub.add_parser("export", help="write a trial's ONNX file, PyTorch program and card")
+    e.add_argument("--study", help="study name (default: the storage's only study)")
+    e.add_argument("--out", type=Path, required=True, help="output directory")
+    e.add_argument("--trial", type=int, help="trial number (default: best feasible)")
+    e.add_argument("--data-dir", type=Path,
+                   help="dataset files, when they moved since the search")
+    _common(e)
+
+    w = sub.add_parser("show", help="print a study's Pareto table")
+    w.add_argument("--study", help="study name (default: the storage's only study)")
+    _common(w)
+    return parser
+
+
+def _search_config(args: argparse.Namespace):
+    from edgeslim.budget import load_budget
+    from edgeslim.compress import IMPORTANCES
+    from edgeslim.data import dataset_entry
+    from edgeslim.search.config import SearchConfig, SpaceOptions
+    from edgeslim.training import TrainRecipe
+
+    budget = load_budget(args.budget)
+    entry = dataset_entry(args.dataset)
+    importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())
+    unknown = [i for i in importances if i not in IMPORTANCES]
+    if unknown or not importances:
+        raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, "
+                          f"got {args.importance!r}")
+    if not 0 < args.max_ratio < 1:
+        raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise ConfigError(f"--checkpoint: no such file {args.checkpoint}")
+    base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
+    finetune = TrainRecipe(
+        epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
+        lr=FINETUNE_LR, warmup_fraction=0.1,
+        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed)
+    return SearchConfig(
+        budget=budget, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+        checkpoint=args.checkpoint, trials=args.trials, study_name=args.study_name,
+        storage=args.storage, workdir=args.workdir, seed=args.seed, sampler=args.sampler,
+        base_recipe=base, finetune=finetune,
+        space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
+                           round_to=args.round_to))
+
+
+# Fine-tuning starts from trained weights, so its peak learning rate is a quarter of the base
+# recipe's; distillation weight as in Hinton et al. (soft targets and labels weighted evenly).
+FINETUNE_LR = 0.05
+FINETUNE_DISTILL_ALPHA = 0.5
+
+
+def _storage_url(args: argparse.Namespace) -> str:
+    from edgeslim.search.config import default_storage
+
+    return args.storage or default_storage(args.workdir)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    if args.command == "search":
+        from edgeslim.search.study import run_search
+
+        config = _search_config(args)
+        study = run_search(config, console)
+        console.print(f"export the best feasible model with: optimize export --study "
+                      f"{study.study_name} --out best/"
+                      + ("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
+                      + (f" --storage {args.storage}" if args.storage else ""))
+        return 0
+    from edgeslim.search.storage import load_study
+
+    study = load_study(args.study, _storage_url(args))
+    if args.command == "show":
+        from edgeslim.search.report import print_report
+
+        print_report(study, console)
+        return 0
+    from edgeslim.search.exporter import export_trial
+
+    card = export_trial(study, args.out, args.trial, args.data_dir)
+    m = card["measures"]
+    console.print(f"exported trial {card['trial']} of {card['study']} to {args.out}: "
+                  f"val_acc {100 * m['val_acc']['value']:.2f}%, "
+                  f"{m['size_bytes']['value'] / 1e3:.1f} kB, "
+                  f"{m['latency_ms']['value']:.3f} ms; "
+                  f"fits the budget: {'yes' if card['fits_budget'] else 'NO'}; "
+                  f"ONNX matches PyTorch within {card['onnx_vs_pytorch']['tolerance']:g}: "
+                  f"{'yes' if card['onnx_vs_pytorch']['pass'] else 'NO'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "search")
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+        logging.getLogger("fvcore").setLevel(logging.ERROR)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return run(args)
+    except EdgeslimError as exc:
+        if args.debug:
+            raise
+        print(f"optimize: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optimize: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

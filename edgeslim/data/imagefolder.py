@@ -1,6 +1,6 @@
 """Image files in class folders (``ROOT/train/<class>/*.png``, optional ``ROOT/test/``).
 
-Files are decoded once (torchvision.io, two threads) into one uint8 tensor per split. The decoded
+Files are decoded once (Pillow, two threads; its decoders release the GIL) into one uint8 tensor per split. The decoded
 tensors are cached beside the run's other caches, keyed by the file list with sizes and
 modification times, so a second study on the same folder starts in a second.
 """
@@ -13,9 +13,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2.functional import resize
+from PIL import Image, UnidentifiedImageError
 
 from edgeslim.data._base import Augment, RawDataset, Split
 from edgeslim.errors import DataError
@@ -51,20 +51,24 @@ def load_split(root: Path, classes: list[str] | None = None,
     if cache is not None and cache.is_file():
         blob = torch.load(cache, weights_only=True)
         return Split(blob["x"], blob["y"]), found
-    mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
+    mode = "L" if grey else "RGB"
 
-    def decode(path: Path) -> torch.Tensor:
+    def decode(path: Path) -> Image.Image:
         try:
-            return decode_image(read_file(str(path)), mode=mode)
-        except RuntimeError as exc:
+            with Image.open(path) as im:
+                return im.convert(mode)
+        except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"{path}: cannot be decoded as an image ({exc})") from None
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         images = list(pool.map(decode, (p for p, _ in items)))
-    size = Counter(tuple(im.shape[1:]) for im in images).most_common(1)[0][0]
-    images = [im if tuple(im.shape[1:]) == size else resize(im, list(size), antialias=True)
-              for im in images]
-    split = Split(torch.stack(images), torch.tensor([lab for _, lab in items], dtype=torch.int64))
+    # Images of another size than the most common one are resized to it (bilinear).
+    width, height = Counter(im.size for im in images).most_common(1)[0][0]
+    arrays = np.stack([np.asarray(im if im.size == (width, height)
+                                  else im.resize((width, height), Image.BILINEAR))
+                       for im in images])
+    x = torch.from_numpy(arrays.reshape(len(images), height, width, -1)).permute(0, 3, 1, 2)
+    split = Split(x.contiguous(), torch.tensor([lab for _, lab in items], dtype=torch.int64))
     if cache is not None:
         atomic_torch_save({"x": split.x, "y": split.y}, cache)
     return split, found

@@ -140,7 +140,7 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
 
     def mapping(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise fail(key, "must be a mapping", value)
+            raise fail(key or "(top level)", "must be a mapping", value)
         for k in value:
             if k not in allowed:
                 raise fail(f"{key}.{k}" if key else str(k), "unknown key (allowed: "

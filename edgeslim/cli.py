@@ -105,8 +105,11 @@ def _search_config(args: argparse.Namespace):
     from edgeslim.search.config import SearchConfig, SpaceOptions
     from edgeslim.training import TrainRecipe
 
+    from edgeslim.models import resolve_factory
+
     budget = load_budget(args.budget)
     entry = dataset_entry(args.dataset)
+    resolve_factory(args.model)  # an unknown model fails here, before anything is written
     importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())
     unknown = [i for i in importances if i not in IMPORTANCES]
     if unknown or not importances:

@@ -102,6 +102,8 @@ def kept_channels(channels: int, ratio: float, round_to: int = 8) -> int:
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if ratio == 0.0:
+        return channels  # unpruned, even when not a multiple of round_to
     target = channels * (1.0 - ratio)
     snapped = round_to * max(1, round(target / round_to))
     return int(min(channels, snapped))

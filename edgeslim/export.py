@@ -80,20 +80,29 @@ def onnx_max_abs_diff(model: nn.Module, path: Path, example: torch.Tensor) -> fl
     return float(np.max(np.abs(expected - got)))
 
 
-def write_torch_program(model: nn.Module, example_input: torch.Tensor, path: Path) -> str:
-    """Saves a PyTorch file that loads without this package's model code.
+def write_torch_program(model: nn.Module, example_input: torch.Tensor, out_dir: Path,
+                        stem: str = "model") -> tuple[Path, str]:
+    """Saves a PyTorch file that loads without this package's model code, with a dynamic
+    batch dimension: a ``torch.export`` program ``<stem>.pt2``
+    (``torch.export.load(path).module()``) or, where export fails on a model, a TorchScript
+    trace ``<stem>.torchscript.pt`` (``torch.jit.load(path)``).
 
-    A ``torch.export`` program (``torch.export.load(path).module()``); where export fails on a
-    model, a TorchScript trace (``torch.jit.load(path)``). Returns which format was written.
+    Returns:
+        ``(path, format)`` with format ``"torch.export"`` or ``"torchscript"``.
     """
     model = model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.export.export(model, (example_input,))
-            atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
-            return "torch.export"
+            # Traced at batch 2: a batch of 1 would specialise the dimension to 1.
+            batch2 = example_input.expand(2, *example_input.shape[1:]).contiguous()
+            program = torch.export.export(model, (batch2,),
+                                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+            path = atomic_write(Path(out_dir) / f"{stem}.pt2",
+                                lambda tmp: torch.export.save(program, str(tmp)))
+            return path, "torch.export"
         except Exception:
             traced = torch.jit.trace(model, example_input)
-            atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
-            return "torchscript"
+            path = atomic_write(Path(out_dir) / f"{stem}.torchscript.pt",
+                                lambda tmp: torch.jit.save(traced, str(tmp)))
+            return path, "torchscript"

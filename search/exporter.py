@@ -49,7 +49,6 @@ from edgeslim.spaces import Candidate
 
 CARD = "model_card.json"
 ONNX_FILE = "model.onnx"
-TORCH_FILE = "model.pt2"
 # How many validation images the ONNX-against-PyTorch check runs on.
 CHECK_IMAGES = 64
 
@@ -104,7 +103,8 @@ def rebuild_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, state_pa
 
 def export_trial(study: optuna.Study, out: Path, number: int | None = None,
                  data_dir: Path | None = None) -> dict[str, Any]:
-    """Writes ``model.onnx``, ``model.pt2`` and ``model_card.json`` into ``out``; returns the
+    """Writes ``model.onnx``, ``model.pt2`` (see ``write_torch_program``) and
+    ``model_card.json`` into ``out``; returns the
     card. Files are written atomically, so an interrupted export leaves no partial file."""
     trial = choose_trial(study, number)
     attrs = study.user_attrs
@@ -132,8 +132,8 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
         model = rebuild_model(study, trial, tmp_state)
         onnx_path = atomic_write(out / ONNX_FILE, lambda t: shutil.copyfile(tmp_onnx, t))
     example = torch.zeros(1, *data.input_shape)
-    torch_format = write_torch_program(model, example, out / TORCH_FILE)
-    card = build_card(study, trial, model, onnx_path, torch_format, data)
+    torch_path, torch_format = write_torch_program(model, example, out)
+    card = build_card(study, trial, model, onnx_path, torch_path, torch_format, data)
     atomic_write_json(card, out / CARD)
     return card
 
@@ -151,7 +151,8 @@ def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle
 
 
 def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
-               onnx_path: Path, torch_format: str, data: DataBundle) -> dict[str, Any]:
+               onnx_path: Path, torch_path: Path, torch_format: str, data: DataBundle,
+               ) -> dict[str, Any]:
     attrs = study.user_attrs
     runtime = Runtime(**attrs["budget"]["runtime"])
     example = torch.zeros(1, *data.input_shape)
@@ -184,7 +185,7 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
         "trial": trial.number,
         "model": attrs["setup"]["model"],
         "dataset": attrs["setup"]["dataset"],
-        "files": {"onnx": ONNX_FILE, "pytorch": TORCH_FILE, "pytorch_format": torch_format},
+        "files": {"onnx": ONNX_FILE, "pytorch": torch_path.name, "pytorch_format": torch_format},
         "preprocessing": {
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
             "input_shape": [1, *shape], "layout": "NCHW" if len(shape) == 3 else "NCL",

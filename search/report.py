@@ -20,8 +20,22 @@ COLUMNS = (
 
 
 def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials on the Pareto front (all Pareto trials when none is feasible)."""
-    return sorted(study.best_trials, key=lambda t: -t.values[0])
+    """The Pareto front of the feasible trials; when none is feasible, of all complete trials
+    (so a table still shows how close the search came)."""
+    front = study.best_trials  # Optuna returns feasible trials only when constraints are set
+    if not front:
+        done = [t for t in study.get_trials(deepcopy=False,
+                                             states=(optuna.trial.TrialState.COMPLETE,))]
+        signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1
+                 for d in study.directions]
+
+        def dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+            pa = [s * v for s, v in zip(signs, a.values)]
+            pb = [s * v for s, v in zip(signs, b.values)]
+            return all(x <= y for x, y in zip(pa, pb)) and pa != pb
+
+        front = [t for t in done if not any(dominates(o, t) for o in done)]
+    return sorted(front, key=lambda t: -t.values[0])
 
 
 def pareto_table(study: optuna.Study) -> Table:

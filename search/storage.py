@@ -40,7 +40,12 @@ def artifact_store(workdir: Path) -> FileSystemArtifactStore:
 
 
 def load_study(name: str | None, url: str) -> optuna.Study:
-    """Opens an existing study; with ``name`` None, the storage's only study."""
+    """Opens an existing study; with ``name`` None, the storage's only study. Creates nothing:
+    a storage file that does not exist is an error."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_file():
+            raise StudyError(f"no study storage at {url.removeprefix(prefix)}; run a search "
+                             "first, or point --workdir or --storage at the one it used")
     storage = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name is None:

@@ -1,0 +1,151 @@
+"""The optimize command end to end on digits, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+from toys import PI4, REPO
+
+from edgeslim.cli import main
+from edgeslim.data import load_dataset
+from edgeslim.models import build_model
+from edgeslim.search.storage import load_study
+
+FAST: list[str] = []  # the digits defaults: 30 base epochs (~10 s), 5 fine-tune epochs
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A 3-trial study on digits, shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("run")
+    code = main(["--budget", str(PI4), "--trials", "3", "--workdir", str(workdir), *FAST])
+    assert code == 0
+    return workdir
+
+
+def test_search_records_every_trial(searched):
+    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    assert study.study_name == "resnet20-digits-pi4"
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    base = study.user_attrs["base"]
+    resnet20 = build_model("resnet20", 1, 10)
+    assert base["val_acc"] > 0.95
+    assert base["params"] == sum(p.numel() for p in resnet20.parameters())
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        attrs = t.user_attrs
+        for key in ("val_acc", "params", "macs", "size_bytes", "peak_memory_bytes",
+                    "latency_ms"):
+            assert attrs[key] > 0
+        assert set(t.constraints) == {"params", "macs", "peak_memory_bytes", "size_bytes",
+                                      "latency_ms", "val_acc"}
+        assert len(t.values) == 3  # accuracy, MACs, latency (the budget's objectives)
+        assert t.values[0] == attrs["val_acc"] and t.values[1] == attrs["macs"]
+        if attrs["finetuned"]:
+            assert {"artifact:model.onnx", "artifact:model_state.pt"} <= set(attrs)
+        assert sorted(k for k in t.params if k.startswith("prune/")) == sorted(
+            ["prune/importance"] + [f"prune/{g['name']}" for g in study.user_attrs["space"]
+                                                                  ["groups"]])
+
+
+def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
+    out = tmp_path / "best"
+    assert main(["export", "--workdir", str(searched), "--out", str(out)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    feasible = [t for t in study.trials if t.user_attrs.get("finetuned")
+                and all(v <= 0 for v in t.constraints.values())]
+    best = max(feasible, key=lambda t: t.user_attrs["val_acc"])
+    assert card["trial"] == best.number
+    assert card["fits_budget"] is True and card["onnx_vs_pytorch"]["pass"] is True
+    assert card["measures"]["size_bytes"]["value"] == (out / "model.onnx").stat().st_size
+    assert card["measures"]["val_acc"]["value"] == pytest.approx(best.user_attrs["val_acc"])
+    assert set(card["limits"]) == {"params", "macs", "peak_memory_bytes", "size_bytes",
+                                   "latency_ms", "accuracy_drop"}
+    # The ONNX file alone, with the card's preprocessing, reproduces the card's accuracy.
+    pre = card["preprocessing"]
+    data = load_dataset("digits", REPO)
+    x = (data.val.x.numpy() / 255.0 - np.array(pre["mean"]).reshape(1, -1, 1, 1)) / \
+        np.array(pre["std"]).reshape(1, -1, 1, 1)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {pre["input_name"]: x.astype(np.float32)})[0]
+    acc = float((logits.argmax(1) == data.val.y.numpy()).mean())
+    assert acc == pytest.approx(card["measures"]["val_acc"]["value"])
+    # The PyTorch file loads without edgeslim's model code and agrees with the ONNX file.
+    program = torch.export.load(str(out / "model.pt2")).module()
+    torch_logits = program(torch.from_numpy(x[:16].astype(np.float32))).detach().numpy()
+    assert np.abs(torch_logits - logits[:16]).max() <= card["onnx_vs_pytorch"]["tolerance"]
+    assert "fits the budget: yes" in capsys.readouterr().out
+
+
+def test_rerun_resumes_the_study(searched, capsys):
+    assert main(["--budget", str(PI4), "--trials", "4", "--workdir", str(searched), *FAST]) == 0
+    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert "3 finished, 1 to run" in capsys.readouterr().out
+
+
+def test_resume_with_another_setup_is_refused(searched, capsys):
+    code = main(["--budget", str(PI4), "--trials", "5", "--workdir", str(searched),
+                 "--finetune-epochs", "3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optimize: error: study 'resnet20-digits-pi4' in sqlite:///")
+    assert "different finetune" in err and len(err.strip().splitlines()) == 1
+
+
+def test_show_prints_the_pareto_table(searched, capsys):
+    assert main(["show", "--workdir", str(searched)]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of resnet20-digits-pi4" in out and "base" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "--study", "nope", "--out", "OUT"], "no study 'nope' in sqlite:///"),
+    (["export", "--trial", "99", "--out", "OUT"], "has no trial 99 (trials 0 to 3)"),
+])
+def test_export_errors(searched, tmp_path, capsys, argv, message):
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    assert main([*argv, "--workdir", str(searched)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_a_missing_storage_creates_nothing(tmp_path, capsys):
+    code = main(["export", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "no study storage at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--importance", "taylor"], "--importance: must be among l1, l2, bn_scale, lamp"),
+    (["--max-ratio", "1.5"], "--max-ratio: must be > 0 and < 1, got 1.5"),
+    (["--checkpoint", "missing.pt"], "--checkpoint: no such file missing.pt"),
+])
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
+    workdir = tmp_path / "w"
+    code = main(["--budget", str(PI4), "--workdir", str(workdir), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not workdir.exists()
+
+
+def test_bad_budget_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device: {name: b}\nlimits: {flops: 40Q}\n")
+    proc = subprocess.run([sys.executable, "-m", "edgeslim.cli", "--budget", str(bad),
+                           "--workdir", str(tmp_path / "w")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"optimize: error: {bad}: limits.flops: unknown unit 'Q' "
+                           "(accepted: K, M, G, %), got '40Q'\n")
+    assert not (tmp_path / "w").exists()

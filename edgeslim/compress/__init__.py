@@ -1,5 +1,15 @@
-"""Compression operations applied to a model copy: structured pruning (more stages plug in here)."""
+"""Compression operations applied to a model copy or to its exported file: structured pruning,
+unstructured sparsity, weight clustering, quantization, and which orders of them can be built."""
 
+from edgeslim.compress.cluster import CLUSTER_METHODS, cluster_weights, weight_layers
+from edgeslim.compress.order import (
+    STAGES,
+    TRAINED_STAGES,
+    buildable_orders,
+    order_name,
+    order_problem,
+    parse_order,
+)
 from edgeslim.compress.prune import (
     IMPORTANCES,
     PrunableGroup,
@@ -7,5 +17,13 @@ from edgeslim.compress.prune import (
     kept_channels,
     prunable_groups,
 )
+from edgeslim.compress.quantize import QUANT_MODES, quantize_onnx
+from edgeslim.compress.sparsify import sparsify
+from edgeslim.compress.ties import tied
 
-__all__ = ["IMPORTANCES", "PrunableGroup", "apply_pruning", "kept_channels", "prunable_groups"]
+__all__ = [
+    "CLUSTER_METHODS", "IMPORTANCES", "QUANT_MODES", "STAGES", "TRAINED_STAGES", "PrunableGroup",
+    "apply_pruning", "buildable_orders", "cluster_weights", "kept_channels", "order_name",
+    "order_problem", "parse_order", "prunable_groups", "quantize_onnx", "sparsify", "tied",
+    "weight_layers",
+]

@@ -1,0 +1,125 @@
+"""Quantization of an exported ONNX model, with onnxruntime's quantizer (PyTorch's
+``torch.ao.quantization`` is deprecated).
+
+Modes (``QUANT_MODES``):
+
+- ``int8_static``: post-training static quantization. onnxruntime's pre-processing (shape
+  inference, graph optimisation), then ``quantize_static`` in QDQ format: weights int8 per
+  output channel (symmetric), activations uint8 per tensor with ranges calibrated (min/max) on
+  training images. onnxruntime fuses the QDQ pairs into int8 kernels (QLinearConv, ...).
+- ``int8_dynamic``: weights int8 per output channel, activations quantized on the fly at each
+  run (``quantize_dynamic``; ConvInteger / MatMulInteger). No calibration.
+- ``fp16``: weights stored as float16 and cast back to float32 when the runtime loads the model
+  (onnxruntime folds the casts), so the file halves and the compute stays float32: CPU runtimes
+  have no float16 convolution kernels on most edge CPUs (the Cortex-A72 of a Pi 4 lacks float16
+  arithmetic).
+- ``none``: the float32 file unchanged.
+
+Whether int8 runs faster depends on the CPU: measure the artifact, never assume.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeslim.errors import CandidateError
+from edgeslim.export import INPUT_NAME
+
+QUANT_MODES = ("none", "int8_static", "int8_dynamic", "fp16")
+# Operators whose float weights the fp16 mode stores as float16.
+_WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def quantize_onnx(src: Path, dst: Path, mode: str,
+                  calibration: Iterator[np.ndarray] | None = None) -> Path:
+    """Writes ``src`` quantized with ``mode`` to ``dst`` and returns ``dst``.
+
+    ``calibration`` yields float32 input batches (already normalised) for ``int8_static``.
+
+    Raises:
+        CandidateError: when the quantizer fails on the model.
+    """
+    if mode not in QUANT_MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}; valid: {', '.join(QUANT_MODES)}")
+    src, dst = Path(src), Path(dst)
+    try:
+        if mode == "none":
+            dst.write_bytes(src.read_bytes())
+        elif mode == "fp16":
+            onnx.save(fp16_weights(onnx.load(str(src))), str(dst))
+        else:
+            _int8(src, dst, mode, calibration)
+    except CandidateError:
+        raise
+    except Exception as exc:
+        raise CandidateError(f"{mode} quantization failed: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    return dst
+
+
+def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | None) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        if mode == "int8_dynamic":
+            quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+            return
+        if calibration is None:
+            raise ValueError("int8_static needs calibration batches")
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(calibration)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {INPUT_NAME: batch}
+
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+
+
+def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose float32 weight initializers (the weight input of Conv, Gemm,
+    MatMul) are stored as float16, each followed by a Cast back to float32."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    weights = {node.input[i] for node in graph.node
+               for op, i in _WEIGHT_OPS.items() if node.op_type == op and len(node.input) > i}
+    weights |= {node.input[0] for node in graph.node
+                if node.op_type in ("MatMul", "Gemm") and node.input[0] in inits}
+    casts = []
+    for name in sorted(weights):
+        tensor = inits.get(name)
+        if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16),
+                                       name + "_fp16")
+        tensor.CopyFrom(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{name}_cast"))
+    # Casts first: the graph stays topologically sorted.
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model

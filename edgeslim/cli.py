@@ -82,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--importance", default="l1,l2,bn_scale,lamp",
                    help="channel importance criteria the search chooses from, comma-separated "
                    "(default: %(default)s)")
+    s.add_argument("--stages", default="prune,cluster,quantize",
+                   help="compression stages the search may use, in any buildable order: "
+                   "prune, sparsify, cluster, quantize (default: %(default)s)")
+    s.add_argument("--order", help="one fixed stage order instead of searching it, e.g. "
+                   "prune,cluster,quantize")
+    s.add_argument("--cluster-counts", default="8,16,32,64,256",
+                   help="shared weight values a layer may be clustered to (default: "
+                   "%(default)s)")
+    s.add_argument("--cluster-methods", default="kmeans",
+                   help="codebook methods the search chooses from: kmeans, density, linear "
+                   "(default: %(default)s)")
+    s.add_argument("--quantize", default="int8_static,int8_dynamic,fp16",
+                   help="quantization modes the search chooses from when it quantizes "
+                   "(default: %(default)s)")
+    s.add_argument("--sparsity", default="0.3:0.9",
+                   help="range of unstructured sparsity searched, LOW:HIGH (default: "
+                   "%(default)s)")
     _common(s)
 
     e = sub.add_parser("export", help="write a trial's ONNX file, PyTorch program and card")
@@ -90,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trial", type=int, help="trial number (default: best feasible)")
     e.add_argument("--data-dir", type=Path,
                    help="dataset files, when they moved since the search")
+    e.add_argument("--format", default="onnx,pytorch,json,md",
+                   help="files to write: onnx (with the packed file when there is one), "
+                   "pytorch, json (the card), md (its summary) (default: %(default)s)")
     _common(e)
 
     w = sub.add_parser("show", help="print a study's Pareto table")
@@ -102,10 +122,9 @@ def _search_config(args: argparse.Namespace):
     from edgeslim.budget import load_budget
     from edgeslim.compress import IMPORTANCES
     from edgeslim.data import dataset_entry
+    from edgeslim.models import resolve_factory
     from edgeslim.search.config import SearchConfig, SpaceOptions
     from edgeslim.training import TrainRecipe
-
-    from edgeslim.models import resolve_factory
 
     budget = load_budget(args.budget)
     entry = dataset_entry(args.dataset)
@@ -130,7 +149,56 @@ def _search_config(args: argparse.Namespace):
         storage=args.storage, workdir=args.workdir, seed=args.seed, sampler=args.sampler,
         base_recipe=base, finetune=finetune,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
-                           round_to=args.round_to))
+                           round_to=args.round_to, **_stage_options(args)))
+
+
+def _names(text: str, flag: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise ConfigError(f"{flag}: must be among {', '.join(valid)}, got {text!r}")
+    return names
+
+
+def _stage_options(args: argparse.Namespace) -> dict[str, object]:
+    """The stage options of the search space, checked here so that a mistake costs nothing."""
+    from edgeslim.compress import (
+        CLUSTER_METHODS,
+        QUANT_MODES,
+        STAGES,
+        order_name,
+        order_problem,
+        parse_order,
+    )
+
+    stages = _names(args.stages, "--stages", STAGES)
+    order = None
+    if args.order is not None:
+        parsed = parse_order(args.order)
+        problem = order_problem(parsed)
+        if problem:
+            raise ConfigError(f"--order {args.order}: {problem}")
+        order = order_name(parsed)
+    try:
+        counts = tuple(sorted({int(k) for k in args.cluster_counts.split(",") if k.strip()}))
+    except ValueError:
+        raise ConfigError(f"--cluster-counts: must be integers separated by commas, got "
+                          f"{args.cluster_counts!r}") from None
+    if not counts or counts[0] < 2:
+        raise ConfigError(f"--cluster-counts: each count must be >= 2, got "
+                          f"{args.cluster_counts!r}")
+    try:
+        low, high = (float(v) for v in args.sparsity.split(":"))
+    except ValueError:
+        raise ConfigError(f"--sparsity: must be LOW:HIGH, got {args.sparsity!r}") from None
+    if not 0 < low <= high < 1:
+        raise ConfigError(f"--sparsity: must satisfy 0 < LOW <= HIGH < 1, got {args.sparsity!r}")
+    return {"stages": stages, "order": order, "cluster_counts": counts,
+            "cluster_methods": _names(args.cluster_methods, "--cluster-methods",
+                                      CLUSTER_METHODS),
+            "quant_modes": _names(args.quantize, "--quantize",
+                                  tuple(m for m in QUANT_MODES if m != "none")),
+            "sparsity": (low, high)}
 
 
 # Fine-tuning starts from trained weights, so its peak learning rate is a quarter of the base
@@ -167,17 +235,21 @@ def run(args: argparse.Namespace) -> int:
 
         print_report(study, console)
         return 0
-    from edgeslim.search.exporter import export_trial
+    from edgeslim.search.exporter import export_trial, parse_formats
 
-    card = export_trial(study, args.out, args.trial, args.data_dir)
-    m = card["measures"]
+    formats = parse_formats(args.format)
+    card = export_trial(study, args.out, args.trial, args.data_dir, formats)
+    m, check = card["measures"], card["onnx_vs_pytorch"]
+    agreement = (f"ONNX matches PyTorch within {check['tolerance']:g}: "
+                 f"{'yes' if check['pass'] else 'NO'}" if check["tolerance"] is not None else
+                 f"quantized file agrees with the float model on "
+                 f"{100 * check['argmax_agree']:.0f}% of {check['images']} images")
     console.print(f"exported trial {card['trial']} of {card['study']} to {args.out}: "
+                  f"{' > '.join(card['compression']['stage_order'])}, "
                   f"val_acc {100 * m['val_acc']['value']:.2f}%, "
                   f"{m['size_bytes']['value'] / 1e3:.1f} kB, "
                   f"{m['latency_ms']['value']:.3f} ms; "
-                  f"fits the budget: {'yes' if card['fits_budget'] else 'NO'}; "
-                  f"ONNX matches PyTorch within {card['onnx_vs_pytorch']['tolerance']:g}: "
-                  f"{'yes' if card['onnx_vs_pytorch']['pass'] else 'NO'}")
+                  f"fits the budget: {'yes' if card['fits_budget'] else 'NO'}; {agreement}")
     return 0
 
 

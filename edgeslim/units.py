@@ -1,4 +1,4 @@
-"""Parsing of quantities with units, as written in budget files: ``1.2M``, ``8MB``, ``5ms``, ``50%``.
+"""Quantities with units, as written in budget files: ``1.2M``, ``8MB``, ``5ms``, ``50%``.
 
 Counts (parameters, MACs) take decimal suffixes K, M, G (10^3, 10^6, 10^9). Sizes take bytes
 with decimal (KB, MB, GB = 10^3, 10^6, 10^9) or binary (KiB, MiB, GiB = 2^10, 2^20, 2^30)

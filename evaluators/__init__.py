@@ -6,15 +6,21 @@ from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.latency import LatencyResult, available_cores, measure_latency
 from edgeslim.evaluators.measures import MODEL_MEASURES, Count, count_macs, count_params
 from edgeslim.evaluators.memory import peak_memory_bytes
-from edgeslim.evaluators.prune_finetune import (
+from edgeslim.evaluators.staged import (
     ARTIFACT_ONNX,
+    ARTIFACT_PACKED,
     ARTIFACT_STATE,
-    PruneFinetuneEvaluator,
+    DEPLOYABLE,
+    Built,
+    StagedEvaluator,
+    calibration_batches,
 )
+from edgeslim.evaluators.stages import MODEL_STAGES, Stage, model_stage
 
 __all__ = [
-    "ARTIFACT_ONNX", "ARTIFACT_STATE", "MODEL_MEASURES", "STATIC_MEASURES", "UNITS", "Caps",
-    "Count", "Evaluator", "LatencyResult", "Measurement", "PruneFinetuneEvaluator",
-    "available_cores", "count_macs", "count_params", "measure_latency", "measure_onnx_file",
-    "onnx_accuracy", "peak_memory_bytes",
+    "ARTIFACT_ONNX", "ARTIFACT_PACKED", "ARTIFACT_STATE", "DEPLOYABLE", "MODEL_MEASURES",
+    "MODEL_STAGES", "STATIC_MEASURES", "UNITS", "Built", "Caps", "Count", "Evaluator",
+    "LatencyResult", "Measurement", "Stage", "StagedEvaluator", "available_cores",
+    "calibration_batches", "count_macs", "count_params", "measure_latency", "measure_onnx_file",
+    "model_stage", "onnx_accuracy", "peak_memory_bytes",
 ]

@@ -9,8 +9,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgeslim.export import ort_session
-
 
 def peak_memory_bytes(onnx_path: Path, batch: int = 1) -> int:
     """Peak inference memory in bytes, batch ``batch``: the weights plus the largest set of

@@ -8,20 +8,30 @@ from typing import Literal
 
 from edgeslim.budget import Budget
 from edgeslim.compress import IMPORTANCES
+from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
 
 SamplerName = Literal["tpe", "nsga2", "random"]
 SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "random")
 
 
+DEFAULT_STAGES = ("prune", "cluster", "quantize")
+
+
 @dataclass(frozen=True)
 class SpaceOptions:
-    """What the pruning space may choose from."""
+    """What the search space may choose from."""
 
     max_ratio: float = 0.8  # largest fraction of a group's channels that may be removed
     step: float = 0.05  # ratio grid
     importances: tuple[str, ...] = IMPORTANCES
     round_to: int = 8  # kept channel counts are multiples of this
+    stages: tuple[str, ...] = DEFAULT_STAGES  # the search tries every buildable order of these
+    order: str | None = None  # one fixed order instead, e.g. "prune>cluster>quantize"
+    cluster_counts: tuple[int, ...] = DEFAULT_CLUSTER_COUNTS  # shared values per layer
+    cluster_methods: tuple[str, ...] = ("kmeans",)
+    quant_modes: tuple[str, ...] = ("int8_static", "int8_dynamic", "fp16")
+    sparsity: tuple[float, float] = (0.3, 0.9)  # range of the unstructured sparsity searched
 
 
 @dataclass(frozen=True)

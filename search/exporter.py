@@ -1,56 +1,43 @@
 """Exporting a trial: the deployable files and a model card that proves they fit the budget.
 
-Nothing is retrained: the trial's fine-tuned ONNX file and weights come from the study's
-artifact store. The pruned structure is rebuilt from the model specification and the trial's
-candidate, the weights are loaded into it, and every measure is taken again on the files
-written (not copied from the trial).
+Nothing is retrained: the trial's deployable artifact (the ONNX file, or the packed file when
+clustering or sparsity ran) and its fine-tuned float weights come from the study's artifact
+store. The pruned structure is rebuilt from the model specification and the trial's candidate,
+the weights are loaded into it for the PyTorch program, and every measure is taken again on the
+files written (not copied from the trial).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import onnx
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from torch import nn
 
-from edgeslim import __version__
-from edgeslim.budget import Runtime
 from edgeslim.compress import apply_pruning
-from edgeslim.data import DataBundle, load_dataset
-from edgeslim.errors import StudyError
-from edgeslim.evaluators import (
-    ARTIFACT_ONNX,
-    ARTIFACT_STATE,
-    MODEL_MEASURES,
-    UNITS,
-    measure_onnx_file,
-    onnx_accuracy,
-)
-from edgeslim.evaluators.latency import available_cores
-from edgeslim.export import (
-    INPUT_NAME,
-    ONNX_ATOL,
-    OUTPUT_NAME,
-    ort_session,
-    write_torch_program,
-)
+from edgeslim.data import load_dataset
+from edgeslim.errors import ConfigError, StudyError
+from edgeslim.evaluators import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, DEPLOYABLE
+from edgeslim.export import write_torch_program
 from edgeslim.fsutil import atomic_write, atomic_write_json
 from edgeslim.models import build_model
+from edgeslim.packing import read_packed
+from edgeslim.search.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
 from edgeslim.search.objective import ACCURACY, is_feasible
 from edgeslim.spaces import Candidate
 
-CARD = "model_card.json"
-ONNX_FILE = "model.onnx"
-# How many validation images the ONNX-against-PyTorch check runs on.
-CHECK_IMAGES = 64
+FORMATS = ("onnx", "pytorch", "json", "md")
+
+
+def deployable_artifact(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The name of the trial's deployable artifact, or None when it was not fine-tuned."""
+    return next((name for name in DEPLOYABLE if f"artifact:{name}" in trial.user_attrs), None)
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
@@ -67,12 +54,12 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> optuna.trial
             reason = trial.user_attrs.get("fail_reason", "")
             raise StudyError(f"trial {number} of {study.study_name!r} is {trial.state.name}"
                              + (f" ({reason})" if reason else "") + "; pick a complete trial")
-        if f"artifact:{ARTIFACT_ONNX}" not in trial.user_attrs:
+        if deployable_artifact(trial) is None:
             raise StudyError(f"trial {number} was not fine-tuned (it broke "
                              f"{trial.user_attrs.get('infeasible_reason', 'a limit')}), so it "
                              "has no model to export; pick a fine-tuned trial")
         return trial
-    feasible = [t for t in trials if is_feasible(t) and f"artifact:{ARTIFACT_ONNX}" in t.user_attrs]
+    feasible = [t for t in trials if is_feasible(t) and deployable_artifact(t) is not None]
     if not feasible:
         raise StudyError(f"study {study.study_name!r} has no feasible trial yet "
                          f"({len(trials)} trials); run more trials, loosen the budget, or pick "
@@ -83,14 +70,16 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> optuna.trial
 
 def rebuild_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, state_path: Path,
                   ) -> nn.Module:
-    """The trial's fine-tuned model as an ``nn.Module``: the base architecture, pruned to the
-    trial's channel counts, with the trial's weights loaded strictly."""
+    """The trial's fine-tuned float model as an ``nn.Module``: the base architecture, pruned
+    to the trial's channel counts, with the trial's weights loaded strictly."""
     setup, data = study.user_attrs["setup"], study.user_attrs["data"]
     shape = tuple(data["input_shape"])
     model = build_model(setup["model"], shape[0], len(data["class_names"]))
     candidate = Candidate.from_dict(trial.user_attrs["candidate"])
-    kept = apply_pruning(model, torch.zeros(1, *shape), candidate.ratios, candidate.importance,
-                         candidate.round_to)
+    kept: dict[str, int] = {}
+    if "prune" in candidate.order:
+        kept = apply_pruning(model, torch.zeros(1, *shape), candidate.ratios,
+                             candidate.importance, candidate.round_to)
     recorded = {k.removeprefix("channels/"): v for k, v in trial.user_attrs.items()
                 if k.startswith("channels/")}
     if recorded and kept != recorded:
@@ -101,11 +90,28 @@ def rebuild_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, state_pa
     return model.eval()
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"--format: must be among {', '.join(FORMATS)}, got {text!r}")
+    return formats
+
+
 def export_trial(study: optuna.Study, out: Path, number: int | None = None,
-                 data_dir: Path | None = None) -> dict[str, Any]:
-    """Writes ``model.onnx``, ``model.pt2`` (see ``write_torch_program``) and
-    ``model_card.json`` into ``out``; returns the
-    card. Files are written atomically, so an interrupted export leaves no partial file."""
+                 data_dir: Path | None = None, formats: tuple[str, ...] = FORMATS,
+                 ) -> dict[str, Any]:
+    """Writes the trial's files into ``out`` and returns its card:
+
+    ``onnx``     ``model.onnx`` (float32, int8 or fp16 weights, as searched) and, when
+                 clustering or sparsity ran, the packed ``model.eslim`` it is restored from
+    ``pytorch``  the float model as a ``torch.export`` program (``model.pt2``) or TorchScript
+    ``json``     ``model_card.json``
+    ``md``       ``model_card.md``, a short summary of the card
+
+    The measures are taken on the deployable files whatever ``formats`` asks to keep. Files are
+    written atomically, so an interrupted export leaves no partial file.
+    """
     trial = choose_trial(study, number)
     attrs = study.user_attrs
     store = FileSystemArtifactStore(attrs["paths"]["artifacts"])
@@ -117,101 +123,39 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
         raise StudyError(f"the dataset {setup['dataset']!r} found now differs from the one the "
                          "study searched on (its fingerprint changed); point --data-dir at the "
                          "original files")
+    deployable = deployable_artifact(trial)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=out) as tmp:
-        tmp_onnx, tmp_state = Path(tmp) / ARTIFACT_ONNX, Path(tmp) / ARTIFACT_STATE
-        for name, path in ((ARTIFACT_ONNX, tmp_onnx), (ARTIFACT_STATE, tmp_state)):
+        tmp = Path(tmp)
+        for name in (deployable, ARTIFACT_STATE):
             artifact_id = trial.user_attrs.get(f"artifact:{name}")
             try:
                 download_artifact(artifact_store=store, artifact_id=artifact_id,
-                                  file_path=str(path))
+                                  file_path=str(tmp / name))
             except Exception as exc:
                 raise StudyError(f"trial {trial.number}: artifact {name} ({artifact_id}) cannot "
                                  f"be read from {attrs['paths']['artifacts']}: {exc}") from None
-        model = rebuild_model(study, trial, tmp_state)
-        onnx_path = atomic_write(out / ONNX_FILE, lambda t: shutil.copyfile(tmp_onnx, t))
-    example = torch.zeros(1, *data.input_shape)
-    torch_path, torch_format = write_torch_program(model, example, out)
-    card = build_card(study, trial, model, onnx_path, torch_path, torch_format, data)
-    atomic_write_json(card, out / CARD)
+        model = rebuild_model(study, trial, tmp / ARTIFACT_STATE)
+        if deployable == ARTIFACT_PACKED:
+            onnx.save(read_packed(tmp / ARTIFACT_PACKED), str(tmp / ARTIFACT_ONNX))
+        files = {"onnx": ARTIFACT_ONNX}
+        if deployable == ARTIFACT_PACKED:
+            files["packed"] = ARTIFACT_PACKED
+        where = out if "onnx" in formats else tmp
+        for name in files.values():
+            atomic_write(where / name, lambda t, name=name: shutil.copyfile(tmp / name, t))
+        card = build_card(study, trial, model, where / ARTIFACT_ONNX, where / deployable, data)
+        if "pytorch" in formats:
+            example = torch.zeros(1, *data.input_shape)
+            torch_path, torch_format = write_torch_program(model, example, out)
+            card["files"].update(pytorch=torch_path.name, pytorch_format=torch_format)
+        if "onnx" not in formats:
+            card["files"] = {k: v for k, v in card["files"].items()
+                             if k not in ("onnx", "packed", "deployable")}
+    if "json" in formats:
+        atomic_write_json(card, out / CARD_JSON)
+    if "md" in formats:
+        text = card_markdown(card)
+        atomic_write(out / CARD_MARKDOWN, lambda t: t.write_text(text))
     return card
-
-
-def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle) -> dict:
-    """Runs the first ``CHECK_IMAGES`` validation images through both and compares logits."""
-    x = data.normalize(data.val.x[:CHECK_IMAGES])
-    with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    got = ort_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-    diff = float(np.max(np.abs(expected - got)))
-    return {"max_abs_diff": diff, "tolerance": ONNX_ATOL, "images": int(x.shape[0]),
-            "argmax_agree": float((expected.argmax(1) == got.argmax(1)).mean()),
-            "pass": diff <= ONNX_ATOL}
-
-
-def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
-               onnx_path: Path, torch_path: Path, torch_format: str, data: DataBundle,
-               ) -> dict[str, Any]:
-    attrs = study.user_attrs
-    runtime = Runtime(**attrs["budget"]["runtime"])
-    example = torch.zeros(1, *data.input_shape)
-    values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
-    measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val)
-    values.update(measured)
-    if data.test is not None:
-        values["test_acc"] = onnx_accuracy(onnx_path, data.test, data, threads=available_cores())
-    caps = attrs["caps"]
-    budget = attrs["budget"]
-    limits: dict[str, Any] = {}
-    for measure, cap in caps["limits"].items():
-        rule = budget["limits"][measure]
-        limits[measure] = {
-            "limit": cap, "value": values[measure], "pass": values[measure] <= cap,
-            "declared": f"{rule['value']:.0%} of base" if rule["relative"] else rule["value"],
-        }
-    if caps["min_val_acc"] is not None:
-        limits["accuracy_drop"] = {
-            "limit": caps["min_val_acc"], "value": values[ACCURACY],
-            "pass": values[ACCURACY] >= caps["min_val_acc"],
-            "declared": f"{budget['accuracy_drop_points']} percentage points below the base "
-                        f"({100 * attrs['base'][ACCURACY]:.2f}%)",
-        }
-    shape = attrs["data"]["input_shape"]
-    return {
-        "edgeslim_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "study": study.study_name,
-        "trial": trial.number,
-        "model": attrs["setup"]["model"],
-        "dataset": attrs["setup"]["dataset"],
-        "files": {"onnx": ONNX_FILE, "pytorch": torch_path.name, "pytorch_format": torch_format},
-        "preprocessing": {
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-            "input_shape": [1, *shape], "layout": "NCHW" if len(shape) == 3 else "NCL",
-            "dtype": "float32",
-            "formula": "x = (pixels / 255 - mean) / std, per channel; pixels are uint8",
-            "mean": attrs["data"]["mean"], "std": attrs["data"]["std"],
-            "class_names": attrs["data"]["class_names"],
-        },
-        "compression": {
-            "candidate": trial.user_attrs["candidate"],
-            "channels": {k.removeprefix("channels/"): v for k, v in trial.user_attrs.items()
-                         if k.startswith("channels/")},
-            "base_channels": {g["name"]: g["channels"] for g in attrs["space"]["groups"]},
-        },
-        "measures": {k: {"value": v, "unit": UNITS.get(k, "")} for k, v in values.items()},
-        "measured_on": {
-            "files": "every measure above was taken on the exported files by this export",
-            "runtime": "onnxruntime CPUExecutionProvider, batch 1",
-            "latency": latency,
-            "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "host_cores": available_cores(),
-        },
-        "search_measures": {k: trial.user_attrs[k] for k in UNITS if k in trial.user_attrs},
-        "base": attrs["base"],
-        "budget": budget,
-        "limits": limits,
-        "fits_budget": all(v["pass"] for v in limits.values()),
-        "onnx_vs_pytorch": check_onnx_against_torch(model, onnx_path, data),
-    }

@@ -47,7 +47,8 @@ def load_study(name: str | None, url: str) -> optuna.Study:
             raise StudyError(f"no study storage at {url.removeprefix(prefix)}; run a search "
                              "first, or point --workdir or --storage at the one it used")
     storage = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = [s.study_name for s in
+             optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name is None:
         if len(names) != 1:
             raise StudyError(f"{url} holds {len(names)} studies; pick one with --study "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,24 @@ from rich.progress import (
 from edgeslim import __version__
 from edgeslim.basemodel import BaseModel, obtain_base_model
 from edgeslim.budget import Budget
+from edgeslim.compress import weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators import (
     MODEL_MEASURES,
     Caps,
-    PruneFinetuneEvaluator,
+    StagedEvaluator,
     measure_onnx_file,
     onnx_accuracy,
 )
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.export import write_onnx
+from edgeslim.models import build_model
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import ACCURACY, Objective, directions, is_feasible
 from edgeslim.search.report import print_report
 from edgeslim.search.storage import artifact_store, open_storage
-from edgeslim.spaces import PruningSpace
+from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
             optuna.trial.TrialState.PRUNED)
@@ -63,7 +65,7 @@ class Prepared:
     base: BaseModel
     base_values: dict[str, float]
     caps: Caps
-    space: PruningSpace
+    space: StagedSpace
 
 
 def resolve_caps(budget: Budget, base_values: dict[str, float]) -> Caps:
@@ -100,9 +102,7 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
         "budget": config.budget.to_dict(),
         "base_recipe": config.base_recipe.to_dict(),
         "finetune": config.finetune.to_dict(),
-        "space": {"max_ratio": config.space.max_ratio, "step": config.space.step,
-                  "importances": list(config.space.importances),
-                  "round_to": config.space.round_to},
+        "space": json.loads(json.dumps(asdict(config.space))),
         "seed": config.seed,
     }
 
@@ -157,6 +157,9 @@ def prepare(config: SearchConfig, console: Console) -> Prepared:
     console.print(f"data: {data.name}, {len(data.train)} train / {len(data.val)} val"
                   + (f" / {len(data.test)} test" if data.test is not None else "")
                   + f" images of shape {tuple(data.input_shape)}, {data.num_classes} classes")
+    # The space only needs the architecture: built first, a bad option costs no training.
+    space = build_space(config, build_model(config.model, data.in_channels, data.num_classes),
+                        data)
     with _Progress(console) as progress:
         update: Callable[..., None] | None = None
 
@@ -172,12 +175,22 @@ def prepare(config: SearchConfig, console: Console) -> Prepared:
     console.print(f"base model: {config.model}, {origin} from {base.weights_path}")
     base_values = measure_base(base, data, config.budget, config.workdir / "base")
     caps = resolve_caps(config.budget, base_values)
-    example = torch.zeros(1, *data.input_shape)
-    space = PruningSpace.from_model(base.model, example, data.num_classes,
-                                    round_to=config.space.round_to,
-                                    max_ratio=config.space.max_ratio, step=config.space.step,
-                                    importances=config.space.importances)
     return Prepared(data, base, base_values, caps, space)
+
+
+def build_space(config: SearchConfig, model: torch.nn.Module, data: DataBundle) -> StagedSpace:
+    """The search space for ``model``: its prunable groups and weight layers, and the options."""
+    opts = config.space
+    example = torch.zeros(1, *data.input_shape)
+    pruning = PruningSpace.from_model(model, example, data.num_classes, round_to=opts.round_to,
+                                      max_ratio=opts.max_ratio, step=opts.step,
+                                      importances=opts.importances)
+    layers = tuple(WeightLayer(name, m.weight.numel()) for name, m in weight_layers(model).items())
+    return StagedSpace.for_stages(pruning, layers, stages=opts.stages, order=opts.order,
+                                  cluster_counts=opts.cluster_counts,
+                                  cluster_methods=opts.cluster_methods,
+                                  quant_modes=opts.quant_modes, sparsity_low=opts.sparsity[0],
+                                  sparsity_high=opts.sparsity[1])
 
 
 def open_or_create_study(config: SearchConfig, prepared: Prepared) -> optuna.Study:
@@ -225,14 +238,16 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     open_storage(config.storage_url)  # a bad URL fails before any training
     prepared = prepare(config, console)
     study = open_or_create_study(config, prepared)
-    evaluator = PruneFinetuneEvaluator(prepared.base.model, prepared.data, config.finetune,
-                                       config.budget.runtime, prepared.caps)
+    evaluator = StagedEvaluator(prepared.base.model, prepared.data, config.finetune,
+                                config.budget.runtime, prepared.caps, seed=config.seed)
     objective = Objective(prepared.space, evaluator, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials")
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = max(0, config.trials - done)
     console.print(f"study {study.study_name!r} in {config.storage_url}: {done} finished, "
-                  f"{remaining} to run; {len(prepared.space.groups)} prunable groups")
+                  f"{remaining} to run; {len(prepared.space.pruning.groups)} prunable groups, "
+                  f"{len(prepared.space.layers)} weight layers, "
+                  f"{len(prepared.space.orders)} stage orders")
     if remaining:
         with _Progress(console) as progress:
             update = progress.task("search", config.trials, done)

@@ -2,5 +2,7 @@
 
 from edgeslim.spaces._base import Candidate, Space
 from edgeslim.spaces.pruning import PruningSpace, uniform_candidate
+from edgeslim.spaces.stages import StagedSpace, WeightLayer
 
-__all__ = ["Candidate", "PruningSpace", "Space", "uniform_candidate"]
+__all__ = ["Candidate", "PruningSpace", "Space", "StagedSpace", "WeightLayer",
+           "uniform_candidate"]

@@ -25,8 +25,9 @@ class PruningSpace:
 
     Example:
         >>> space = PruningSpace(groups=(PrunableGroup("conv1", 16, ("conv1",)),))
-        >>> space(optuna.trial.FixedTrial({"prune/conv1": 0.5, "prune/importance": "l1"}))
-        Candidate(prune_ratios=(('conv1', 0.5),), importance='l1', round_to=8, tags=())
+        >>> cand = space(optuna.trial.FixedTrial({"prune/conv1": 0.5, "prune/importance": "l1"}))
+        >>> cand.prune_ratios, cand.importance
+        ((('conv1', 0.5),), 'l1')
     """
 
     groups: tuple[PrunableGroup, ...]
@@ -57,6 +58,13 @@ class PruningSpace:
         return cls(groups=groups, round_to=round_to, **options)
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        ratios, importance = self.suggest(trial)
+        return Candidate(order=("prune",), prune_ratios=ratios, importance=importance,
+                         round_to=self.round_to)
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> tuple[tuple[tuple[str, float], ...],
+                                                               str]:
+        """The ratios and the importance criterion, as ``Candidate`` fields."""
         # Rounded: stepped floats come back as 0.15000000000000002.
         ratios = tuple(
             (g.name, round(trial.suggest_float(PARAM_PREFIX + g.name, 0.0, self.max_ratio,
@@ -64,8 +72,7 @@ class PruningSpace:
             for g in self.groups
         )
         importance = trial.suggest_categorical(IMPORTANCE_PARAM, list(self.importances))
-        return Candidate(prune_ratios=ratios, importance=str(importance),
-                         round_to=self.round_to)
+        return ratios, str(importance)
 
     def params_for(self, candidate: Candidate) -> dict[str, Any]:
         """The trial parameters that make this space return ``candidate`` (for enqueueing)."""
@@ -95,5 +102,5 @@ class PruningSpace:
 def uniform_candidate(groups: Sequence[PrunableGroup], ratio: float, importance: str = "l2",
                       round_to: int = 8) -> Candidate:
     """Every group pruned by the same ratio: the usual hand-picked baseline."""
-    return Candidate(prune_ratios=tuple((g.name, ratio) for g in groups),
+    return Candidate(order=("prune",), prune_ratios=tuple((g.name, ratio) for g in groups),
                      importance=importance, round_to=round_to, tags=("uniform",))

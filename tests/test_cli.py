@@ -11,12 +11,12 @@ import onnxruntime as ort
 import optuna
 import pytest
 import torch
-from toys import PI4, REPO
 
 from edgeslim.cli import main
 from edgeslim.data import load_dataset
 from edgeslim.models import build_model
 from edgeslim.search.storage import load_study
+from toys import PI4, REPO
 
 FAST: list[str] = []  # the digits defaults: 30 base epochs (~10 s), 5 fine-tune epochs
 
@@ -49,10 +49,19 @@ def test_search_records_every_trial(searched):
         assert len(t.values) == 3  # accuracy, MACs, latency (the budget's objectives)
         assert t.values[0] == attrs["val_acc"] and t.values[1] == attrs["macs"]
         if attrs["finetuned"]:
-            assert {"artifact:model.onnx", "artifact:model_state.pt"} <= set(attrs)
-        assert sorted(k for k in t.params if k.startswith("prune/")) == sorted(
-            ["prune/importance"] + [f"prune/{g['name']}" for g in study.user_attrs["space"]
-                                                                  ["groups"]])
+            # The deployable file is the packed one exactly when clustering or sparsity ran.
+            packed = "cluster" in t.params["stages/order"] or "sparsify" in \
+                t.params["stages/order"]
+            deployable = "model.eslim" if packed else "model.onnx"
+            assert sorted(k for k in attrs if k.startswith("artifact:")) == sorted(
+                [f"artifact:{deployable}", "artifact:model_state.pt"])
+        pruned = [k for k in t.params if k.startswith("prune/")]
+        if "prune" in t.params["stages/order"]:
+            assert sorted(pruned) == sorted(
+                ["prune/importance"] + [f"prune/{g['name']}" for g in study.user_attrs["space"]
+                                                                      ["groups"]])
+        else:
+            assert pruned == []
 
 
 def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
@@ -65,7 +74,8 @@ def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
     best = max(feasible, key=lambda t: t.user_attrs["val_acc"])
     assert card["trial"] == best.number
     assert card["fits_budget"] is True and card["onnx_vs_pytorch"]["pass"] is True
-    assert card["measures"]["size_bytes"]["value"] == (out / "model.onnx").stat().st_size
+    deployable = out / card["files"]["deployable"]
+    assert card["measures"]["size_bytes"]["value"] == deployable.stat().st_size
     assert card["measures"]["val_acc"]["value"] == pytest.approx(best.user_attrs["val_acc"])
     assert set(card["limits"]) == {"params", "macs", "peak_memory_bytes", "size_bytes",
                                    "latency_ms", "accuracy_drop"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toys import DepthwiseNet, PlainNet, ResidualNet
 
 from edgeslim.compress import apply_pruning, kept_channels, prunable_groups
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import count_macs, count_params
+from toys import DepthwiseNet, PlainNet, ResidualNet
 
 X = torch.zeros(1, 1, 8, 8)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toys import REPO
 
 from edgeslim.compress import apply_pruning, prunable_groups
 from edgeslim.errors import ModelError
 from edgeslim.export import ONNX_ATOL, onnx_max_abs_diff, write_onnx
 from edgeslim.models import MODELS, build_model, load_checkpoint
+from toys import REPO
 
 CONTRACT = sorted(MODELS) + ["torchvision:resnet18"]
 

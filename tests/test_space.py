@@ -5,7 +5,6 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from toys import ResidualNet
 
 from edgeslim.budget import parse_budget
 from edgeslim.compress import PrunableGroup
@@ -14,6 +13,7 @@ from edgeslim.evaluators import Caps
 from edgeslim.search.objective import directions
 from edgeslim.search.study import resolve_caps
 from edgeslim.spaces import Candidate, PruningSpace, uniform_candidate
+from toys import ResidualNet
 
 GROUPS = (PrunableGroup("conv1", 32, ("conv1",)), PrunableGroup("layer1.0.conv1", 64, ()))
 

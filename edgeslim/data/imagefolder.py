@@ -1,8 +1,9 @@
 """Image files in class folders (``ROOT/train/<class>/*.png``, optional ``ROOT/test/``).
 
-Files are decoded once (Pillow, two threads; its decoders release the GIL) into one uint8 tensor per split. The decoded
-tensors are cached beside the run's other caches, keyed by the file list with sizes and
-modification times, so a second study on the same folder starts in a second.
+Files are decoded once (Pillow, two threads; its decoders release the GIL) into one uint8
+tensor per split. The decoded tensors are cached beside the run's other caches, keyed by the
+file list with sizes and modification times, so a second study on the same folder starts in a
+second.
 """
 
 from __future__ import annotations

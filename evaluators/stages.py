@@ -1,0 +1,88 @@
+"""The stages that change a PyTorch model, each followed by a fine-tune (``*Stage`` family).
+
+Quantization is not among them: it works on the exported ONNX file
+(``edgeslim.compress.quantize``) and always runs last.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from edgeslim.compress import apply_pruning, cluster_weights, sparsify, weight_layers
+from edgeslim.spaces import Candidate
+
+
+class Stage(ABC):
+    """Changes a model in place according to a candidate, and says which layers the following
+    fine-tunes must keep constrained."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+              seed: int = 0) -> dict[str, Any]:
+        """Applies the stage; returns facts for the trial's user attributes."""
+
+    def masked(self, model: nn.Module, candidate: Candidate) -> set[str]:
+        """Layers whose zeros must stay zero from now on."""
+        return set()
+
+    def clustered(self, model: nn.Module, candidate: Candidate) -> set[str]:
+        """Layers whose weights must stay tied to their shared values from now on."""
+        return set()
+
+
+class PruneStage(Stage):
+    """Removes channels (torch-pruning); ``channels/<group>`` records the channels kept."""
+
+    name = "prune"
+
+    def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+              seed: int = 0) -> dict[str, Any]:
+        kept = apply_pruning(model, example, candidate.ratios, candidate.importance,
+                             candidate.round_to)
+        return {f"channels/{name}": n for name, n in kept.items()}
+
+
+class SparsifyStage(Stage):
+    """Zeros the smallest weights of every convolution and linear layer."""
+
+    name = "sparsify"
+
+    def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+              seed: int = 0) -> dict[str, Any]:
+        sparsify(model, candidate.sparsity)
+        return {}
+
+    def masked(self, model: nn.Module, candidate: Candidate) -> set[str]:
+        return set(weight_layers(model))
+
+
+class ClusterStage(Stage):
+    """Clusters each layer's weights; ``clusters/<layer>`` records the distinct values left."""
+
+    name = "cluster"
+
+    def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+              seed: int = 0) -> dict[str, Any]:
+        distinct = cluster_weights(model, candidate.counts, candidate.cluster_method, seed)
+        return {f"clusters/{name}": n for name, n in distinct.items()}
+
+    def clustered(self, model: nn.Module, candidate: Candidate) -> set[str]:
+        return set(candidate.counts)
+
+
+MODEL_STAGES: dict[str, Stage] = {s.name: s for s in (PruneStage(), SparsifyStage(),
+                                                      ClusterStage())}
+
+
+def model_stage(name: str) -> Stage:
+    try:
+        return MODEL_STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown model stage {name!r}; valid: {', '.join(MODEL_STAGES)}") \
+            from None

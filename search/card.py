@@ -1,0 +1,195 @@
+"""The model card: what was exported, how to feed it, every measure taken on the files written,
+and pass or fail against each budget limit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from edgeslim import __version__
+from edgeslim.budget import Runtime
+from edgeslim.data import DataBundle
+from edgeslim.evaluators import MODEL_MEASURES, UNITS, measure_onnx_file, onnx_accuracy
+from edgeslim.evaluators.latency import available_cores
+from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
+from edgeslim.search.objective import ACCURACY
+from edgeslim.spaces import Candidate
+
+CARD_JSON = "model_card.json"
+CARD_MARKDOWN = "model_card.md"
+# How many validation images the ONNX-against-PyTorch check runs on.
+CHECK_IMAGES = 64
+SPARSITY_NOTE = ("unstructured sparsity shrinks the stored file only: the runtime computes "
+                 "with dense kernels, so MACs and latency are those of the dense model")
+
+
+def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle,
+                             exact: bool) -> dict[str, Any]:
+    """Runs the first ``CHECK_IMAGES`` validation images through the float PyTorch model and the
+    ONNX file and compares logits. With ``exact`` (float32 weights in the file) the logits must
+    agree within ``ONNX_ATOL``; a quantized file is expected to differ, and the check reports how
+    much and how often the predicted class agrees."""
+    x = data.normalize(data.val.x[:CHECK_IMAGES])
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    got = ort_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    diff = float(np.max(np.abs(expected - got)))
+    agree = float((expected.argmax(1) == got.argmax(1)).mean())
+    return {"max_abs_diff": diff, "tolerance": ONNX_ATOL if exact else None,
+            "images": int(x.shape[0]), "argmax_agree": agree,
+            "pass": diff <= ONNX_ATOL if exact else None,
+            "note": "float32 weights: logits must match" if exact else
+                    "quantized weights: logits differ by design; accuracy above is the file's"}
+
+
+def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    candidate = Candidate.from_dict(attrs["candidate"])
+    out: dict[str, Any] = {"stage_order": list(candidate.order), "candidate": attrs["candidate"]}
+    if "prune" in candidate.order:
+        out["channels"] = {k.removeprefix("channels/"): v for k, v in attrs.items()
+                           if k.startswith("channels/")}
+        out["base_channels"] = {g["name"]: g["channels"] for g in space["groups"]}
+    if "sparsify" in candidate.order:
+        out["weight_sparsity"] = attrs.get("weight_sparsity")
+        out["sparsity_note"] = SPARSITY_NOTE
+    if "cluster" in candidate.order:
+        out["cluster_method"] = candidate.cluster_method
+        out["clusters"] = {k.removeprefix("clusters/"): v for k, v in attrs.items()
+                           if k.startswith("clusters/")}
+    out["quantize"] = candidate.quantize
+    return out
+
+
+def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
+               onnx_path: Path, deployable: Path, data: DataBundle) -> dict[str, Any]:
+    """The card of ``trial``, measuring ``onnx_path`` (what onnxruntime runs) and
+    ``deployable`` (what a user ships: the same file, or the packed file it is restored from)."""
+    attrs = study.user_attrs
+    runtime = Runtime(**attrs["budget"]["runtime"])
+    example = torch.zeros(1, *data.input_shape)
+    values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
+    measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val)
+    values.update(measured)
+    values["size_bytes"] = float(Path(deployable).stat().st_size)
+    if data.test is not None:
+        values["test_acc"] = onnx_accuracy(onnx_path, data.test, data, threads=available_cores())
+    caps, budget = attrs["caps"], attrs["budget"]
+    limits: dict[str, Any] = {}
+    for measure, cap in caps["limits"].items():
+        rule = budget["limits"][measure]
+        limits[measure] = {
+            "limit": cap, "value": values[measure], "pass": values[measure] <= cap,
+            "declared": f"{rule['value']:.0%} of base" if rule["relative"] else rule["value"],
+        }
+    if caps["min_val_acc"] is not None:
+        limits["accuracy_drop"] = {
+            "limit": caps["min_val_acc"], "value": values[ACCURACY],
+            "pass": values[ACCURACY] >= caps["min_val_acc"],
+            "declared": f"{budget['accuracy_drop_points']} percentage points below the base "
+                        f"({100 * attrs['base'][ACCURACY]:.2f}%)",
+        }
+    shape = attrs["data"]["input_shape"]
+    compression = _compression(trial, attrs["space"])
+    files = {"deployable": Path(deployable).name, "onnx": Path(onnx_path).name}
+    if Path(deployable) != Path(onnx_path):
+        files["packed"] = Path(deployable).name
+        files["restore"] = (f"python -m edgeslim.packing {files['packed']} {files['onnx']} "
+                            "(needs numpy and onnx only)")
+    return {
+        "edgeslim_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "study": study.study_name,
+        "trial": trial.number,
+        "model": attrs["setup"]["model"],
+        "dataset": attrs["setup"]["dataset"],
+        "files": files,
+        "preprocessing": {
+            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "input_shape": [1, *shape], "layout": "NCHW" if len(shape) == 3 else "NCL",
+            "dtype": "float32",
+            "formula": "x = (pixels / 255 - mean) / std, per channel; pixels are uint8",
+            "mean": attrs["data"]["mean"], "std": attrs["data"]["std"],
+            "class_names": attrs["data"]["class_names"],
+        },
+        "compression": compression,
+        "measures": {k: {"value": v, "unit": UNITS.get(k, "")} for k, v in values.items()},
+        "measured_on": {
+            "files": "every measure above was taken on the exported files by this export",
+            "size_bytes": f"byte length of {files['deployable']}",
+            "params_macs": "counted on the float PyTorch model with the exported structure",
+            "runtime": "onnxruntime CPUExecutionProvider, batch 1",
+            "latency": latency,
+            "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "host_cores": available_cores(),
+        },
+        "search_measures": {k: trial.user_attrs[k] for k in UNITS if k in trial.user_attrs},
+        "base": attrs["base"],
+        "budget": budget,
+        "limits": limits,
+        "fits_budget": all(v["pass"] for v in limits.values()),
+        "onnx_vs_pytorch": check_onnx_against_torch(
+            model, onnx_path, data, exact=compression["quantize"] == "none"),
+    }
+
+
+def _fmt(measure: str, value: float) -> str:
+    if measure in ("val_acc", "test_acc"):
+        return f"{100 * value:.2f}%"
+    if measure == "latency_ms":
+        return f"{value:.3f} ms"
+    if measure.endswith("_bytes"):
+        return f"{value / 1e3:,.1f} kB"
+    return f"{value:,.0f}"
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """A short human-readable summary of a card."""
+    m, base = card["measures"], card["base"]
+    lines = [
+        f"# {card['model']} on {card['dataset']}: trial {card['trial']} of {card['study']}",
+        "",
+        f"Fits the budget `{card['budget']['name']}` ({card['budget']['device']['name']}): "
+        f"**{'yes' if card['fits_budget'] else 'NO'}**. Stages: "
+        f"{' > '.join(card['compression']['stage_order'])}"
+        + (f" ({card['compression']['quantize']})"
+           if card["compression"]["quantize"] != "none" else "") + ".",
+        "",
+        "| measure | exported | base | limit | pass |",
+        "|---|---|---|---|---|",
+    ]
+    limits = card["limits"]
+    for key in ("val_acc", "test_acc", "params", "macs", "size_bytes", "peak_memory_bytes",
+                "latency_ms"):
+        if key not in m:
+            continue
+        lim = limits.get("accuracy_drop" if key == "val_acc" else key)
+        lines.append(
+            f"| {key} | {_fmt(key, m[key]['value'])} | "
+            f"{_fmt(key, base[key]) if key in base else '-'} | "
+            f"{_fmt(key, lim['limit']) if lim else '-'} | "
+            f"{('yes' if lim['pass'] else 'NO') if lim else '-'} |")
+    pre = card["preprocessing"]
+    lines += [
+        "",
+        f"Files: {', '.join(f'`{v}`' for k, v in card['files'].items() if k != 'restore')}."
+        + (f" Restore the ONNX file with `{card['files']['restore']}`."
+           if "restore" in card["files"] else ""),
+        "",
+        f"Input `{pre['input_name']}`: float32 {pre['layout']} {pre['input_shape']}, "
+        f"{pre['formula']}, mean {pre['mean']}, std {pre['std']}. Output `{pre['output_name']}`: "
+        f"one score per class ({', '.join(pre['class_names'])}).",
+        "",
+        f"Measured on {card['measured_on']['host']} ({card['measured_on']['runtime']}); "
+        f"size is the byte length of `{card['files'].get('deployable', 'the artifact')}`.",
+    ]
+    if "sparsity_note" in card["compression"]:
+        lines += ["", f"Note: {card['compression']['sparsity_note']}."]
+    return "\n".join(lines) + "\n"

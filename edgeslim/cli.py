@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quantize", default="int8_static,int8_dynamic,fp16",
                    help="quantization modes the search chooses from when it quantizes "
                    "(default: %(default)s)")
+    s.add_argument("--preset", help="run one named pipeline instead of searching (one trial, "
+                   "its own study): prune-cluster-int8, prune-dynamic-int8, uniform")
+    s.add_argument("--no-references", action="store_true",
+                   help="do not enqueue the presets as reference trials at the study's start")
     s.add_argument("--sparsity", default="0.3:0.9",
                    help="range of unstructured sparsity searched, LOW:HIGH (default: "
                    "%(default)s)")
@@ -120,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _search_config(args: argparse.Namespace):
     from edgeslim.budget import load_budget
-    from edgeslim.compress import IMPORTANCES
+    from edgeslim.compress import IMPORTANCES, order_name
     from edgeslim.data import dataset_entry
     from edgeslim.models import resolve_factory
     from edgeslim.search.config import SearchConfig, SpaceOptions
+    from edgeslim.spaces.presets import preset
     from edgeslim.training import TrainRecipe
 
     budget = load_budget(args.budget)
@@ -143,13 +148,24 @@ def _search_config(args: argparse.Namespace):
         epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
         lr=FINETUNE_LR, warmup_fraction=0.1,
         distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed)
+    stage_options = _stage_options(args)
+    trials = args.trials
+    if args.preset is not None:
+        p = preset(args.preset)
+        # The space holds exactly the preset's pipeline, and the study runs it once.
+        stage_options.update(stages=p.order, order=order_name(p.order),
+                             cluster_methods=(p.cluster_method,),
+                             quant_modes=(p.quantize,) if "quantize" in p.order
+                             else stage_options["quant_modes"])
+        importances, trials = (p.importance,), 1
     return SearchConfig(
         budget=budget, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-        checkpoint=args.checkpoint, trials=args.trials, study_name=args.study_name,
+        checkpoint=args.checkpoint, trials=trials, study_name=args.study_name,
         storage=args.storage, workdir=args.workdir, seed=args.seed, sampler=args.sampler,
-        base_recipe=base, finetune=finetune,
+        base_recipe=base, finetune=finetune, references=not args.no_references,
+        preset=args.preset,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
-                           round_to=args.round_to, **_stage_options(args)))
+                           round_to=args.round_to, **stage_options))
 
 
 def _names(text: str, flag: str, valid: tuple[str, ...]) -> tuple[str, ...]:
@@ -221,11 +237,17 @@ def run(args: argparse.Namespace) -> int:
         from edgeslim.search.study import run_search
 
         config = _search_config(args)
+        from edgeslim.search.objective import is_feasible
+
         study = run_search(config, console)
-        console.print(f"export the best feasible model with: optimize export --study "
-                      f"{study.study_name} --out best/"
-                      + ("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
-                      + (f" --storage {args.storage}" if args.storage else ""))
+        where = (("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
+                 + (f" --storage {args.storage}" if args.storage else ""))
+        command = f"optimize export --study {study.study_name} --out best/{where}"
+        if any(is_feasible(t) and t.user_attrs.get("finetuned") for t in study.trials):
+            console.print(f"export the best feasible model with: {command}")
+        else:
+            console.print("no trial fits the budget yet: run more trials, loosen the budget, "
+                          f"or export one trial anyway with: {command} --trial N")
         return 0
     from edgeslim.search.storage import load_study
 

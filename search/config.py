@@ -50,13 +50,17 @@ class SearchConfig:
     base_recipe: TrainRecipe = field(default_factory=TrainRecipe)
     finetune: TrainRecipe = field(default_factory=TrainRecipe)
     space: SpaceOptions = field(default_factory=SpaceOptions)
+    references: bool = True  # enqueue the presets the space can sample as reference trials
+    preset: str | None = None  # run this one preset instead of searching
 
     @property
     def name(self) -> str:
         if self.study_name:
             return self.study_name
-        return "-".join(s.replace(":", "_").replace("/", "_") for s in
-                        (self.model, self.dataset, self.budget.name))
+        parts = [self.model, self.dataset, self.budget.name]
+        if self.preset:
+            parts.append(self.preset)
+        return "-".join(s.replace(":", "_").replace("/", "_") for s in parts)
 
     @property
     def storage_url(self) -> str:

@@ -49,6 +49,7 @@ from edgeslim.export import write_onnx
 from edgeslim.models import build_model
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import ACCURACY, Objective, directions, is_feasible
+from edgeslim.search.references import enqueue_references
 from edgeslim.search.report import print_report
 from edgeslim.search.storage import artifact_store, open_storage
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
@@ -104,6 +105,7 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
         "finetune": config.finetune.to_dict(),
         "space": json.loads(json.dumps(asdict(config.space))),
         "seed": config.seed,
+        "preset": config.preset,
     }
 
 
@@ -150,16 +152,24 @@ class _Progress:
         return update
 
 
-def prepare(config: SearchConfig, console: Console) -> Prepared:
-    """Loads the data, obtains the base model (trained and cached when no checkpoint is given),
-    measures it, and builds the caps and the search space."""
+def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
+    """The data and the search space. The space needs only the architecture, so a bad stage
+    option fails here, before the storage is opened or anything is trained."""
     data = load_dataset(config.dataset, config.data_dir, config.cache_dir / "data", config.seed)
+    space = build_space(config, build_model(config.model, data.in_channels, data.num_classes),
+                        data)
+    return data, space
+
+
+def prepare(config: SearchConfig, console: Console,
+            inputs: tuple[DataBundle, StagedSpace] | None = None) -> Prepared:
+    """Loads the data and builds the search space (unless ``inputs`` holds them), obtains the
+    base model (trained and cached when no checkpoint is given), measures it, and resolves the
+    budget's caps."""
+    data, space = inputs or load_inputs(config)
     console.print(f"data: {data.name}, {len(data.train)} train / {len(data.val)} val"
                   + (f" / {len(data.test)} test" if data.test is not None else "")
                   + f" images of shape {tuple(data.input_shape)}, {data.num_classes} classes")
-    # The space only needs the architecture: built first, a bad option costs no training.
-    space = build_space(config, build_model(config.model, data.in_channels, data.num_classes),
-                        data)
     with _Progress(console) as progress:
         update: Callable[..., None] | None = None
 
@@ -228,6 +238,12 @@ def open_or_create_study(config: SearchConfig, prepared: Prepared) -> optuna.Stu
     }
     for key, value in attrs.items():
         study.set_user_attr(key, value)
+    if config.references or config.preset:
+        example = torch.zeros(1, *data.input_shape)
+        names = [config.preset] if config.preset else None
+        enqueued = enqueue_references(study, prepared.space, prepared.base.model, example,
+                                      prepared.caps.limits, names)
+        study.set_user_attr("references", enqueued)
     return study
 
 
@@ -235,8 +251,9 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     """Runs (or resumes) the study until it holds ``config.trials`` finished trials, then prints
     the Pareto table. Candidates that fail are recorded as failed trials with their reason."""
     console = console or Console()
+    inputs = load_inputs(config)
     open_storage(config.storage_url)  # a bad URL fails before any training
-    prepared = prepare(config, console)
+    prepared = prepare(config, console, inputs)
     study = open_or_create_study(config, prepared)
     evaluator = StagedEvaluator(prepared.base.model, prepared.data, config.finetune,
                                 config.budget.runtime, prepared.caps, seed=config.seed)

@@ -1,0 +1,104 @@
+"""Reference trials: fixed pipelines enqueued into a study so the search is compared with them.
+
+Each reference is a preset (``edgeslim.spaces.presets``) whose uniform pruning ratio is fitted to
+the budget before any training: the smallest ratio on the space's grid whose pruned structure
+meets the budget's limits on parameters and MACs (both counted, not estimated). References are
+real trials of the study: the sampler learns from them, and the ``reference`` user attribute
+names the preset in tables, cards and the dashboard.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import optuna
+import torch
+from torch import nn
+
+from edgeslim.compress import apply_pruning
+from edgeslim.errors import ConfigError
+from edgeslim.evaluators import MODEL_MEASURES
+from edgeslim.spaces import Candidate, StagedSpace
+from edgeslim.spaces.presets import PRESETS, Preset
+
+REFERENCE_ATTR = "reference"
+# Measures fixed by the pruned structure alone, which the fitted ratio must respect.
+STRUCTURAL = ("params", "macs")
+
+
+def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
+                       importance: str = "l2", round_to: int = 8) -> dict[str, float]:
+    """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
+    pruned = copy.deepcopy(model).cpu().eval()
+    if ratios:
+        apply_pruning(pruned, example, ratios, importance, round_to)
+    return {name: float(MODEL_MEASURES[name](pruned, example).value) for name in STRUCTURAL}
+
+
+def fit_uniform_ratio(model: nn.Module, example: torch.Tensor, space: StagedSpace,
+                      limits: Mapping[str, float], importance: str = "l2") -> float:
+    """The smallest ratio on the space's grid that, removed from every group, meets ``limits``
+    on params and MACs (absolute caps); 0 when ``limits`` caps neither.
+
+    Raises:
+        ConfigError: when even the space's largest ratio breaks a limit.
+    """
+    caps = {m: v for m, v in limits.items() if m in STRUCTURAL}
+    pruning = space.pruning
+    if not caps:
+        return 0.0
+    steps = round(pruning.max_ratio / pruning.step)
+    values: dict[str, float] = {}
+    for i in range(steps + 1):
+        ratio = round(i * pruning.step, 10)
+        values = structure_measures(model, example, {g.name: ratio for g in pruning.groups},
+                                    importance, pruning.round_to)
+        if all(values[m] <= cap for m, cap in caps.items()):
+            return ratio
+    broken = ", ".join(f"{m} {values[m]:.6g} > {cap:.6g}" for m, cap in caps.items()
+                       if values[m] > cap)
+    raise ConfigError(f"no uniform pruning ratio up to --max-ratio {pruning.max_ratio} meets "
+                      f"the budget ({broken}); raise --max-ratio or loosen the budget")
+
+
+def preset_candidate(p: Preset, model: nn.Module, example: torch.Tensor, space: StagedSpace,
+                     limits: Mapping[str, float]) -> Candidate:
+    """``p`` as a candidate of ``space``, its uniform ratio fitted to ``limits``."""
+    ratio = fit_uniform_ratio(model, example, space, limits, p.importance) \
+        if "prune" in p.order else 0.0
+    linear = frozenset(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    candidate = p.candidate(space.pruning, space.layers, ratio, linear)
+    if not candidate.cluster_counts:
+        return candidate
+    # Each count snapped to the largest the space offers that layer without exceeding it.
+    offered = {layer.name: space.counts_for(layer) for layer in space.layers}
+    counts = tuple((name, max((c for c in offered[name] if c <= k), default=min(offered[name])))
+                   for name, k in candidate.cluster_counts)
+    return dataclasses.replace(candidate, cluster_counts=counts)
+
+
+def fits_space(space: StagedSpace, candidate: Candidate) -> bool:
+    """Whether ``space`` can sample ``candidate`` (its order, counts and modes are offered)."""
+    try:
+        space.params_for(candidate)
+    except ConfigError:
+        return False
+    return True
+
+
+def enqueue_references(study: optuna.Study, space: StagedSpace, model: nn.Module,
+                       example: torch.Tensor, limits: Mapping[str, float],
+                       names: Sequence[str] | None = None) -> list[str]:
+    """Enqueues the presets named (every registered one by default) that the space can sample,
+    each as a trial tagged with ``reference`` = its name. Returns the names enqueued."""
+    enqueued = []
+    for name in names if names is not None else PRESETS:
+        candidate = preset_candidate(PRESETS[name], model, example, space, limits)
+        if not fits_space(space, candidate):
+            continue
+        study.enqueue_trial(space.params_for(candidate), user_attrs={REFERENCE_ATTR: name},
+                            skip_if_exists=True)
+        enqueued.append(name)
+    return enqueued

@@ -1,0 +1,131 @@
+"""The packed artifact (exact round trip, sizes worked out by hand) and ONNX quantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgeslim.compress import cluster_weights, quantize_onnx, sparsify
+from edgeslim.export import INPUT_NAME, write_onnx
+from edgeslim.packing import encode, main, pack, pack_bits, read_packed, unpack, unpack_bits
+from toys import PlainNet
+
+X = torch.zeros(1, 1, 8, 8)
+
+
+def test_bits_are_packed_little_endian():
+    assert pack_bits(np.array([1, 0, 1, 1]), 1) == bytes([0b1101])
+    assert pack_bits(np.array([3, 1]), 2) == bytes([0b0111])
+    values = np.arange(8)
+    assert unpack_bits(pack_bits(values, 3), 3, 8).tolist() == list(range(8))
+
+
+def test_clustered_rows_take_codebooks_and_indices():
+    rng = np.random.default_rng(0)
+    array = rng.choice(np.array([-0.5, 0.25, 1.0], np.float32), size=(4, 64))
+    enc = encode(array)
+    # per row a codebook of 3 float32 values (4 x 3 x 4 bytes) + 2-bit indices (256 x 2 / 8)
+    assert (enc.encoding, enc.meta) == ("rowcode", {"rows": 4, "k": 3, "bits": 2})
+    assert enc.nbytes == 48 + 64
+
+
+def test_sparse_weights_take_a_bitmap_and_their_values():
+    rng = np.random.default_rng(0)
+    array = np.zeros(1000, np.float32)
+    array[rng.choice(1000, 100, replace=False)] = rng.standard_normal(100).astype(np.float32)
+    enc = encode(array)
+    # bitmap 1000 / 8 bytes + 100 float32 values
+    assert enc.encoding == "sparse" and enc.nbytes == 125 + 400
+
+
+def _onnx_of(model, path) -> onnx.ModelProto:
+    return onnx.load(str(write_onnx(model.eval(), X, path)))
+
+
+@pytest.mark.parametrize("mode", ["none", "int8_static", "fp16"])
+def test_round_trip_is_byte_exact(tmp_path, digits, mode):
+    torch.manual_seed(0)
+    m = PlainNet()
+    sparsify(m, 0.4, ["conv1"])
+    cluster_weights(m, {"conv2": 16, "fc": 8})
+    src = write_onnx(m.eval(), X, tmp_path / "float.onnx")
+    calib = [digits.normalize(digits.train.x[:32]).numpy()]
+    path = quantize_onnx(src, tmp_path / "q.onnx", mode, iter(calib))
+    model = onnx.load(str(path))
+    data = pack(model)
+    assert unpack(data).SerializeToString() == model.SerializeToString()
+    # clustered and sparse weights need fewer bits than the file stores them in
+    assert len(data) < path.stat().st_size
+
+
+def test_packed_file_restores_a_runnable_onnx_file(tmp_path):
+    torch.manual_seed(0)
+    m = PlainNet()
+    cluster_weights(m, {"conv2": 16})
+    model = _onnx_of(m, tmp_path / "m.onnx")
+    (tmp_path / "m.eslim").write_bytes(pack(model))
+    assert main([str(tmp_path / "m.eslim"), str(tmp_path / "back.onnx")]) == 0
+    x = torch.randn(2, 1, 8, 8)
+    session = ort.InferenceSession(str(tmp_path / "back.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, m(x).numpy(), atol=1e-5)
+    assert read_packed(tmp_path / "m.eslim").SerializeToString() == model.SerializeToString()
+
+
+def test_a_file_that_is_not_packed_is_refused():
+    with pytest.raises(ValueError) as err:
+        unpack(b"PK\x03\x04 not ours")
+    assert str(err.value) == "not an edgeslim packed model (bad magic bytes)"
+
+
+def _weights(path) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_int8_static_stores_int8_weights_per_channel(tmp_path, digits):
+    src = write_onnx(PlainNet().eval(), X, tmp_path / "f.onnx")
+    calib = [digits.normalize(digits.train.x[:64]).numpy()]
+    q = quantize_onnx(src, tmp_path / "q.onnx", "int8_static", iter(calib))
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8 = {name: tuple(t.dims) for name, t in _weights(q).items()
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2}
+    # conv1 and conv2 (batch norm folded in) and fc, each with one scale per output channel
+    assert sorted(int8.values()) == [(10, 32), (16, 1, 3, 3), (32, 16, 3, 3)]
+    scales = {tuple(t.dims) for name, t in _weights(q).items() if name.endswith("_scale")}
+    assert {(16,), (32,), (10,)} <= scales
+
+
+def test_int8_dynamic_quantizes_activations_at_run_time(tmp_path):
+    src = write_onnx(PlainNet().eval(), X, tmp_path / "f.onnx")
+    q = quantize_onnx(src, tmp_path / "q.onnx", "int8_dynamic")
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "ConvInteger" in ops
+
+
+def test_fp16_halves_the_weights_and_keeps_float32_compute(tmp_path):
+    torch.manual_seed(0)
+    m = PlainNet().eval()
+    src = write_onnx(m, X, tmp_path / "f.onnx")
+    q = quantize_onnx(src, tmp_path / "h.onnx", "fp16")
+    halves = {name for name, t in _weights(q).items() if t.data_type == onnx.TensorProto.FLOAT16}
+    assert len(halves) == 3  # conv1, conv2 and fc weights
+    casts = [n for n in onnx.load(str(q)).graph.node if n.op_type == "Cast"]
+    assert len(casts) == 3
+    x = torch.randn(2, 1, 8, 8)
+    got = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]).run(
+        None, {INPUT_NAME: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, m(x).numpy(), atol=2e-2)
+
+
+def test_unknown_quantization_mode(tmp_path):
+    with pytest.raises(ValueError) as err:
+        quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", "int4")
+    assert str(err.value) == ("unknown quantization mode 'int4'; valid: none, int8_static, "
+                              "int8_dynamic, fp16")

@@ -1,0 +1,154 @@
+"""Clustering, unstructured sparsity, tied fine-tuning and stage orders, with exact values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.compress import (
+    buildable_orders,
+    cluster_weights,
+    order_problem,
+    parse_order,
+    sparsify,
+    tied,
+)
+from edgeslim.compress.cluster import assign, cluster_tensor, codebook
+from edgeslim.errors import CandidateError
+from toys import PlainNet
+
+
+def test_linear_codebook_spans_the_range_evenly():
+    values = np.array([0.0, 0.1, 0.4, 0.65, 0.8, 0.9, 1.0])
+    assert codebook(values, 5, "linear").tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("method", ["kmeans", "density", "linear"])
+def test_few_distinct_values_are_their_own_codebook(method):
+    assert codebook(np.array([2.0, 1.0, 2.0, 1.0]), 4, method).tolist() == [1.0, 2.0]
+
+
+def test_assign_picks_the_nearest_centroid():
+    centroids = np.array([-1.0, 0.0, 2.0])
+    assert assign(np.array([-0.6, -0.4, 0.9, 1.1, 5.0]), centroids).tolist() == [0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("method", ["kmeans", "density"])
+def test_kmeans_centroids_are_their_members_means(method):
+    w = torch.tensor([1.0, 1.25, 0.75, 5.0, 5.5, 4.5])
+    assert cluster_tensor(w, 2, method).tolist() == [1.0, 1.0, 1.0, 5.0, 5.0, 5.0]
+
+
+def test_clustering_keeps_zeros_and_caps_distinct_values():
+    torch.manual_seed(0)
+    m = PlainNet()
+    sparsify(m, 0.5, ["conv2"])
+    distinct = cluster_weights(m, {"conv2": 16, "fc": 8})
+    w = m.conv2.weight
+    assert int((w == 0).sum()) == 4608 // 2  # the zeros survive, and count as one value
+    assert distinct == {"conv2": int(torch.unique(w).numel()), "fc": 8}
+    assert distinct["conv2"] <= 17
+
+
+def test_cluster_count_above_the_weights_leaves_the_layer_as_it_is():
+    torch.manual_seed(0)
+    m = PlainNet()
+    before = m.conv1.weight.clone()
+    assert cluster_weights(m, {"conv1": 1000}) == {"conv1": 144}
+    assert torch.equal(m.conv1.weight, before)
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"conv1": 1}, "cannot cluster 'conv1' into 1 clusters (need k >= 2)"),
+    ({"bn1": 4}, "cannot cluster 'bn1': not a convolution or linear layer"),
+])
+def test_bad_cluster_requests(counts, message):
+    with pytest.raises(CandidateError) as err:
+        cluster_weights(PlainNet(), counts)
+    assert str(err.value) == message
+
+
+def test_sparsify_zeros_exactly_the_smallest_fraction():
+    torch.manual_seed(0)
+    m = PlainNet()
+    smallest = m.conv2.weight.abs().flatten().sort().values[1381]
+    fractions = sparsify(m, 0.3)
+    # floor(0.3 * n) weights per layer: conv1 144 -> 43, conv2 4608 -> 1382, fc 320 -> 96
+    zeros = {name: int((getattr(m, name).weight == 0).sum()) for name in fractions}
+    assert zeros == {"conv1": 43, "conv2": 1382, "fc": 96}
+    assert fractions == pytest.approx({"conv1": 43 / 144, "conv2": 1382 / 4608, "fc": 0.3})
+    assert float(m.conv2.weight[m.conv2.weight != 0].abs().min()) >= float(smallest)
+
+
+def test_centroid_gradient_is_the_sum_of_its_members_gradients():
+    m = nn.Sequential(nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    g = torch.tensor([[0.5, 3.0], [7.0, 11.0]])
+    with tied(m, clustered={"0"}):
+        (m[0].weight * g).sum().backward()
+        book = m[0].parametrizations.weight[0].codebook
+        assert book.tolist() == [1.0, 2.0]
+        # value 1.0 sits at (0,0) and (1,1); value 2.0 at (0,1) and (1,0)
+        assert book.grad.tolist() == [0.5 + 11.0, 3.0 + 7.0]
+
+
+def test_tied_training_keeps_values_shared_and_zeros_zero():
+    torch.manual_seed(0)
+    m = PlainNet()
+    sparsify(m, 0.5, ["conv2"])
+    cluster_weights(m, {"conv2": 8, "fc": 4})
+    zeros = m.conv2.weight == 0
+    x = torch.randn(4, 1, 8, 8)
+    opt = None
+    with tied(m, clustered={"conv2", "fc"}, masked={"conv2"}):
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    assert torch.equal(m.conv2.weight == 0, zeros)
+    assert torch.unique(m.conv2.weight).numel() <= 9 and torch.unique(m.fc.weight).numel() <= 4
+    # plain trainable parameters again, so later stages (pruning traces autograd) see them
+    assert type(m.conv2) is nn.Conv2d and m.conv2.weight.requires_grad
+
+
+def test_pruning_after_clustering_finds_every_layer():
+    from edgeslim.compress import apply_pruning
+
+    m = PlainNet()
+    cluster_weights(m, {"conv1": 8, "conv2": 8})
+    with tied(m, clustered={"conv1", "conv2"}):
+        pass
+    assert apply_pruning(m, torch.zeros(1, 1, 8, 8), {"conv1": 0.5, "conv2": 0.5}) == \
+        {"conv1": 8, "conv2": 16}
+    assert m.conv2.weight.shape == (16, 8, 3, 3)
+
+
+def test_buildable_orders_of_the_default_stages():
+    assert buildable_orders(("prune", "cluster", "quantize")) == (
+        ("prune",), ("cluster",), ("quantize",),
+        ("prune", "cluster"), ("prune", "quantize"), ("cluster", "prune"),
+        ("cluster", "quantize"),
+        ("prune", "cluster", "quantize"), ("cluster", "prune", "quantize"),
+    )
+
+
+def test_sparsify_never_follows_cluster():
+    orders = buildable_orders(("sparsify", "cluster"))
+    assert ("sparsify", "cluster") in orders and ("cluster", "sparsify") not in orders
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "an order needs at least one stage"),
+    ("prune,shrink", "unknown stage 'shrink' (stages: prune, sparsify, cluster, quantize)"),
+    ("prune,cluster,prune", "stage 'prune' appears more than once"),
+    ("quantize,prune", "quantize must be the last stage (it works on the exported file)"),
+    ("cluster>sparsify", "sparsify cannot follow cluster (its zeros would add a value to "
+                         "every codebook)"),
+    ("prune > cluster > quantize", None),
+])
+def test_order_problems(text, problem):
+    assert order_problem(parse_order(text)) == problem

@@ -45,14 +45,20 @@ def pareto_table(study: optuna.Study) -> Table:
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
     table.add_column("feasible")
+    table.add_column("stages")
     if base:
         table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in COLUMNS),
-                      "", style="dim")
+                      "", "", style="dim")
     for t in pareto_trials(study):
         attrs = t.user_attrs
+        stages = attrs.get("stage_order", t.params.get("stages/order", ""))
+        if attrs.get("quantize", "none") != "none":
+            stages += f" ({attrs['quantize']})"
+        if "reference" in attrs:
+            stages += f" [preset {attrs['reference']}]"
         table.add_row(str(t.number), *(fmt(attrs[k]) if k in attrs else "-"
                                        for k, _, fmt in COLUMNS),
-                      "yes" if is_feasible(t) else "no")
+                      "yes" if is_feasible(t) else "no", stages)
     return table
 
 

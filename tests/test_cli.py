@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import optuna
 import pytest
@@ -141,6 +142,17 @@ def test_export_of_a_missing_storage_creates_nothing(tmp_path, capsys):
     (["--importance", "taylor"], "--importance: must be among l1, l2, bn_scale, lamp"),
     (["--max-ratio", "1.5"], "--max-ratio: must be > 0 and < 1, got 1.5"),
     (["--checkpoint", "missing.pt"], "--checkpoint: no such file missing.pt"),
+    (["--cluster-counts", "1,16"], "--cluster-counts: each count must be >= 2, got '1,16'"),
+    (["--cluster-counts", "16,100000"], "--cluster-counts: each count must be >= 2 and <= the "
+     "weights of the largest layer (layer3.0.conv2: 36864), got 100000"),
+    (["--stages", "prune,shrink"], "--stages: must be among prune, sparsify, cluster, "
+     "quantize, got 'prune,shrink'"),
+    (["--order", "prune,cluster,prune"], "--order prune,cluster,prune: stage 'prune' appears "
+     "more than once"),
+    (["--order", "quantize,prune"], "--order quantize,prune: quantize must be the last stage"),
+    (["--quantize", "int4"], "--quantize: must be among int8_static, int8_dynamic, fp16, got "
+     "'int4'"),
+    (["--preset", "deep"], "--preset: unknown preset 'deep'; valid: prune-cluster-int8, "),
 ])
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
     workdir = tmp_path / "w"
@@ -159,3 +171,38 @@ def test_bad_budget_exits_2_without_traceback(tmp_path):
     assert proc.stderr == (f"optimize: error: {bad}: limits.flops: unknown unit 'Q' "
                            "(accepted: K, M, G, %), got '40Q'\n")
     assert not (tmp_path / "w").exists()
+
+
+def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(tmp_path, capsys):
+    """prune > cluster > int8 static on digits: the exported packed file, restored, is what the
+    card's accuracy and size describe."""
+    from edgeslim.packing import read_packed
+
+    workdir = tmp_path / "w"
+    assert main(["--budget", str(PI4), "--trials", "2", "--workdir", str(workdir),
+                 "--order", "prune,cluster,quantize", "--quantize", "int8_static"]) == 0
+    study = load_study(None, f"sqlite:///{workdir / 'studies.db'}")
+    assert study.trials[0].user_attrs["reference"] == "prune-cluster-int8"
+    trial = max((t for t in study.trials if t.user_attrs["finetuned"]),
+                key=lambda t: t.user_attrs["val_acc"])
+    out = tmp_path / "out"
+    assert main(["export", "--workdir", str(workdir), "--out", str(out),
+                 "--trial", str(trial.number)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["files"]["deployable"] == "model.eslim"
+    assert card["compression"]["stage_order"] == ["prune", "cluster", "quantize"]
+    assert card["compression"]["quantize"] == "int8_static"
+    counts = trial.user_attrs["candidate"]["cluster_counts"]
+    assert set(card["compression"]["clusters"]) == set(counts)
+    assert all(card["compression"]["clusters"][k] <= counts[k] + 1 for k in counts)
+    assert card["measures"]["size_bytes"]["value"] == (out / "model.eslim").stat().st_size
+    # The restored file is int8 and its accuracy in onnxruntime is the card's.
+    restored = read_packed(out / "model.eslim")
+    assert restored.SerializeToString() == onnx.load(str(out / "model.onnx")).SerializeToString()
+    assert "QuantizeLinear" in {n.op_type for n in restored.graph.node}
+    data = load_dataset("digits", REPO)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = data.normalize(data.val.x).numpy()
+    acc = float((session.run(None, {"input": x})[0].argmax(1) == data.val.y.numpy()).mean())
+    assert acc == card["measures"]["val_acc"]["value"]
+    assert card["measures"]["val_acc"]["value"] == trial.user_attrs["val_acc"]

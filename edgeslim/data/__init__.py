@@ -59,9 +59,7 @@ def load_dataset(spec: str, data_dir: Path, cache_dir: Path | None = None,
     entry = dataset_entry(spec)
     root = Path(spec[len(IMAGEFOLDER_PREFIX):]) if spec.startswith(IMAGEFOLDER_PREFIX) \
         else Path(data_dir)
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    raw = entry.load(root, cache_dir)
+    raw = entry.load(root, cache_dir)  # loaders that cache create ``cache_dir`` on writing
     return carve_validation(raw, spec, entry.val_fraction, seed)
 
 

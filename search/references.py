@@ -92,10 +92,19 @@ def enqueue_references(study: optuna.Study, space: StagedSpace, model: nn.Module
                        example: torch.Tensor, limits: Mapping[str, float],
                        names: Sequence[str] | None = None) -> list[str]:
     """Enqueues the presets named (every registered one by default) that the space can sample,
-    each as a trial tagged with ``reference`` = its name. Returns the names enqueued."""
+    each as a trial tagged with ``reference`` = its name. Returns the names enqueued.
+
+    A default reference whose uniform ratio cannot meet the budget is left out (the search may
+    still find a non-uniform candidate that does); a preset named explicitly raises instead.
+    """
     enqueued = []
     for name in names if names is not None else PRESETS:
-        candidate = preset_candidate(PRESETS[name], model, example, space, limits)
+        try:
+            candidate = preset_candidate(PRESETS[name], model, example, space, limits)
+        except ConfigError:
+            if names is not None:
+                raise
+            continue
         if not fits_space(space, candidate):
             continue
         study.enqueue_trial(space.params_for(candidate), user_attrs={REFERENCE_ATTR: name},

@@ -78,6 +78,13 @@ def test_presets_the_space_cannot_sample_are_skipped():
     assert enqueue_references(study, _space(("prune",)), PlainNet(), X, {}) == ["uniform"]
 
 
+def test_references_no_uniform_ratio_can_fit_are_left_out():
+    study = optuna.create_study(directions=["maximize"])
+    assert enqueue_references(study, _space(), PlainNet(), X, {"params": 100}) == []
+    with pytest.raises(ConfigError):
+        enqueue_references(study, _space(), PlainNet(), X, {"params": 100}, ["uniform"])
+
+
 def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(ConfigError) as err:
         preset("deep-compression")

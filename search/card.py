@@ -177,9 +177,11 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{_fmt(key, lim['limit']) if lim else '-'} | "
             f"{('yes' if lim['pass'] else 'NO') if lim else '-'} |")
     pre = card["preprocessing"]
+    # File names only, each once (the deployable file may be the ONNX file itself).
+    names = [v for k, v in card["files"].items() if k not in ("restore", "pytorch_format")]
     lines += [
         "",
-        f"Files: {', '.join(f'`{v}`' for k, v in card['files'].items() if k != 'restore')}."
+        f"Files: {', '.join(f'`{v}`' for v in dict.fromkeys(names))}."
         + (f" Restore the ONNX file with `{card['files']['restore']}`."
            if "restore" in card["files"] else ""),
         "",

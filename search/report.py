@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -13,10 +14,23 @@ COLUMNS = (
     ("val_acc", "val acc", lambda v: f"{100 * v:.2f}%"),
     ("params", "params", lambda v: f"{v / 1e3:,.1f}K"),
     ("macs", "MACs", lambda v: f"{v / 1e6:,.2f}M"),
-    ("size_bytes", "size", lambda v: f"{v / 1e3:,.1f}kB"),
+    ("size_bytes", "size", lambda v: f"{v / 1e3:.1f}kB"),
     ("peak_memory_bytes", "peak mem", lambda v: f"{v / 1e6:,.2f}MB"),
     ("latency_ms", "latency", lambda v: f"{v:.3f}ms"),
 )
+
+
+_SHORT = {"prune": "P", "sparsify": "S", "cluster": "C", "int8_static": "int8s",
+          "int8_dynamic": "int8d", "fp16": "fp16"}
+STAGES_LEGEND = "stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize, * preset"
+
+
+def stage_label(order: str, quantize: str, reference: bool) -> str:
+    """A compact stage order for narrow tables: ``prune>cluster>quantize`` with int8 static
+    quantization reads ``P>C>int8s``."""
+    parts = [_SHORT[quantize] if name == "quantize" else _SHORT.get(name, name)
+             for name in order.split(">") if name]
+    return ">".join(parts) + ("*" if reference else "")
 
 
 def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -40,22 +54,20 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def pareto_table(study: optuna.Study) -> Table:
     base = study.user_attrs.get("base", {})
-    table = Table(title=f"Pareto front of {study.study_name}", title_justify="left")
+    table = Table(title=f"Pareto front of {study.study_name}", title_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     table.add_column("trial", justify="right")
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
-    table.add_column("feasible")
+    table.add_column("fits")
     table.add_column("stages")
     if base:
         table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in COLUMNS),
                       "", "", style="dim")
     for t in pareto_trials(study):
         attrs = t.user_attrs
-        stages = attrs.get("stage_order", t.params.get("stages/order", ""))
-        if attrs.get("quantize", "none") != "none":
-            stages += f" ({attrs['quantize']})"
-        if "reference" in attrs:
-            stages += f" [preset {attrs['reference']}]"
+        stages = stage_label(attrs.get("stage_order", t.params.get("stages/order", "")),
+                             attrs.get("quantize", "none"), "reference" in attrs)
         table.add_row(str(t.number), *(fmt(attrs[k]) if k in attrs else "-"
                                        for k, _, fmt in COLUMNS),
                       "yes" if is_feasible(t) else "no", stages)
@@ -72,4 +84,5 @@ def summary_line(study: optuna.Study) -> str:
 
 def print_report(study: optuna.Study, console: Console) -> None:
     console.print(pareto_table(study))
+    console.print(STAGES_LEGEND, style="dim")
     console.print(summary_line(study))

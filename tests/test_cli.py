@@ -196,6 +196,8 @@ def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(tmp_path
     assert set(card["compression"]["clusters"]) == set(counts)
     assert all(card["compression"]["clusters"][k] <= counts[k] + 1 for k in counts)
     assert card["measures"]["size_bytes"]["value"] == (out / "model.eslim").stat().st_size
+    assert "Files: `model.eslim`, `model.onnx`, `model.pt2`." in \
+        (out / "model_card.md").read_text()
     # The restored file is int8 and its accuracy in onnxruntime is the card's.
     restored = read_packed(out / "model.eslim")
     assert restored.SerializeToString() == onnx.load(str(out / "model.onnx")).SerializeToString()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import optuna
@@ -34,7 +34,6 @@ class Candidate:
     cluster_counts: tuple[tuple[str, int], ...] = ()
     cluster_method: str = "kmeans"
     quantize: str = "none"
-    tags: tuple[str, ...] = field(default=(), compare=False)  # e.g. ("reference",)
 
     @property
     def ratios(self) -> dict[str, float]:

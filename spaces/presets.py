@@ -56,8 +56,7 @@ class Preset:
         ratios = tuple((g.name, ratio) for g in pruning.groups) if "prune" in self.order else ()
         return Candidate(order=self.order, prune_ratios=ratios, importance=self.importance,
                          round_to=pruning.round_to, cluster_counts=counts,
-                         cluster_method=self.cluster_method, quantize=self.quantize,
-                         tags=("reference", f"preset:{self.name}"))
+                         cluster_method=self.cluster_method, quantize=self.quantize)
 
 
 PRESETS: dict[str, Preset] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +97,3 @@ class PruningSpace:
             "round_to": self.round_to,
         }
 
-
-def uniform_candidate(groups: Sequence[PrunableGroup], ratio: float, importance: str = "l2",
-                      round_to: int = 8) -> Candidate:
-    """Every group pruned by the same ratio: the usual hand-picked baseline."""
-    return Candidate(order=("prune",), prune_ratios=tuple((g.name, ratio) for g in groups),
-                     importance=importance, round_to=round_to, tags=("uniform",))

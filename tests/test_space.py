@@ -12,7 +12,7 @@ from edgeslim.errors import ConfigError
 from edgeslim.evaluators import Caps
 from edgeslim.search.objective import directions
 from edgeslim.search.study import resolve_caps
-from edgeslim.spaces import Candidate, PruningSpace, uniform_candidate
+from edgeslim.spaces import Candidate, PruningSpace
 from toys import ResidualNet
 
 GROUPS = (PrunableGroup("conv1", 32, ("conv1",)), PrunableGroup("layer1.0.conv1", 64, ()))
@@ -28,7 +28,7 @@ def test_space_maps_a_fixed_trial_to_a_candidate():
 
 def test_space_parameter_names_are_stable_and_readable():
     space = PruningSpace.from_model(ResidualNet(), torch.zeros(1, 1, 8, 8), 10)
-    params = space.params_for(uniform_candidate(space.groups, 0.5))
+    params = space.params_for(Candidate(prune_ratios=tuple((g.name, 0.5) for g in space.groups)))
     assert sorted(params) == ["prune/block_conv1", "prune/conv1", "prune/importance"]
 
 

@@ -208,3 +208,22 @@ def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(tmp_path
     acc = float((session.run(None, {"input": x})[0].argmax(1) == data.val.y.numpy()).mean())
     assert acc == card["measures"]["val_acc"]["value"]
     assert card["measures"]["val_acc"]["value"] == trial.user_attrs["val_acc"]
+
+
+def test_sparsity_shrinks_the_file_and_the_card_says_it_does_not_save_macs(tmp_path):
+    budget = tmp_path / "flash.yaml"
+    budget.write_text("device: {name: a board with little flash}\nlimits: {size: 2MB}\n"
+                      "objectives: [size]\n")
+    workdir, out = tmp_path / "w", tmp_path / "out"
+    assert main(["--budget", str(budget), "--trials", "1", "--workdir", str(workdir),
+                 "--order", "sparsify", "--sparsity", "0.8:0.8", "--no-references"]) == 0
+    assert main(["export", "--workdir", str(workdir), "--out", str(out), "--trial", "0"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["compression"]["stage_order"] == ["sparsify"]
+    assert card["compression"]["sparsity_note"] == (
+        "unstructured sparsity shrinks the stored file only: the runtime computes with dense "
+        "kernels, so MACs and latency are those of the dense model")
+    assert card["measures"]["macs"]["value"] == card["base"]["macs"]
+    # 80% zeros: the packed file keeps a bitmap plus the nonzero values
+    assert card["files"]["deployable"] == "model.eslim"
+    assert (out / "model.eslim").stat().st_size < 0.35 * (out / "model.onnx").stat().st_size

@@ -33,7 +33,6 @@ import time
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 import torch.nn.functional as F
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
@@ -49,7 +48,7 @@ from edgeslim.evaluators import (
     measure_latency,
 )
 from edgeslim.models import build_model
-from edgeslim.packing import read_packed
+from edgeslim.packing import restore_onnx
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.exporter import deployable_artifact
 from edgeslim.search.objective import is_feasible
@@ -120,9 +119,7 @@ def runnable_file(study, trial, dest: Path) -> Path:
 def unpacked(path: Path) -> Path:
     if path.suffix != ARTIFACT_PACKED.removeprefix("model"):
         return path
-    onnx_path = path.with_suffix(".onnx")
-    onnx.save(read_packed(path), str(onnx_path))
-    return onnx_path
+    return restore_onnx(path, path.with_suffix(".onnx"))
 
 
 def retime(paths: list[Path], input_shape, threads: int, rounds: int = 5) -> list[float]:
@@ -136,8 +133,7 @@ def retime(paths: list[Path], input_shape, threads: int, rounds: int = 5) -> lis
 
 
 def feasible(values: dict[str, float], caps: Caps) -> bool:
-    return all(values.get(m, 0.0) <= cap for m, cap in caps.limits.items()) and \
-        values["val_acc"] >= (caps.min_val_acc or 0.0)
+    return all(v <= 0 for v in caps.constraints(values).values())
 
 
 def main() -> None:

@@ -221,12 +221,19 @@ def read_packed(path: Path) -> onnx.ModelProto:
     return unpack(Path(path).read_bytes())
 
 
+def restore_onnx(packed: Path, out: Path) -> Path:
+    """Writes the ONNX model stored in the packed file ``packed`` to ``out`` and returns
+    ``out``."""
+    onnx.save(read_packed(packed), str(out))
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m edgeslim.packing MODEL.eslim OUT.onnx", file=sys.stderr)
         return 2
-    onnx.save(read_packed(Path(args[0])), args[1])
+    restore_onnx(Path(args[0]), Path(args[1]))
     return 0
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -30,7 +29,7 @@ from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.stages import model_stage
 from edgeslim.export import write_onnx
 from edgeslim.fsutil import atomic_torch_save
-from edgeslim.packing import SUFFIX, read_packed, write_packed
+from edgeslim.packing import SUFFIX, restore_onnx, write_packed
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, TrainStats, train
 
@@ -125,7 +124,7 @@ class StagedEvaluator(Evaluator):
         if candidate.packed:
             deployable = write_packed(runnable, workdir / ARTIFACT_PACKED)
             # What is measured is what the packed file restores to, not the file packed.
-            onnx.save(read_packed(deployable), str(runnable))
+            restore_onnx(deployable, runnable)
         if masked:
             weights = [m.weight for m in model.modules()
                        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
@@ -27,7 +26,7 @@ from edgeslim.evaluators import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, 
 from edgeslim.export import write_torch_program
 from edgeslim.fsutil import atomic_write, atomic_write_json
 from edgeslim.models import build_model
-from edgeslim.packing import read_packed
+from edgeslim.packing import restore_onnx
 from edgeslim.search.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
 from edgeslim.search.objective import ACCURACY, is_feasible
 from edgeslim.spaces import Candidate
@@ -138,7 +137,7 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
                                  f"be read from {attrs['paths']['artifacts']}: {exc}") from None
         model = rebuild_model(study, trial, tmp / ARTIFACT_STATE)
         if deployable == ARTIFACT_PACKED:
-            onnx.save(read_packed(tmp / ARTIFACT_PACKED), str(tmp / ARTIFACT_ONNX))
+            restore_onnx(tmp / ARTIFACT_PACKED, tmp / ARTIFACT_ONNX)
         files = {"onnx": ARTIFACT_ONNX}
         if deployable == ARTIFACT_PACKED:
             files["packed"] = ARTIFACT_PACKED

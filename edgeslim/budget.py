@@ -1,10 +1,13 @@
 """The budget: what an edge device can afford, parsed once from a YAML file into frozen objects.
 
-A budget file has four sections::
+A budget file has five sections::
 
     device:      what the target is (free text plus cores and memory, for the card)
     runtime:     the runtime the artifact is deployed in, and the threads latency is timed with
-    limits:      params, flops, peak_memory, size, latency, accuracy_drop (each optional)
+    latency:     where latency is measured: host (default), profile (a device's latency table)
+                 or ssh (timed on the device itself); optional
+    limits:      params, flops, peak_memory, activation_memory, size, latency, accuracy_drop
+                 (each optional)
     objectives:  the measures traded off against accuracy on the Pareto front
 
 Each limit is absolute with a unit (``1.2M``, ``40M``, ``8MB``, ``5ms``) or relative to the
@@ -25,6 +28,7 @@ from edgeslim.errors import BudgetError
 from edgeslim.units import Kind, parse_quantity
 
 RuntimeName = Literal["onnxruntime"]
+LatencySourceName = Literal["host", "profile", "ssh"]
 
 # YAML key of a limit -> (measure name used everywhere else, kind of quantity).
 # The measure names are the trial user-attribute keys, card keys and table columns.
@@ -32,6 +36,7 @@ LIMIT_KEYS: dict[str, tuple[str, Kind]] = {
     "params": ("params", "count"),
     "flops": ("macs", "count"),
     "peak_memory": ("peak_memory_bytes", "bytes"),
+    "activation_memory": ("activation_bytes", "bytes"),
     "size": ("size_bytes", "bytes"),
     "latency": ("latency_ms", "ms"),
 }
@@ -39,9 +44,11 @@ ACCURACY_DROP_KEY = "accuracy_drop"
 # Measures a budget can put on the Pareto front next to accuracy (YAML key -> measure name).
 OBJECTIVE_KEYS: dict[str, str] = {key: measure for key, (measure, _) in LIMIT_KEYS.items()}
 
-_SECTIONS = {"device", "runtime", "limits", "objectives"}
+_SECTIONS = {"device", "runtime", "latency", "limits", "objectives"}
 _DEVICE_KEYS = {"name", "cpu", "cores", "memory", "notes"}
 _RUNTIME_KEYS = {"name", "threads"}
+_LATENCY_KEYS = {"source", "profile", "host", "port", "identity", "known_hosts", "python",
+                 "max_spread"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,26 @@ class Runtime:
 
     name: RuntimeName = "onnxruntime"
     threads: int = 1  # intra-op threads at inference, batch 1
+
+
+@dataclass(frozen=True)
+class LatencySource:
+    """Where a candidate's latency comes from.
+
+    ``host``: its artifact timed in the runtime on the machine running the search.
+    ``profile``: predicted from a latency table made on the device (``optimize profile``).
+    ``ssh``: its artifact copied to the device and timed there by the same code.
+    """
+
+    source: LatencySourceName = "host"
+    profile: str | None = None  # profile JSON file (source: profile), relative to the budget
+    host: str | None = None  # user@address of the device (source: ssh)
+    port: int = 22
+    identity: str | None = None  # private key file; default: ssh's own configuration
+    known_hosts: str | None = None  # known_hosts file; default: ssh's own
+    python: str = "python3"  # interpreter on the device that has edgeslim installed
+    # A timing whose (p90 - p10) / median exceeds this is redone once, then flagged unstable.
+    max_spread: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,7 @@ class Budget:
     name: str
     device: Device
     runtime: Runtime = field(default_factory=Runtime)
+    latency: LatencySource = field(default_factory=LatencySource)
     limits: tuple[Limit, ...] = ()
     # Maximum accuracy loss against the base, in percentage points; None = unconstrained.
     accuracy_drop_points: float | None = None
@@ -102,6 +130,7 @@ class Budget:
             "source": self.source,
             "device": vars(self.device),
             "runtime": vars(self.runtime),
+            "latency": vars(self.latency),
             "limits": {lim.measure: {"value": lim.value, "relative": lim.relative}
                        for lim in self.limits},
             "accuracy_drop_points": self.accuracy_drop_points,
@@ -169,6 +198,9 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
     threads = _positive_int(rt.get("threads", 1), "runtime.threads", fail)
     runtime = Runtime(name=runtime_name, threads=threads or 1)
 
+    latency = _latency_source(mapping(raw.get("latency", {}) or {}, "latency", _LATENCY_KEYS),
+                              Path(source).parent, fail)
+
     lim = mapping(raw.get("limits", {}) or {}, "limits", set(LIMIT_KEYS) | {ACCURACY_DROP_KEY})
     limits = []
     for key, (measure, kind) in LIMIT_KEYS.items():
@@ -200,8 +232,45 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
         if OBJECTIVE_KEYS[key] in objectives:
             raise fail(f"objectives[{i}]", "is listed twice", key)
         objectives.append(OBJECTIVE_KEYS[key])
-    return Budget(name=name, device=device, runtime=runtime, limits=tuple(limits),
+    return Budget(name=name, device=device, runtime=runtime, latency=latency,
+                  limits=tuple(limits),
                   accuracy_drop_points=drop, objectives=tuple(objectives), source=source)
+
+
+def _latency_source(raw: dict[str, Any], folder: Path, fail: Any) -> LatencySource:
+    source = raw.get("source", "host")
+    if source not in get_args(LatencySourceName):
+        raise fail("latency.source", f"must be one of {', '.join(get_args(LatencySourceName))}",
+                   source)
+    needed = {"profile": "profile", "ssh": "host"}.get(source)
+    if needed and not isinstance(raw.get(needed), str):
+        raise fail(f"latency.{needed}", f"is required when latency.source is {source} "
+                   f"(a {'profile JSON file' if needed == 'profile' else 'user@address'})",
+                   raw.get(needed))
+    stray = sorted(k for k in ("profile", "host", "port", "identity", "known_hosts", "python")
+                   if k in raw and k != needed and (source != "ssh" or k == "profile"))
+    if stray:
+        raise fail(f"latency.{stray[0]}", f"does not apply to latency.source {source}",
+                   raw[stray[0]])
+
+    def path(key: str) -> str | None:
+        if key not in raw:
+            return None
+        text = os.path.expanduser(_string(raw[key], f"latency.{key}", fail))
+        return str(folder / text) if key == "profile" and not os.path.isabs(text) else text
+
+    spread = raw.get("max_spread", 0.25)
+    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or spread <= 0:
+        raise fail("latency.max_spread", "must be a number > 0", spread)
+    port = _positive_int(raw.get("port", 22), "latency.port", fail) or 22
+    if port > 65535:
+        raise fail("latency.port", "must be a TCP port (1 to 65535)", port)
+    return LatencySource(
+        source=source, profile=path("profile"),
+        host=_string(raw["host"], "latency.host", fail) if "host" in raw else None,
+        port=port, identity=path("identity"), known_hosts=path("known_hosts"),
+        python=_string(raw.get("python", "python3"), "latency.python", fail),
+        max_spread=float(spread))
 
 
 def _string(value: Any, key: str, fail: Any) -> str:

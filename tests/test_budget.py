@@ -78,10 +78,28 @@ DEVICE = {"name": "board"}
     ({"device": DEVICE, "limits": {"peak_memory": "0MB"}},
      "limits.peak_memory: must be > 0 bytes, got '0MB'"),
     ({"device": DEVICE, "limits": {"parms": "1M"}},
-     "limits.parms: unknown key (allowed: accuracy_drop, flops, latency, params, peak_memory, "
-     "size), got '1M'"),
+     "limits.parms: unknown key (allowed: accuracy_drop, activation_memory, flops, latency, "
+     "params, peak_memory, size), got '1M'"),
     ({"device": DEVICE, "extra": 1},
-     "extra: unknown key (allowed: device, limits, objectives, runtime), got 1"),
+     "extra: unknown key (allowed: device, latency, limits, objectives, runtime), got 1"),
+    ({"device": DEVICE, "latency": {"source": "gpu"}},
+     "latency.source: must be one of host, profile, ssh, got 'gpu'"),
+    ({"device": DEVICE, "latency": {"source": "profile"}},
+     "latency.profile: is required when latency.source is profile (a profile JSON file), "
+     "got None"),
+    ({"device": DEVICE, "latency": {"source": "ssh"}},
+     "latency.host: is required when latency.source is ssh (a user@address), got None"),
+    ({"device": DEVICE, "latency": {"host": "pi@10.0.0.2"}},
+     "latency.host: does not apply to latency.source host, got 'pi@10.0.0.2'"),
+    ({"device": DEVICE, "latency": {"source": "ssh", "host": "pi@h", "port": 0}},
+     "latency.port: must be an integer >= 1, got 0"),
+    ({"device": DEVICE, "latency": {"source": "ssh", "host": "pi@h", "port": 65536}},
+     "latency.port: must be a TCP port (1 to 65535), got 65536"),
+    ({"device": DEVICE, "latency": {"max_spread": -1}},
+     "latency.max_spread: must be a number > 0, got -1"),
+    ({"device": DEVICE, "latency": {"source": "ssh", "host": "pi@h", "cores": 4}},
+     "latency.cores: unknown key (allowed: host, identity, known_hosts, max_spread, port, "
+     "profile, python, source), got 4"),
     ({"limits": {}}, "device: missing section (the target device's name at least)"),
     ({"device": {"name": ""}}, "device.name: must be a non-empty string, got ''"),
     ({"device": DEVICE, "runtime": {"threads": 0}},
@@ -91,8 +109,8 @@ DEVICE = {"name": "board"}
     ({"device": DEVICE, "limits": {"accuracy_drop": "120%"}},
      "limits.accuracy_drop: must be >= 0 and < 100 percentage points, got '120%'"),
     ({"device": DEVICE, "objectives": ["flops", "accuracy"]},
-     "objectives[1]: must be one of params, flops, peak_memory, size, latency (accuracy is "
-     "always an objective), got 'accuracy'"),
+     "objectives[1]: must be one of params, flops, peak_memory, activation_memory, size, "
+     "latency (accuracy is always an objective), got 'accuracy'"),
     ({"device": DEVICE, "objectives": ["flops", "flops"]}, "objectives[1]: is listed twice, "
      "got 'flops'"),
     ({"device": DEVICE, "objectives": "flops"},

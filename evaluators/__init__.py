@@ -5,7 +5,7 @@ from edgeslim.evaluators.accuracy import onnx_accuracy
 from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.latency import LatencyResult, available_cores, measure_latency
 from edgeslim.evaluators.measures import MODEL_MEASURES, Count, count_macs, count_params
-from edgeslim.evaluators.memory import peak_memory_bytes
+from edgeslim.evaluators.memory import memory_bytes, peak_memory_bytes
 from edgeslim.evaluators.staged import (
     ARTIFACT_ONNX,
     ARTIFACT_PACKED,
@@ -22,5 +22,5 @@ __all__ = [
     "MODEL_STAGES", "STATIC_MEASURES", "UNITS", "Built", "Caps", "Count", "Evaluator",
     "LatencyResult", "Measurement", "Stage", "StagedEvaluator", "available_cores",
     "calibration_batches", "count_macs", "count_params", "measure_latency", "measure_onnx_file",
-    "model_stage", "onnx_accuracy", "peak_memory_bytes",
+    "memory_bytes", "model_stage", "onnx_accuracy", "peak_memory_bytes",
 ]

@@ -11,7 +11,8 @@ from edgeslim.spaces import Candidate
 
 # Measures whose value is fixed by the candidate's structure, so their limits are checked
 # before any training (latency too: the artifact's graph does not change when weights train).
-STATIC_MEASURES = ("params", "macs", "size_bytes", "peak_memory_bytes", "latency_ms")
+STATIC_MEASURES = ("params", "macs", "size_bytes", "peak_memory_bytes", "activation_bytes",
+                   "latency_ms")
 # Every measure a Measurement may carry, with its unit, as shown in tables and cards.
 UNITS = {
     "val_acc": "fraction",
@@ -20,6 +21,7 @@ UNITS = {
     "macs": "count",
     "size_bytes": "bytes",
     "peak_memory_bytes": "bytes",
+    "activation_bytes": "bytes",  # peak live activations alone (RAM when weights stay in flash)
     "latency_ms": "ms",
 }
 

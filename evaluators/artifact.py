@@ -8,23 +8,28 @@ from typing import Any
 from edgeslim.budget import Runtime
 from edgeslim.data import DataBundle, Split
 from edgeslim.evaluators.accuracy import onnx_accuracy
-from edgeslim.evaluators.latency import available_cores, measure_latency
-from edgeslim.evaluators.memory import peak_memory_bytes
+from edgeslim.evaluators.latency import available_cores
+from edgeslim.evaluators.memory import memory_bytes
+from edgeslim.evaluators.meters import HostMeter, LatencyMeter
 
 
 def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
                       split: Split | None = None, split_name: str = "val_acc",
+                      meter: LatencyMeter | None = None,
                       ) -> tuple[dict[str, float], dict[str, Any]]:
-    """size_bytes (file length), peak_memory_bytes, latency_ms and, when ``split`` is given,
-    the accuracy of the file in onnxruntime under the key ``split_name``.
+    """size_bytes (file length), peak_memory_bytes and activation_bytes, latency_ms (from
+    ``meter``; default: timed on this machine with the runtime's threads) and, when ``split``
+    is given, the accuracy of the file in onnxruntime under the key ``split_name``.
 
     Returns:
         ``(values, info)``: the measures, and latency details for user attributes.
     """
-    latency = measure_latency(path, data.input_shape, runtime.threads)
+    weights, activations = memory_bytes(path)
+    latency = (meter or HostMeter(runtime.threads)).measure(path)
     values: dict[str, float] = {
         "size_bytes": float(Path(path).stat().st_size),
-        "peak_memory_bytes": float(peak_memory_bytes(path)),
+        "peak_memory_bytes": float(weights + activations),
+        "activation_bytes": float(activations),
         "latency_ms": latency.median_ms,
     }
     info = {
@@ -33,6 +38,9 @@ def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
         "latency_runs": latency.runs,
         "latency_threads": latency.threads,
         "latency_threads_capped": latency.capped,
+        "latency_source": latency.source,
+        "latency_spread": round(latency.spread, 4),
+        "latency_unstable": latency.unstable,
     }
     if split is not None:
         values[split_name] = onnx_accuracy(path, split, data, threads=available_cores())

@@ -22,8 +22,16 @@ from edgeslim.errors import CandidateError
 
 
 def peak_memory_bytes(onnx_path: Path, batch: int = 1) -> int:
-    """Peak inference memory in bytes, batch ``batch``: the weights plus the largest set of
-    simultaneously live activations along the execution order.
+    """Peak inference memory in bytes: weights plus peak live activations (``memory_bytes``)."""
+    weights, activations = memory_bytes(onnx_path, batch)
+    return weights + activations
+
+
+def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
+    """``(weights, activations)`` in bytes at batch ``batch``: the weights, and the largest
+    set of simultaneously live activations along the execution order. Their sum is the peak
+    inference memory; on a microcontroller that runs weights from flash, the activations alone
+    are what RAM must hold.
 
     The graph is first optimised by onnxruntime at its *basic* level (constant folding, batch
     norm folded into convs, redundant nodes removed), which is what the runtime runs, then shapes
@@ -63,7 +71,7 @@ def peak_memory_bytes(onnx_path: Path, batch: int = 1) -> int:
         live.update(o for o in node.output if o)
         peak = max(peak, sum(sizes.get(n, 0) for n in live))
         live = {n for n in live if last_use.get(n, -1) > i}
-    return int(weights + peak)
+    return int(weights), int(peak)
 
 
 def _optimized(onnx_path: Path) -> onnx.ModelProto:

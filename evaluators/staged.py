@@ -26,6 +26,7 @@ from edgeslim.evaluators.accuracy import onnx_accuracy
 from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.measures import MODEL_MEASURES
+from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.stages import model_stage
 from edgeslim.export import write_onnx
 from edgeslim.fsutil import atomic_torch_save
@@ -82,6 +83,7 @@ class StagedEvaluator(Evaluator):
     caps: Caps = field(default_factory=Caps)
     calibration_images: int = 256
     seed: int = 0
+    meter: LatencyMeter | None = None  # where latency comes from; default: timed on this host
 
     def __post_init__(self) -> None:
         self.base = self.base.cpu().eval().to(memory_format=torch.contiguous_format)
@@ -143,7 +145,8 @@ class StagedEvaluator(Evaluator):
             if count.uncounted_ops:
                 info[f"{name}_uncounted_ops"] = dict(count.uncounted_ops)
         measured, latency_info = measure_onnx_file(
-            built.runnable, self.data, self.runtime, self.data.val if with_accuracy else None)
+            built.runnable, self.data, self.runtime, self.data.val if with_accuracy else None,
+            meter=self.meter)
         values.update(measured)
         values["size_bytes"] = float(built.deployable.stat().st_size)
         info.update(latency_info)

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from edgeslim import __version__
-from edgeslim.budget import Runtime
+from edgeslim.budget import LatencySource, Runtime
 from edgeslim.data import DataBundle
+from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators import MODEL_MEASURES, UNITS, measure_onnx_file, onnx_accuracy
 from edgeslim.evaluators.latency import available_cores
+from edgeslim.evaluators.meters import make_meter
 from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
 from edgeslim.search.objective import ACCURACY
 from edgeslim.spaces import Candidate
@@ -74,9 +76,14 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     ``deployable`` (what a user ships: the same file, or the packed file it is restored from)."""
     attrs = study.user_attrs
     runtime = Runtime(**attrs["budget"]["runtime"])
+    source = LatencySource(**attrs["budget"].get("latency", {}))
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
-    measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val)
+    meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
+    try:
+        measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val, meter=meter)
+    except CandidateError as exc:
+        raise StudyError(f"cannot measure the exported file's latency: {exc}") from None
     values.update(measured)
     values["size_bytes"] = float(Path(deployable).stat().st_size)
     if data.test is not None:
@@ -127,6 +134,9 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "params_macs": "counted on the float PyTorch model with the exported structure",
             "runtime": "onnxruntime CPUExecutionProvider, batch 1",
             "latency": latency,
+            "latency_source": {"host": "timed on the host below",
+                               "profile": f"predicted from the device profile {source.profile}",
+                               "ssh": f"timed on {source.host} over ssh"}[source.source],
             "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "host_cores": available_cores(),
         },
@@ -150,6 +160,16 @@ def _fmt(measure: str, value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _latency_notes(latency: dict[str, Any]) -> str:
+    notes = []
+    if latency.get("latency_threads_capped"):
+        notes.append(f"{latency['latency_threads']} threads, capped at this host's cores")
+    if latency.get("latency_unstable"):
+        notes.append(f"UNSTABLE: the middle 80% of runs spread over "
+                     f"{100 * latency['latency_spread']:.0f}% of the median")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """A short human-readable summary of a card."""
     m, base = card["measures"], card["base"]
@@ -167,7 +187,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     limits = card["limits"]
     for key in ("val_acc", "test_acc", "params", "macs", "size_bytes", "peak_memory_bytes",
-                "latency_ms"):
+                "activation_bytes", "latency_ms"):
         if key not in m:
             continue
         lim = limits.get("accuracy_drop" if key == "val_acc" else key)
@@ -190,7 +210,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"one score per class ({', '.join(pre['class_names'])}).",
         "",
         f"Measured on {card['measured_on']['host']} ({card['measured_on']['runtime']}); "
-        f"size is the byte length of `{card['files'].get('deployable', 'the artifact')}`.",
+        f"size is the byte length of `{card['files'].get('deployable', 'the artifact')}`. "
+        f"Latency: {card['measured_on']['latency_source']}"
+        + _latency_notes(card["measured_on"]["latency"]) + ".",
     ]
     if "sparsity_note" in card["compression"]:
         lines += ["", f"Note: {card['compression']['sparsity_note']}."]

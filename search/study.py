@@ -45,6 +45,7 @@ from edgeslim.evaluators import (
     onnx_accuracy,
 )
 from edgeslim.evaluators.latency import available_cores
+from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model
 from edgeslim.search.config import SearchConfig
@@ -80,13 +81,13 @@ def resolve_caps(budget: Budget, base_values: dict[str, float]) -> Caps:
 
 
 def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Path,
-                 ) -> dict[str, float]:
+                 meter: LatencyMeter | None = None) -> dict[str, float]:
     """The base model measured exactly like a candidate: counted in PyTorch, then exported to
     ONNX and measured on that file (size, peak memory, latency, validation and test accuracy)."""
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(base.model, example).value) for name, m in MODEL_MEASURES.items()}
     path = write_onnx(base.model, example, out_dir / "base.onnx")
-    measured, _ = measure_onnx_file(path, data, budget.runtime, data.val)
+    measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter)
     values.update(measured)
     if data.test is not None:
         values["test_acc"] = onnx_accuracy(path, data.test, data, threads=available_cores())
@@ -161,8 +162,26 @@ def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
     return data, space
 
 
+def latency_meter(config: SearchConfig, data: DataBundle) -> LatencyMeter:
+    """The budget's latency source, checked against the search before anything is trained: a
+    profile must have been made for this runtime, model, input, threads, channel grid and
+    quantization modes; an ssh device must answer and have edgeslim installed."""
+    budget = config.budget
+    meter = make_meter(budget.latency, budget.runtime, config.cache_dir)
+    if budget.latency.source == "profile":
+        opts = config.space
+        modes = ("none", *opts.quant_modes) if "quantize" in opts.stages else ("none",)
+        meter.profile.check(budget.runtime.name, budget.runtime.threads, config.model,
+                            tuple(data.input_shape), data.num_classes, opts.round_to,
+                            opts.max_ratio, modes)
+    elif budget.latency.source == "ssh":
+        meter.check()
+    return meter
+
+
 def prepare(config: SearchConfig, console: Console,
-            inputs: tuple[DataBundle, StagedSpace] | None = None) -> Prepared:
+            inputs: tuple[DataBundle, StagedSpace] | None = None,
+            meter: LatencyMeter | None = None) -> Prepared:
     """Loads the data and builds the search space (unless ``inputs`` holds them), obtains the
     base model (trained and cached when no checkpoint is given), measures it, and resolves the
     budget's caps."""
@@ -183,7 +202,7 @@ def prepare(config: SearchConfig, console: Console,
                                  config.checkpoint, on_step=on_step)
     origin = "trained" if base.trained_here else "loaded"
     console.print(f"base model: {config.model}, {origin} from {base.weights_path}")
-    base_values = measure_base(base, data, config.budget, config.workdir / "base")
+    base_values = measure_base(base, data, config.budget, config.workdir / "base", meter)
     caps = resolve_caps(config.budget, base_values)
     return Prepared(data, base, base_values, caps, space)
 
@@ -252,11 +271,13 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     the Pareto table. Candidates that fail are recorded as failed trials with their reason."""
     console = console or Console()
     inputs = load_inputs(config)
+    meter = latency_meter(config, inputs[0])
     open_storage(config.storage_url)  # a bad URL fails before any training
-    prepared = prepare(config, console, inputs)
+    prepared = prepare(config, console, inputs, meter)
     study = open_or_create_study(config, prepared)
     evaluator = StagedEvaluator(prepared.base.model, prepared.data, config.finetune,
-                                config.budget.runtime, prepared.caps, seed=config.seed)
+                                config.budget.runtime, prepared.caps, seed=config.seed,
+                                meter=meter)
     objective = Objective(prepared.space, evaluator, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials")
     done = sum(t.state in FINISHED for t in study.trials)

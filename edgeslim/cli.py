@@ -3,6 +3,7 @@
     optimize --budget budgets/pi4.yaml [options]          search (the default command)
     optimize export --study NAME --out DIR [--trial N]    write the deployable files and card
     optimize show --study NAME                            print a study's Pareto table
+    optimize profile --out profiles/NAME.json [--model M]  make a device's latency table
 
 Errors the user can fix print one line and exit with status 2 (``--debug`` shows the traceback).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from edgeslim.errors import ConfigError, EdgeslimError
 
-COMMANDS = ("search", "export", "show")
+COMMANDS = ("search", "export", "show", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
 
 
@@ -119,7 +120,40 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("show", help="print a study's Pareto table")
     w.add_argument("--study", help="study name (default: the storage's only study)")
     _common(w)
+
+    _profile_parser(sub)
     return parser
+
+
+def _profile_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="time, on this machine (the device), every layer "
+                       "configuration the search can produce; write a latency profile")
+    p.add_argument("--runtime", default="onnxruntime", help="deployment runtime "
+                   "(default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
+    p.add_argument("--model", default="resnet20", help="model the search will compress "
+                   "(default: %(default)s)")
+    p.add_argument("--input-shape", default="3x32x32",
+                   help="one input without the batch, e.g. 3x32x32 or 9x128 "
+                   "(default: %(default)s)")
+    p.add_argument("--num-classes", type=_positive(int, "--num-classes"), default=10)
+    p.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
+                   help="as the search's --round-to (default: %(default)s)")
+    p.add_argument("--max-ratio", type=float, default=0.8,
+                   help="as the search's --max-ratio (default: %(default)s)")
+    p.add_argument("--quantize", default="none,int8_static,int8_dynamic,fp16",
+                   help="modes to time (default: %(default)s)")
+    p.add_argument("--threads", type=_positive(int, "--threads"),
+                   help="intra-op threads, as the budget's runtime.threads (default: all cores)")
+    p.add_argument("--models", type=_positive(int, "--models"), default=24,
+                   help="whole models timed per mode (default: %(default)s)")
+    p.add_argument("--holdout", type=_positive(int, "--holdout"), default=8,
+                   help="of which held out to measure the profile's error (default: "
+                   "%(default)s)")
+    p.add_argument("--layer-seconds", type=_positive(float, "--layer-seconds"), default=0.5)
+    p.add_argument("--model-seconds", type=_positive(float, "--model-seconds"), default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def _search_config(args: argparse.Namespace):
@@ -249,6 +283,10 @@ def run(args: argparse.Namespace) -> int:
             console.print("no trial fits the budget yet: run more trials, loosen the budget, "
                           f"or export one trial anyway with: {command} --trial N")
         return 0
+    if args.command == "profile":
+        from edgeslim.search.profiling import run_profile
+
+        return run_profile(args, console)
     from edgeslim.search.storage import load_study
 
     study = load_study(args.study, _storage_url(args))

@@ -1,0 +1,212 @@
+"""Latency sources: noise handling on the host, and device profiles (built, predicted, checked)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from edgeslim.cli import main
+from edgeslim.compress.prune import apply_pruning, prunable_groups
+from edgeslim.errors import ConfigError
+from edgeslim.evaluators import latency as latency_module
+from edgeslim.evaluators.latency import LatencyResult, available_cores, measure_latency
+from edgeslim.evaluators.profile import graph_mode, layer_signatures, load_profile
+from edgeslim.evaluators.profile_build import (
+    ProfileOptions,
+    build_profile,
+    layer_configurations,
+)
+from edgeslim.export import write_onnx
+from edgeslim.models import build_model
+from edgeslim.search.storage import load_study
+from toys import REPO, PlainNet
+
+PLAIN = f"{REPO / 'tests' / 'toys.py'}:plain_net"
+
+
+@pytest.fixture
+def plain_onnx(tmp_path):
+    return write_onnx(PlainNet().eval(), torch.zeros(1, 1, 8, 8), tmp_path / "plain.onnx")
+
+
+def test_host_timing_caps_threads_and_stops_in_whole_blocks(plain_onnx):
+    result = measure_latency(plain_onnx, None, threads=999, max_spread=10.0)
+    assert result.threads == available_cores() and result.threads_requested == 999
+    assert result.capped and result.source == "host" and result.attempts == 1
+    assert result.runs >= 30 and result.runs % latency_module.BLOCK == 0
+    assert result.p10_ms <= result.median_ms <= result.p90_ms
+
+
+def _fake_timings(monkeypatch, spreads):
+    calls = iter(spreads)
+
+    def fake(*args, **kwargs):
+        spread = next(calls)
+        return LatencyResult(1.0, 1.0 - spread / 2, 1.0 + spread / 2, 30, 1, 1)
+
+    monkeypatch.setattr(latency_module, "time_once", fake)
+
+
+def test_a_wide_timing_is_redone_and_the_narrower_kept(monkeypatch, plain_onnx):
+    _fake_timings(monkeypatch, [0.6, 0.1])
+    result = measure_latency(plain_onnx, (1, 8, 8), 1, max_spread=0.25)
+    assert (result.attempts, result.unstable, result.spread) == (2, False, pytest.approx(0.1))
+
+
+def test_a_timing_still_wide_after_the_retry_is_flagged(monkeypatch, plain_onnx):
+    _fake_timings(monkeypatch, [0.6, 0.4])
+    result = measure_latency(plain_onnx, (1, 8, 8), 1, max_spread=0.25)
+    assert (result.attempts, result.unstable, result.spread) == (2, True, pytest.approx(0.4))
+
+
+def test_layer_signatures_read_the_graph(plain_onnx):
+    assert layer_signatures(onnx.load(str(plain_onnx))) == [
+        "conv2d cin=1 in=8x8 cout=16 k=3x3 s=1x1 p=1x1 d=1x1 g=1",
+        "conv2d cin=16 in=8x8 cout=32 k=3x3 s=1x1 p=1x1 d=1x1 g=1",
+        "fc in=32 out=10",
+    ]
+    assert graph_mode(onnx.load(str(plain_onnx))) == "none"
+
+
+def test_layer_configurations_cover_every_channel_count_the_space_allows():
+    # conv1 keeps 8 or 16 of 16 channels, conv2 8, 16, 24 or 32 of 32 (ratios 0 to 0.8 by
+    # 0.05, multiples of 8): conv1 2 configs, conv2 2 x 4, fc (reads conv2) 4.
+    specs = layer_configurations(ProfileOptions(model=PLAIN, input_shape=(1, 8, 8)))
+    sigs = sorted(s["cin"] * 1000 + s["cout"] for s in specs)
+    assert len(specs) == 14
+    assert sigs == sorted([1016, 1008] + [c * 1000 + o for c in (8, 16) for o in (8, 16, 24, 32)]
+                          + [c * 1000 + 10 for c in (8, 16, 24, 32)])
+
+
+def _write_profile(tmp_path, **changes):
+    raw = json.loads((tmp_path / "p.json").read_text()) if (tmp_path / "p.json").exists() else {}
+    raw.update(changes)
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain_profile(tmp_path_factory):
+    opts = ProfileOptions(model=PLAIN, input_shape=(1, 8, 8), modes=("none", "int8_static"),
+                          threads=1, models=6, holdout=3, layer_seconds=0.05,
+                          model_seconds=0.1)
+    path = tmp_path_factory.mktemp("profile") / "p.json"
+    path.write_text(json.dumps(build_profile(opts)))
+    return path
+
+
+def test_profile_file_holds_its_tables_fit_and_error(plain_profile):
+    profile = load_profile(plain_profile)
+    assert profile.modes == ("none", "int8_static")
+    assert all(len(table) == 14 for table in profile.layers.values())
+    for mode in profile.modes:
+        assert profile.error[mode]["held_out_models"] == 3
+        assert len(profile.error[mode]["models"]) == 6
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{", "is not valid JSON (a damaged or truncated profile? make it again with "
+          "`optimize profile`)"),
+    ('{"format": "something-else"}', "is not an edgeslim latency profile"),
+    ('{"format": "edgeslim-latency-profile", "version": 99}',
+     "has format version 99; this edgeslim reads version 1"),
+    ('{"format": "edgeslim-latency-profile", "version": 1, "runtime": "onnxruntime"}',
+     "is damaged (bad or missing field 'runtime_version')"),
+])
+def test_a_bad_profile_file_is_named_in_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    assert str(info.value) == f"latency.profile: {path} {message}"
+
+
+def test_a_profile_for_another_setup_is_refused(plain_profile):
+    profile = load_profile(plain_profile)
+    args = dict(runtime="onnxruntime", threads=1, model=PLAIN, input_shape=(1, 8, 8),
+                num_classes=10, round_to=8, max_ratio=0.8, modes=("none",))
+    profile.check(**args)  # the setup it was made for
+    for change, what in [({"model": "resnet20"}, f"model {PLAIN}, the search uses resnet20"),
+                         ({"threads": 4}, "threads 1, the search uses 4"),
+                         ({"round_to": 16}, "--round-to 8, the search uses 16"),
+                         ({"modes": ("none", "fp16")},
+                          "quantization modes none,int8_static, the search uses none,fp16")]:
+        with pytest.raises(ConfigError) as info:
+            profile.check(**{**args, **change})
+        assert str(info.value) == (f"latency.profile: {plain_profile} was made for {what}; "
+                                   "run `optimize profile` for this setup")
+
+
+def test_search_with_a_profile_for_another_model_exits_2(plain_profile, tmp_path, capsys):
+    budget = tmp_path / "b.yaml"
+    budget.write_text(f"device: {{name: board}}\nruntime: {{threads: 1}}\n"
+                      f"latency: {{source: profile, profile: {plain_profile}}}\n")
+    code = main(["--budget", str(budget), "--workdir", str(tmp_path / "w"), "--trials", "1"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"optimize: error: latency.profile: {plain_profile} was made for model {PLAIN}, the "
+        "search uses resnet20; run `optimize profile` for this setup\n")
+    assert not (tmp_path / "w").exists()
+
+
+def test_profile_command_refuses_an_unknown_runtime(tmp_path, capsys):
+    code = main(["profile", "--runtime", "tflite", "--out", str(tmp_path / "p.json")])
+    assert code == 2
+    assert capsys.readouterr().err == ("optimize: error: --runtime: must be one of "
+                                       "onnxruntime, got 'tflite'\n")
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.slow
+def test_profile_predicts_unseen_resnet20_candidates(tmp_path):
+    """A profile of this machine predicts candidates it has not seen: median absolute error at
+    most 10% and Spearman rank correlation at least 0.9 against their measured latency."""
+    opts = ProfileOptions(model="resnet20", input_shape=(3, 32, 32), modes=("none",),
+                          threads=1, models=10, holdout=4, layer_seconds=0.3,
+                          model_seconds=1.0)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(build_profile(opts)))
+    profile = load_profile(path)
+    base = build_model("resnet20", 3, 10).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    groups = prunable_groups(base, example, 10, 8)
+    rng = np.random.default_rng(1234)  # not the profile's seed: other candidates
+    predicted, measured = [], []
+    for i in range(10):
+        model = copy.deepcopy(base)
+        ratios = {g.name: float(rng.choice(np.arange(0, 0.85, 0.05))) for g in groups}
+        apply_pruning(model, example, ratios, "l1", 8)
+        onnx_path = write_onnx(model, example, tmp_path / f"c{i}.onnx")
+        predicted.append(profile.predict_ms(onnx.load(str(onnx_path))))
+        measured.append(measure_latency(onnx_path, None, 1, max_seconds=1.0).median_ms)
+    errors = np.abs(np.array(predicted) - measured) / np.array(measured)
+    rho = spearmanr(predicted, measured).statistic
+    assert np.median(errors) <= 0.10, f"median error {np.median(errors):.3f}"
+    assert rho >= 0.9, f"Spearman {rho:.3f}"
+
+
+def test_search_predicts_latency_from_a_matching_profile(plain_profile, tmp_path):
+    budget = tmp_path / "b.yaml"
+    budget.write_text(f"device: {{name: board}}\nruntime: {{threads: 1}}\n"
+                      f"latency: {{source: profile, profile: {plain_profile}}}\n"
+                      "limits: {latency: 5ms}\nobjectives: [latency]\n")
+    workdir = tmp_path / "w"
+    code = main(["--budget", str(budget), "--model", PLAIN, "--workdir", str(workdir),
+                 "--trials", "2", "--finetune-steps", "2", "--quantize", "int8_static",
+                 "--no-references", "--study-name", "p"])
+    assert code == 0
+    study = load_study("p", f"sqlite:///{workdir / 'studies.db'}")
+    profile = load_profile(plain_profile)
+    base = workdir / "base" / "base.onnx"
+    assert study.user_attrs["base"]["latency_ms"] == pytest.approx(
+        profile.predict_ms(onnx.load(str(base))))
+    for t in study.trials:
+        assert t.user_attrs["latency_source"] == "profile"
+        assert t.user_attrs["latency_runs"] == 0

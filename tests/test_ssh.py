@@ -1,0 +1,156 @@
+"""The ssh latency source against a real OpenSSH server on 127.0.0.1 (Debian's openssh-server).
+
+The server runs as a throwaway daemon with its own host key, a fresh client key and an
+authorized_keys file in the test's temporary directory; the "device" is this machine, reached
+through ssh, running this checkout's interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from edgeslim.budget import LatencySource
+from edgeslim.cli import main
+from edgeslim.errors import CandidateError, ConfigError
+from edgeslim.evaluators.latency_ssh import SshMeter, sha256
+from edgeslim.export import write_onnx
+from edgeslim.search.storage import load_study
+from toys import PI4, PlainNet
+
+pytestmark = pytest.mark.slow
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not Path(SSHD).exists() or not shutil.which("ssh-keygen"):
+        pytest.fail("openssh-server is not installed (apt-get install -y openssh-server; "
+                    ".ci/run installs it)")
+    d = tmp_path_factory.mktemp("sshd")
+    os.chmod(d, 0o700)
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(f"""ListenAddress 127.0.0.1
+Port {port}
+HostKey {d / 'host'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile {d / 'sshd.pid'}
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                    text=True).stdout.strip()
+    spec = LatencySource(source="ssh", host=f"{user}@127.0.0.1", port=port,
+                         identity=str(d / "client"), known_hosts=str(d / "known_hosts"),
+                         python=sys.executable)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if server.poll() is not None:
+            pytest.fail(f"sshd exited: {server.stderr.read().decode()[-500:]}")
+        time.sleep(0.1)
+    yield spec, d
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def toy_onnx(tmp_path):
+    return write_onnx(PlainNet().eval(), torch.zeros(1, 1, 8, 8), tmp_path / "toy.onnx")
+
+
+def test_ssh_source_times_the_artifact_on_the_device_and_caches_it(sshd, toy_onnx, tmp_path):
+    spec, _ = sshd
+    meter = SshMeter(spec, threads=1, cache=tmp_path / "cache.json")
+    described = meter.check()
+    assert described["runtime"] == "onnxruntime" and described["cores"] >= 1
+    result = meter.measure(toy_onnx)
+    assert result.source == "ssh" and result.runs >= 30 and result.threads == 1
+    assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
+    cache = json.loads((tmp_path / "cache.json").read_text())
+    assert list(cache) == [f"{spec.host}:{spec.port}|1|{sha256(toy_onnx)}"]
+    assert meter.measure(toy_onnx) == result  # from the cache, not timed again
+
+
+def test_unreachable_device_is_one_line(toy_onnx):
+    spec = LatencySource(source="ssh", host="nobody@127.0.0.1", port=_free_port())
+    with pytest.raises(ConfigError) as info:
+        SshMeter(spec, threads=1).check()
+    message = str(info.value)
+    assert message.startswith(f"latency.host: cannot time artifacts on nobody@127.0.0.1 port "
+                              f"{spec.port} with python3: ssh nobody@127.0.0.1:{spec.port}: ")
+    assert "Connection refused" in message and "\n" not in message
+    with pytest.raises(CandidateError, match="Connection refused"):
+        SshMeter(spec, threads=1).measure(toy_onnx)
+
+
+def test_search_measures_through_ssh_and_survives_a_failing_measurement(sshd, tmp_path):
+    spec, d = sshd
+    # The device's interpreter, behind a wrapper that fails the 4th call: the connection
+    # check, the base model and trial 0's artifact succeed, the next measurement fails.
+    counter = d / "calls"
+    counter.write_text("0")
+    wrapper = d / "flaky-python"
+    wrapper.write_text(f"""#!/bin/sh
+n=$(($(cat {counter}) + 1)); echo $n > {counter}
+if [ $n -eq 4 ]; then echo "device busy: measurement refused" >&2; exit 1; fi
+exec {sys.executable} "$@"
+""")
+    wrapper.chmod(0o755)
+    budget = tmp_path / "ssh.yaml"
+    budget.write_text(PI4.read_text().replace("threads: 4 ", "threads: 1 ").split("\nlimits:")[0]
+                      + f"""
+latency:
+  source: ssh
+  host: {spec.host}
+  port: {spec.port}
+  identity: {spec.identity}
+  known_hosts: {spec.known_hosts}
+  python: {wrapper}
+limits:
+  latency: 20ms
+objectives: [latency]
+""")
+    workdir = tmp_path / "w"
+    code = main(["--budget", str(budget), "--trials", "3", "--workdir", str(workdir),
+                 "--finetune-steps", "2", "--no-references", "--study-name", "ssh"])
+    assert code == 0
+    study = load_study("ssh", f"sqlite:///{workdir / 'studies.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 3
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    assert "device busy: measurement refused" in failed[0].user_attrs["fail_reason"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+    assert all(t.user_attrs["latency_source"] == "ssh" for t in complete)

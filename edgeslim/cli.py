@@ -4,6 +4,8 @@
     optimize export --study NAME --out DIR [--trial N]    write the deployable files and card
     optimize show --study NAME                            print a study's Pareto table
     optimize profile --out profiles/NAME.json [--model M]  make a device's latency table
+    optimize dashboard [--study NAME] [--host H --port P] serve the study in optuna-dashboard
+    optimize report --study NAME --out DIR [--trial N]    write an HTML report with figures
 
 Errors the user can fix print one line and exit with status 2 (``--debug`` shows the traceback).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from edgeslim.errors import ConfigError, EdgeslimError
 
-COMMANDS = ("search", "export", "show", "profile")
+COMMANDS = ("search", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
 
 
@@ -120,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("show", help="print a study's Pareto table")
     w.add_argument("--study", help="study name (default: the storage's only study)")
     _common(w)
+
+    d = sub.add_parser("dashboard", help="serve the study in optuna-dashboard, with its "
+                       "trials' files downloadable")
+    d.add_argument("--study", help="study whose page is printed (default: the storage's only "
+                   "study); the dashboard lists every study of the storage")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                   "%(default)s, this machine only; the dashboard has no login)")
+    d.add_argument("--port", type=int, default=8080, help="port, 0 for any free one "
+                   "(default: %(default)s)")
+    _common(d)
+
+    r = sub.add_parser("report", help="write an HTML report with PNG figures of a study")
+    r.add_argument("--study", help="study name (default: the storage's only study)")
+    r.add_argument("--out", type=Path, required=True, help="output directory")
+    r.add_argument("--trial", type=int, help="trial whose layers are drawn (default: the one "
+                   "export picks)")
+    _common(r)
 
     _profile_parser(sub)
     return parser
@@ -294,6 +313,18 @@ def run(args: argparse.Namespace) -> int:
         from edgeslim.search.report import print_report
 
         print_report(study, console)
+        return 0
+    if args.command == "dashboard":
+        from edgeslim.search.dashboard import serve
+        from edgeslim.search.storage import open_storage
+
+        url = _storage_url(args)
+        return serve(study, open_storage(url), url, args.host, args.port, console)
+    if args.command == "report":
+        from edgeslim.search.html_report import write_report
+
+        page = write_report(study, args.out, args.trial, _storage_url(args))
+        console.print(f"report of {study.study_name} written to {page}", soft_wrap=True)
         return 0
     from edgeslim.search.exporter import export_trial, parse_formats
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
+from optuna_dashboard import save_note
 
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
+from edgeslim.search.references import REFERENCE_ATTR, reference_note
 from edgeslim.spaces import Space
 
 ACCURACY = "val_acc"
@@ -28,7 +30,8 @@ class Objective:
     Recorded per trial: every measure as a user attribute under its unit-suffixed name, one
     constraint per budget limit (``Trial.set_constraint``; feasible when <= 0), ``finetuned``,
     ``infeasible_reason`` for candidates stopped before training, ``fail_reason`` for failures,
-    and the artifact ids of the saved files (``artifact:model.onnx``).
+    and the artifact ids of the saved files (``artifact:model.onnx``). A reference trial gets
+    a dashboard note naming its preset.
     """
 
     def __init__(self, space: Space, evaluator: Evaluator, caps: Caps,
@@ -38,6 +41,8 @@ class Objective:
         self.store, self.workdir = store, Path(workdir)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        if REFERENCE_ATTR in trial.user_attrs:  # labelled in the dashboard
+            save_note(trial, reference_note(trial.user_attrs[REFERENCE_ATTR]))
         candidate = self.space(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
         self.workdir.mkdir(parents=True, exist_ok=True)

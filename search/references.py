@@ -88,6 +88,14 @@ def fits_space(space: StagedSpace, candidate: Candidate) -> bool:
     return True
 
 
+def reference_note(name: str) -> str:
+    """The dashboard note of a reference trial (Markdown): which preset it runs."""
+    preset = PRESETS.get(name)
+    what = f" ({preset.description})" if preset else ""
+    return (f"**Reference trial**: preset `{name}`{what}. Its pruning ratio, the same for every "
+            "layer, is the smallest that meets the budget's parameter and MAC limits.\n")
+
+
 def enqueue_references(study: optuna.Study, space: StagedSpace, model: nn.Module,
                        example: torch.Tensor, limits: Mapping[str, float],
                        names: Sequence[str] | None = None) -> list[str]:

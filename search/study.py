@@ -49,6 +49,7 @@ from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model
 from edgeslim.search.config import SearchConfig
+from edgeslim.search.notes import annotate
 from edgeslim.search.objective import ACCURACY, Objective, directions, is_feasible
 from edgeslim.search.references import enqueue_references
 from edgeslim.search.report import print_report
@@ -293,6 +294,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
             refresh(study, None)
             study.optimize(objective, n_trials=remaining, catch=(CandidateError,),
                            callbacks=[refresh], gc_after_trial=True)
+    annotate(study, config.storage_url)  # the study's note in optuna-dashboard
     print_report(study, console)
     return study
 

@@ -22,15 +22,6 @@ from toys import PI4, REPO
 FAST: list[str] = []  # the digits defaults: 30 base epochs (~10 s), 5 fine-tune epochs
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """A 3-trial study on digits, shared by the tests below."""
-    workdir = tmp_path_factory.mktemp("run")
-    code = main(["--budget", str(PI4), "--trials", "3", "--workdir", str(workdir), *FAST])
-    assert code == 0
-    return workdir
-
-
 def test_search_records_every_trial(searched):
     study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
     assert study.study_name == "resnet20-digits-pi4"

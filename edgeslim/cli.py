@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-ratio", type=float, default=0.8,
                    help="largest fraction of a group's channels removed (default: %(default)s)")
     s.add_argument("--importance", default="l1,l2,bn_scale,lamp",
-                   help="channel importance criteria the search chooses from, comma-separated "
-                   "(default: %(default)s)")
+                   help="channel importance criteria the search chooses from, comma-separated; "
+                   "none keeps the first channels unranked (default: %(default)s)")
     s.add_argument("--stages", default="prune,cluster,quantize",
                    help="compression stages the search may use, in any buildable order: "
                    "prune, sparsify, cluster, quantize (default: %(default)s)")
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantization modes the search chooses from when it quantizes "
                    "(default: %(default)s)")
     s.add_argument("--preset", help="run one named pipeline instead of searching (one trial, "
-                   "its own study): prune-cluster-int8, prune-dynamic-int8, uniform")
+                   "its own study): prune-cluster-int8, prune-dynamic-int8, uniform, "
+                   "convnext-prune-dynamic-int8, complexity-pa, complexity-fa, complexity-ma, "
+                   "prune-finetune-int8-kmeans, prune-retrain-int8")
     s.add_argument("--no-references", action="store_true",
                    help="do not enqueue the presets as reference trials at the study's start")
     s.add_argument("--sparsity", default="0.3:0.9",
@@ -178,6 +180,7 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
 def _search_config(args: argparse.Namespace):
     from edgeslim.budget import load_budget
     from edgeslim.compress import IMPORTANCES, order_name
+    from edgeslim.compress.prune import UNRANKED
     from edgeslim.data import dataset_entry
     from edgeslim.models import resolve_factory
     from edgeslim.search.config import SearchConfig, SpaceOptions
@@ -188,9 +191,9 @@ def _search_config(args: argparse.Namespace):
     entry = dataset_entry(args.dataset)
     resolve_factory(args.model)  # an unknown model fails here, before anything is written
     importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())
-    unknown = [i for i in importances if i not in IMPORTANCES]
+    unknown = [i for i in importances if i not in (*IMPORTANCES, UNRANKED)]
     if unknown or not importances:
-        raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, "
+        raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, {UNRANKED}, "
                           f"got {args.importance!r}")
     if not 0 < args.max_ratio < 1:
         raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")

@@ -262,7 +262,7 @@ def open_or_create_study(config: SearchConfig, prepared: Prepared) -> optuna.Stu
         example = torch.zeros(1, *data.input_shape)
         names = [config.preset] if config.preset else None
         enqueued = enqueue_references(study, prepared.space, prepared.base.model, example,
-                                      prepared.caps.limits, names)
+                                      prepared.caps.limits, names, model_name=config.model)
         study.set_user_attr("references", enqueued)
     return study
 

@@ -9,7 +9,7 @@ import optuna
 import torch
 from torch import nn
 
-from edgeslim.compress.prune import IMPORTANCES, PrunableGroup, prunable_groups
+from edgeslim.compress.prune import IMPORTANCES, UNRANKED, PrunableGroup, prunable_groups
 from edgeslim.errors import ConfigError
 from edgeslim.spaces._base import Candidate
 
@@ -42,9 +42,10 @@ class PruningSpace:
             raise ConfigError(f"ratio step: must be > 0 and <= max ratio, got {self.step}")
         if self.round_to < 1:
             raise ConfigError(f"--round-to: must be >= 1 channel, got {self.round_to}")
-        unknown = [i for i in self.importances if i not in IMPORTANCES]
+        unknown = [i for i in self.importances if i not in (*IMPORTANCES, UNRANKED)]
         if unknown or not self.importances:
             raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, "
+                              f"{UNRANKED}, "
                               f"got {', '.join(unknown) or 'none'}")
 
     @classmethod
@@ -74,7 +75,15 @@ class PruningSpace:
         return ratios, str(importance)
 
     def params_for(self, candidate: Candidate) -> dict[str, Any]:
-        """The trial parameters that make this space return ``candidate`` (for enqueueing)."""
+        """The trial parameters that make this space return ``candidate`` (for enqueueing).
+
+        Raises:
+            ConfigError: when the candidate ranks channels by a criterion the space does not
+                offer (Optuna refuses a fixed parameter outside its choices).
+        """
+        if candidate.importance not in self.importances:
+            raise ConfigError(f"importance {candidate.importance!r} is not among the searched "
+                              f"ones ({', '.join(self.importances)})")
         ratios = candidate.ratios
         params: dict[str, Any] = {
             PARAM_PREFIX + g.name: self._on_grid(ratios.get(g.name, 0.0)) for g in self.groups

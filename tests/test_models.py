@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from edgeslim.compress import apply_pruning, prunable_groups
 from edgeslim.errors import ModelError
@@ -15,10 +16,18 @@ from toys import REPO
 CONTRACT = sorted(MODELS) + ["torchvision:resnet18"]
 
 
+def _example(spec: str, batch: int = 2) -> torch.Tensor:
+    """3x32x32 images, or 3 channels of 32 steps for a model whose first layer is a Conv1d."""
+    first = next(m for m in build_model(spec, 3, 10).modules()
+                 if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+    return torch.randn(batch, 3, 32) if isinstance(first, nn.Conv1d) else \
+        torch.randn(batch, 3, 32, 32)
+
+
 @pytest.mark.parametrize("spec", CONTRACT)
 def test_model_contract(spec, tmp_path):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 32, 32)
+    x = _example(spec)
     for ratio in (0.3, 0.6):
         model = build_model(spec, 3, 10).eval()
         assert model(x).shape == (2, 10)
@@ -29,6 +38,44 @@ def test_model_contract(spec, tmp_path):
         assert sum(p.numel() for p in model.parameters()) < before
         path = write_onnx(model.eval(), x[:1], tmp_path / f"{ratio}.onnx")
         assert onnx_max_abs_diff(model, path, x) <= ONNX_ATOL
+
+
+@pytest.mark.parametrize("spec", ["alexnet", "convnext_atto", "resnet18", "resnet34",
+                                  "vgg16_bn", "vgg19_bn"])
+def test_study_models_take_28x28_grey_images(spec):
+    assert build_model(spec, 1, 10).eval()(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("ratio, stage1, hidden1, stage4", [(0.3, 32, 112, 224),
+                                                          (0.6, 16, 64, 128)])
+def test_convnext_pruning_keeps_layer_scale_and_norms_in_step(ratio, stage1, hidden1, stage4):
+    """Stage widths 40/80/160/320 and MLP hidden widths 4x those: every group loses ``ratio``
+    of its channels (snapped to multiples of 8), and the layer scales, LayerNorms and depthwise
+    convs of each residual stream follow its channels."""
+    from edgeslim.models.convnext_cifar import Block
+
+    model = build_model("convnext_atto", 3, 10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = prunable_groups(model, x, 10)
+    # one group per residual stream (4 stages) and one per block's MLP hidden layer (12 blocks)
+    assert len(groups) == 16
+    apply_pruning(model, x, {g.name: ratio for g in groups}, "l1")
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    first, last = blocks[0], blocks[-1]
+    assert (first.dwconv.out_channels, first.dwconv.groups) == (stage1, stage1)
+    assert first.norm.normalized_shape == (stage1,)
+    assert first.pwconv1.out_features == hidden1 and first.pwconv2.in_features == hidden1
+    assert first.scale.gamma.shape == (stage1,)
+    assert last.scale.gamma.shape == (stage4,) and model.norm.normalized_shape == (stage4,)
+    assert model.head.in_features == stage4
+    assert model(x).shape == (1, 10)
+
+
+def test_unranked_pruning_keeps_the_first_channels():
+    model = build_model("cnn1d", 9, 6).eval()
+    weight = model.features[0].weight.detach().clone()
+    apply_pruning(model, torch.zeros(1, 9, 128), {"features.0": 0.5}, "none")
+    assert torch.equal(model.features[0].weight, weight[:32])
 
 
 def test_channels_and_classes_follow_the_dataset():
@@ -52,7 +99,8 @@ def test_user_model_from_a_module():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("resnet21", "unknown model 'resnet21'; registered: mobilenetv2, resnet20"),
+    ("resnet21", "unknown model 'resnet21'; registered: alexnet, cnn1d, convnext_atto, "
+     "mobilenetv2, resnet18, resnet20"),
     ("torchvision:notamodel", "unknown torchvision classification model 'notamodel'; available: "),
     ("no/such/file.py:make", "no such file"),
     ("toys:nothing", "has no callable 'nothing'"),

@@ -32,6 +32,13 @@ def test_space_parameter_names_are_stable_and_readable():
     assert sorted(params) == ["prune/block_conv1", "prune/conv1", "prune/importance"]
 
 
+def test_params_for_refuses_a_criterion_the_space_does_not_offer():
+    space = PruningSpace(GROUPS, importances=("l1",))
+    with pytest.raises(ConfigError) as info:
+        space.params_for(Candidate(importance="l2"))
+    assert str(info.value) == "importance 'l2' is not among the searched ones (l1)"
+
+
 def test_params_for_round_trips_through_the_space():
     space = PruningSpace(GROUPS, step=0.05)
     cand = Candidate(prune_ratios=(("conv1", 0.35), ("layer1.0.conv1", 0.8)), importance="l1")
@@ -52,8 +59,8 @@ def test_space_uses_optuna_distributions():
 @pytest.mark.parametrize("options, message", [
     ({"max_ratio": 1.0}, "--max-ratio: must be > 0 and < 1, got 1.0"),
     ({"round_to": 0}, "--round-to: must be >= 1 channel, got 0"),
-    ({"importances": ("taylor",)}, "--importance: must be among l1, l2, bn_scale, lamp, got "
-                                   "taylor"),
+    ({"importances": ("taylor",)}, "--importance: must be among l1, l2, bn_scale, lamp, none, "
+                                   "got taylor"),
 ])
 def test_space_options_are_validated(options, message):
     with pytest.raises(ConfigError) as info:

@@ -22,7 +22,21 @@ from torch import nn
 from edgeslim.errors import CandidateError
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "lamp")
+# Not ranked: the first channels of each group are kept. Offered to presets of methods that
+# prune without ranking filters; not among the criteria the search chooses from by default.
+UNRANKED = "none"
 _ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+# torch-pruning pruners for modules it does not know, by module type (see ``register_pruner``).
+CUSTOM_PRUNERS: dict[type[nn.Module], tp.pruner.function.BasePruningFunc] = {}
+
+
+def register_pruner(module_type: type[nn.Module],
+                    pruner: tp.pruner.function.BasePruningFunc) -> None:
+    """Teaches the dependency graph how to remove channels of ``module_type`` (a module holding
+    per-channel parameters, such as ConvNeXt's layer scale); refuses a type registered twice."""
+    if module_type in CUSTOM_PRUNERS:
+        raise ValueError(f"a pruner for {module_type.__name__} is already registered")
+    CUSTOM_PRUNERS[module_type] = pruner
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,8 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                     customized_pruners=dict(CUSTOM_PRUNERS))
     finally:
         model.train(was_training)
 
@@ -118,7 +133,16 @@ def _importance(name: str) -> tp.importance.Importance:
         return tp.importance.BNScaleImportance()
     if name == "lamp":
         return tp.importance.LAMPImportance(p=2)
-    raise ValueError(f"unknown importance {name!r}; valid: {', '.join(IMPORTANCES)}")
+    if name == UNRANKED:
+        return _first_channels
+    raise ValueError(f"unknown importance {name!r}; valid: {', '.join(IMPORTANCES)}, "
+                     f"{UNRANKED}")
+
+
+def _first_channels(group: tp.Group) -> torch.Tensor:
+    """Scores that keep the lowest channel indices: no ranking at all."""
+    n = len(group[0].idxs)
+    return torch.arange(n, 0, -1, dtype=torch.float32)
 
 
 def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping[str, float],

@@ -13,6 +13,7 @@ from edgeslim.data._base import (
     augment_batch,
     carve_validation,
 )
+from edgeslim.data.arrays import load_npz
 from edgeslim.data.digits import load_digits
 from edgeslim.data.imagefolder import load_imagefolder
 from edgeslim.data.torchvision_files import load_cifar10, load_fashion_mnist, load_mnist
@@ -41,28 +42,33 @@ register_dataset("mnist", DatasetEntry(load_mnist, 0.1, 5, "MNIST, 28x28 grey"))
 register_dataset("fashion-mnist", DatasetEntry(load_fashion_mnist, 0.1, 10,
                                                "Fashion-MNIST, 28x28 grey"))
 IMAGEFOLDER_PREFIX = "imagefolder:"
+NPZ_PREFIX = "npz:"
+PATH_PREFIXES = (IMAGEFOLDER_PREFIX, NPZ_PREFIX)  # datasets named by a path after the prefix
 
 
 def dataset_entry(spec: str) -> DatasetEntry:
     if spec.startswith(IMAGEFOLDER_PREFIX):
         return DatasetEntry(lambda d, c: load_imagefolder(d, cache_dir=c), 0.1, 15,
                             "image files in class folders")
+    if spec.startswith(NPZ_PREFIX):
+        # Sensor sets are small (UCI-HAR: 7,352 windows, 51 steps an epoch): two fine-tune
+        # epochs per stage and 20 for the base model.
+        return DatasetEntry(load_npz, 0.1, 20, "arrays in an .npz file", finetune_epochs=2)
     try:
         return DATASETS[spec]
     except KeyError:
         raise DataError(f"unknown dataset {spec!r}; registered: {', '.join(DATASETS)} "
-                        f"(or {IMAGEFOLDER_PREFIX}PATH)") from None
+                        f"(or {IMAGEFOLDER_PREFIX}PATH, {NPZ_PREFIX}PATH)") from None
 
 
 def load_dataset(spec: str, data_dir: Path, cache_dir: Path | None = None,
                  seed: int = 0) -> DataBundle:
     """Loads dataset ``spec`` and carves its validation split with ``seed``.
 
-    ``imagefolder:PATH`` reads PATH; the registered names read ``data_dir``.
+    ``imagefolder:PATH`` and ``npz:PATH`` read PATH; the registered names read ``data_dir``.
     """
     entry = dataset_entry(spec)
-    root = Path(spec[len(IMAGEFOLDER_PREFIX):]) if spec.startswith(IMAGEFOLDER_PREFIX) \
-        else Path(data_dir)
+    root = Path(spec.partition(":")[2]) if spec.startswith(PATH_PREFIXES) else Path(data_dir)
     raw = entry.load(root, cache_dir)  # loaders that cache create ``cache_dir`` on writing
     return carve_validation(raw, spec, entry.val_fraction, seed)
 

@@ -16,7 +16,8 @@ from edgeslim.errors import DataError
 
 @dataclass(frozen=True)
 class Split:
-    """Images as a uint8 tensor (N, C, H, W) or (N, C, L) and labels as int64 (N,)."""
+    """Images as a uint8 tensor (N, C, H, W) or (N, C, L) (float32 for sensor arrays read from
+    an .npz file) and labels as int64 (N,)."""
 
     x: Tensor
     y: Tensor
@@ -78,11 +79,12 @@ class DataBundle:
         return len(self.class_names)
 
     def normalize(self, x: Tensor) -> Tensor:
-        """uint8 batch -> normalized float32 batch, the model's input."""
+        """uint8 (or float32) batch -> normalized float32 batch, the model's input."""
         shape = (1, -1) + (1,) * (x.dim() - 2)
         mean = torch.tensor(self.mean, device=x.device).view(shape)
         std = torch.tensor(self.std, device=x.device).view(shape)
-        return (x.float().div_(255.0) - mean) / std
+        # A copy: ``float()`` of a float32 batch is the batch itself, which must not change.
+        return (x.to(torch.float32, copy=True).div_(255.0) - mean) / std
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def carve_validation(raw: RawDataset, name: str, val_fraction: float, seed: int)
     valid = Split(raw.train.x[val_t].contiguous(), raw.train.y[val_t].contiguous())
     if len(train) == 0 or len(valid) == 0:
         raise DataError(f"{name}: too few images ({len(y)}) to carve a validation split")
-    pixels = train.x.float().div_(255.0).transpose(0, 1).reshape(train.x.shape[1], -1)
+    pixels = train.x.to(torch.float32, copy=True).div_(255.0).transpose(0, 1) \
+        .reshape(train.x.shape[1], -1)
     mean = tuple(round(float(v), 6) for v in pixels.mean(dim=1))
     std = tuple(round(max(float(v), 1e-6), 6) for v in pixels.std(dim=1))
     digest = hashlib.blake2b(digest_size=12)

@@ -1,6 +1,14 @@
 """Model registry and resolution of model specifications."""
 
-from edgeslim.models import mobilenetv2_cifar, resnet_cifar, vgg_cifar  # noqa: F401 (register)
+from edgeslim.models import (  # noqa: F401 (register)
+    alexnet_cifar,
+    cnn1d,
+    convnext_cifar,
+    mobilenetv2_cifar,
+    resnet_cifar,
+    resnet_imagenet,
+    vgg_cifar,
+)
 from edgeslim.models._registry import MODELS, register_model
 from edgeslim.models._resolve import build_model, load_checkpoint, resolve_factory
 

@@ -41,9 +41,9 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
 
     Not counted, because they depend on the CPU's kernels rather than on the model: scratch
     buffers inside kernels (im2col, packed weight copies) and the runtime's fixed costs. Checked
-    against ``runtime_memory`` on an AVX-512 x86 host, onnxruntime allocated between 1.3x (a
-    MobileNetV2, 10 MB) and 2.9x (a 0.5 MB toy with a depthwise conv) this estimate, never less,
-    and at most 1.1 MB more for the test models and ResNet-20 (tests/test_memory.py).
+    against ``runtime_memory`` on an x86 host, onnxruntime allocated from 1.01x (VGG-11-BN) to
+    2.4x (a 0.5 MB toy with a depthwise conv) this estimate, never less; the excess grows with
+    the weights (benchmarks/results/memory_check.md, tests/test_memory.py).
     """
     model = _optimized(onnx_path)
     graph = model.graph

@@ -24,6 +24,7 @@ AXES = {
     "macs": ("MACs at batch 1 (millions)", 1e6),
     "size_bytes": ("artifact size (kB)", 1e3),
     "peak_memory_bytes": ("peak memory (MB)", 1e6),
+    "activation_bytes": ("live activations at batch 1 (kB)", 1e3),
     "latency_ms": ("latency at batch 1 (ms)", 1.0),
 }
 # Past this ratio between the largest and smallest value drawn, an axis is logarithmic.

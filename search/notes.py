@@ -17,9 +17,8 @@ from optuna_dashboard import get_note, save_note
 from edgeslim.search.config import default_storage
 from edgeslim.search.objective import ACCURACY
 from edgeslim.search.references import REFERENCE_ATTR
-from edgeslim.search.report import COLUMNS, summary_line
-
-_FORMAT = {key: fmt for key, _, fmt in COLUMNS}
+from edgeslim.search.report import FORMATS as _FORMAT
+from edgeslim.search.report import columns, summary_line
 
 
 def location_flags(study: optuna.Study, storage_url: str) -> str:
@@ -63,7 +62,7 @@ def study_note(study: optuna.Study, storage_url: str) -> str:
         "| measure | base model | limit |",
         "|---|---|---|",
     ]
-    for key, _, fmt in COLUMNS:
+    for key, _, fmt in columns(study):
         if key in base:
             lines.append(f"| `{key}` | {fmt(base[key])} | {limit_text(key, caps, budget)} |")
     refs = [(t.number, t.user_attrs[REFERENCE_ATTR]) for t in study.get_trials(deepcopy=False)

@@ -18,6 +18,18 @@ COLUMNS = (
     ("peak_memory_bytes", "peak mem", lambda v: f"{v / 1e6:,.2f}MB"),
     ("latency_ms", "latency", lambda v: f"{v:.3f}ms"),
 )
+# A budget that limits activation memory (a microcontroller) sees it instead of peak memory.
+ACTIVATION_COLUMN = ("activation_bytes", "act mem", lambda v: f"{v / 1e3:,.1f}kB")
+FORMATS = {key: fmt for key, _, fmt in (*COLUMNS, ACTIVATION_COLUMN)}
+
+
+def columns(study: optuna.Study) -> tuple:
+    """The table's measure columns for ``study``'s budget."""
+    limits = study.user_attrs.get("caps", {}).get("limits", {})
+    if "activation_bytes" in limits or "activation_bytes" in study.user_attrs.get(
+            "objectives", []):
+        return tuple(ACTIVATION_COLUMN if c[0] == "peak_memory_bytes" else c for c in COLUMNS)
+    return COLUMNS
 
 
 _SHORT = {"prune": "P", "sparsify": "S", "cluster": "C", "int8_static": "int8s",
@@ -57,19 +69,20 @@ def pareto_table(study: optuna.Study) -> Table:
     table = Table(title=f"Pareto front of {study.study_name}", title_justify="left",
                   box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     table.add_column("trial", justify="right")
-    for _, header, _ in COLUMNS:
+    cols = columns(study)
+    for _, header, _ in cols:
         table.add_column(header, justify="right")
     table.add_column("fits")
     table.add_column("stages")
     if base:
-        table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in COLUMNS),
+        table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in cols),
                       "", "", style="dim")
     for t in pareto_trials(study):
         attrs = t.user_attrs
         stages = stage_label(attrs.get("stage_order", t.params.get("stages/order", "")),
                              attrs.get("quantize", "none"), "reference" in attrs)
         table.add_row(str(t.number), *(fmt(attrs[k]) if k in attrs else "-"
-                                       for k, _, fmt in COLUMNS),
+                                       for k, _, fmt in cols),
                       "yes" if is_feasible(t) else "no", stages)
     return table
 

@@ -133,7 +133,8 @@ def test_a_profile_for_another_setup_is_refused(plain_profile):
     args = dict(runtime="onnxruntime", threads=1, model=PLAIN, input_shape=(1, 8, 8),
                 num_classes=10, round_to=8, max_ratio=0.8, modes=("none",))
     profile.check(**args)  # the setup it was made for
-    for change, what in [({"model": "resnet20"}, f"model {PLAIN}, the search uses resnet20"),
+    for change, what in [({"runtime": "tflite"}, "runtime onnxruntime, the search uses tflite"),
+                         ({"model": "resnet20"}, f"model {PLAIN}, the search uses resnet20"),
                          ({"threads": 4}, "threads 1, the search uses 4"),
                          ({"round_to": 16}, "--round-to 8, the search uses 16"),
                          ({"modes": ("none", "fp16")},

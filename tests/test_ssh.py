@@ -154,3 +154,17 @@ objectives: [latency]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2
     assert all(t.user_attrs["latency_source"] == "ssh" for t in complete)
+
+
+def test_search_with_an_unreachable_device_exits_2_before_training(tmp_path, capsys):
+    port = _free_port()
+    budget = tmp_path / "b.yaml"
+    budget.write_text("device: {name: board}\nruntime: {threads: 1}\n"
+                      f"latency: {{source: ssh, host: pi@127.0.0.1, port: {port}}}\n")
+    code = main(["--budget", str(budget), "--workdir", str(tmp_path / "w"), "--trials", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"optimize: error: latency.host: cannot time artifacts on "
+                          f"pi@127.0.0.1 port {port} with python3: ")
+    assert not (tmp_path / "w" / "studies.db").exists()
+    assert not (tmp_path / "w" / "cache" / "base").exists()  # nothing was trained

@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import torch
 
+from edgeslim.compress.quantize import quantize_onnx
 from edgeslim.evaluators.memory import memory_bytes, runtime_memory
 from edgeslim.export import write_onnx
 from edgeslim.fsutil import atomic_write_json
@@ -38,24 +40,46 @@ MODELS = {
     "mobilenetv2": lambda: build_model("mobilenetv2", 3, 10),
     "vgg11_bn": lambda: build_model("vgg11_bn", 3, 10),
 }
+# Models also measured as the search's quantized artifacts.
+QUANTIZED = ("resnet20", "mobilenetv2")
 
 
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, factory in MODELS.items():
-            path = write_onnx(factory().eval(), torch.zeros(1, 3, 32, 32), Path(tmp) / "m.onnx")
-            weights, activations = memory_bytes(path)
-            measured = runtime_memory(path)
-            rows.append({"model": name, "weights": weights, "activations": activations,
-                         "estimate": weights + activations,
-                         "session": measured.session_bytes, "run": measured.run_bytes,
-                         "measured": measured.total_bytes})
+            example = torch.zeros(1, 3, 32, 32)
+            float_path = write_onnx(factory().eval(), example, Path(tmp) / "m.onnx")
+            calibration = [np.random.default_rng(0).standard_normal((8, 3, 32, 32))
+                           .astype(np.float32)]
+            modes = ("none", "int8_static", "int8_dynamic", "fp16") if name in QUANTIZED \
+                else ("none",)
+            for mode in modes:
+                path = quantize_onnx(float_path, Path(tmp) / f"{mode}.onnx", mode,
+                                     iter(calibration) if mode == "int8_static" else None)
+                rows.append(_row(name if mode == "none" else f"{name} {mode}", path))
+    lines = _table(rows)
+    out = ROOT / "results" / "memory_check.md"
+    out.write_text("\n".join(lines) + "\n")
+    atomic_write_json(rows, out.with_suffix(".json"))
+    print("\n".join(lines))
+
+
+def _row(name: str, path: Path) -> dict:
+    weights, activations = memory_bytes(path)
+    measured = runtime_memory(path)
+    return {"model": name, "weights": weights, "activations": activations,
+            "estimate": weights + activations, "session": measured.session_bytes,
+            "run": measured.run_bytes, "measured": measured.total_bytes}
+
+
+def _table(rows: list[dict]) -> list[str]:
     lines = [
         "# Peak memory: graph estimate against onnxruntime's allocation", "",
         "Command: `uv run python benchmarks/memory_check.py`", "",
         f"Host: {platform.machine()}, onnxruntime {onnxruntime.__version__}, input 1x3x32x32, "
-        "fp32. Estimate = weights + peak live activations (`peak_memory_bytes`); measured = "
+        "fp32 unless a quantization mode is named (the search's artifacts). Estimate = "
+        "weights + peak live activations (`peak_memory_bytes`); measured = "
         "heap growth at session creation + resident memory touched by the first run "
         "(`runtime_memory`), net of a one-node model's. kB = 1,000 bytes.", "",
         "| model | weights kB | activations kB | estimate kB | measured kB | measured / estimate "
@@ -66,10 +90,7 @@ def main() -> None:
                      f"| {r['estimate'] / 1e3:,.1f} | {r['measured'] / 1e3:,.1f} | "
                      f"{r['measured'] / r['estimate']:.2f} | "
                      f"{(r['measured'] - r['estimate']) / 1e3:,.1f} |")
-    out = ROOT / "results" / "memory_check.md"
-    out.write_text("\n".join(lines) + "\n")
-    atomic_write_json(rows, out.with_suffix(".json"))
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

@@ -39,11 +39,18 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
     activation is live from the node that produces it to its last consumer (the model input
     from the start, outputs to the end). Weights (initializers) count once, in full.
 
+    A statically quantized (QDQ) graph runs as fused integer kernels (QLinearConv and the like)
+    that read and write the 8-bit tensors directly, so the float tensors a QDQ graph spells out
+    around them do not exist at run time: outputs of DequantizeLinear, and tensors consumed only
+    by QuantizeLinear, count zero; the 8-bit tensors between them count at their size, and a
+    fused kernel's 8-bit input stays live until its 8-bit output is written.
+
     Not counted, because they depend on the CPU's kernels rather than on the model: scratch
     buffers inside kernels (im2col, packed weight copies) and the runtime's fixed costs. Checked
     against ``runtime_memory`` on an x86 host, onnxruntime allocated from 1.01x (VGG-11-BN) to
-    2.4x (a 0.5 MB toy with a depthwise conv) this estimate, never less; the excess grows with
-    the weights (benchmarks/results/memory_check.md, tests/test_memory.py).
+    2.4x (a 0.5 MB toy with a depthwise conv) this estimate for fp32 models, never less, the
+    excess growing with the weights; for int8 artifacts 2.0x to 6.0x, its x86 integer kernels
+    holding wider weight copies (benchmarks/results/memory_check.md, tests/test_memory.py).
     """
     model = _optimized(onnx_path)
     graph = model.graph
@@ -58,6 +65,14 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
     sizes = {vi.name: _value_bytes(vi) for vi in
              list(graph.input) + list(graph.value_info) + list(graph.output)}
     nodes = list(graph.node)
+    consumers: dict[str, set[str]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    for node in nodes:
+        for out in node.output:
+            if node.op_type == "DequantizeLinear" or consumers.get(out) == {"QuantizeLinear"}:
+                sizes[out] = 0  # fused away at run time (see above)
     last_use: dict[str, int] = {}
     for i, node in enumerate(nodes):
         for name in node.input:
@@ -65,6 +80,7 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
                 last_use[name] = i
     for out in graph.output:
         last_use[out.name] = len(nodes)
+    _extend_fused_inputs(nodes, init_names, last_use)
     live = {inp.name for inp in graph.input if inp.name not in init_names}
     peak = sum(sizes.get(n, 0) for n in live)
     for i, node in enumerate(nodes):
@@ -72,6 +88,26 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
         peak = max(peak, sum(sizes.get(n, 0) for n in live))
         live = {n for n in live if last_use.get(n, -1) > i}
     return int(weights), int(peak)
+
+
+def _extend_fused_inputs(nodes: list[onnx.NodeProto], init_names: set[str],
+                         last_use: dict[str, int]) -> None:
+    """In a QDQ graph, DequantizeLinear -> op -> QuantizeLinear runs as one integer kernel:
+    the 8-bit tensor the DequantizeLinear reads lives until that QuantizeLinear."""
+    consumed_at: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumed_at.setdefault(name, []).append(i)
+    for node in nodes:
+        if node.op_type != "DequantizeLinear" or node.input[0] in init_names:
+            continue
+        for c in consumed_at.get(node.output[0], []):
+            end = c
+            for out in nodes[c].output:
+                users = consumed_at.get(out, [])
+                if users and all(nodes[u].op_type == "QuantizeLinear" for u in users):
+                    end = max(end, *users)
+            last_use[node.input[0]] = max(last_use.get(node.input[0], -1), end)
 
 
 def _optimized(onnx_path: Path) -> onnx.ModelProto:

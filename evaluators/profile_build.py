@@ -143,14 +143,15 @@ def _artifact(model: nn.Module, example: torch.Tensor, mode: str, folder: Path) 
 
 def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Times the layers and whole models (see the module docstring); returns the profile as a
-    JSON-able dict with its held-out error per mode."""
+    JSON-able dict with its held-out error per mode. Bad options raise a ConfigError before
+    anything is timed."""
     unknown = [m for m in opts.modes if m not in QUANT_MODES]
     if unknown or not opts.modes:
         raise ConfigError(f"--quantize: must be among {', '.join(QUANT_MODES)}, got "
                           f"{','.join(opts.modes)!r}")
     if opts.holdout < 3 or opts.models - opts.holdout < 2:
         raise ConfigError("--models/--holdout: need at least 3 held-out models and 2 more to "
-                          f"fit, got {opts.models} models, {opts.holdout} held out")
+                          f"fit, got {opts.models} models with {opts.holdout} held out")
     report = progress or (lambda *_: None)
     specs = layer_configurations(opts)
     layers: dict[str, dict[str, float]] = {m: {} for m in opts.modes}

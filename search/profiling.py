@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgeslim.budget import RuntimeName
-from edgeslim.compress.quantize import QUANT_MODES
 from edgeslim.errors import ConfigError
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.profile_build import ProfileOptions, build_profile
@@ -29,18 +28,12 @@ def profile_options(args: argparse.Namespace) -> ProfileOptions:
     if not 2 <= len(shape) <= 4 or min(shape) < 1:
         raise ConfigError(f"--input-shape: must be CxL, CxHxW or CxDxHxW with positive sizes, "
                           f"got {args.input_shape!r}")
-    modes = tuple(m.strip() for m in args.quantize.split(",") if m.strip())
-    if not modes or any(m not in QUANT_MODES for m in modes):
-        raise ConfigError(f"--quantize: must be among {', '.join(QUANT_MODES)}, "
-                          f"got {args.quantize!r}")
     if not 0 < args.max_ratio < 1:
         raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")
-    if args.holdout < 3 or args.models - args.holdout < 2:
-        raise ConfigError(f"--models/--holdout: need at least 3 held-out models and 2 more to "
-                          f"fit, got {args.models} models with {args.holdout} held out")
     if args.out.exists() and args.out.is_dir():
         raise ConfigError(f"--out: {args.out} is a directory; give a file name")
     resolve_factory(args.model)
+    modes = tuple(m.strip() for m in args.quantize.split(",") if m.strip())
     return ProfileOptions(model=args.model, input_shape=shape, num_classes=args.num_classes,
                           round_to=args.round_to, max_ratio=args.max_ratio, modes=modes,
                           threads=args.threads or available_cores(), models=args.models,

@@ -211,3 +211,18 @@ def test_search_predicts_latency_from_a_matching_profile(plain_profile, tmp_path
     for t in study.trials:
         assert t.user_attrs["latency_source"] == "profile"
         assert t.user_attrs["latency_runs"] == 0
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--quantize", "int4"], "--quantize: must be among none, int8_static, int8_dynamic, fp16, "
+                             "got 'int4'"),
+    (["--models", "5", "--holdout", "4"], "--models/--holdout: need at least 3 held-out models "
+                                          "and 2 more to fit, got 5 models with 4 held out"),
+    (["--input-shape", "3x0x32"], "--input-shape: must be CxL, CxHxW or CxDxHxW with positive "
+                                  "sizes, got '3x0x32'"),
+])
+def test_profile_command_refuses_bad_options_before_timing(tmp_path, capsys, options, message):
+    code = main(["profile", "--out", str(tmp_path / "p.json"), *options])
+    assert code == 2
+    assert capsys.readouterr().err == f"optimize: error: {message}\n"
+    assert not (tmp_path / "p.json").exists()

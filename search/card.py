@@ -134,7 +134,7 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "params_macs": "counted on the float PyTorch model with the exported structure",
             "runtime": "onnxruntime CPUExecutionProvider, batch 1",
             "latency": latency,
-            "latency_source": {"host": "timed on the host below",
+            "latency_source": {"host": "timed on the measuring host",
                                "profile": f"predicted from the device profile {source.profile}",
                                "ssh": f"timed on {source.host} over ssh"}[source.source],
             "host": f"{platform.machine()} {platform.processor() or ''}".strip(),

@@ -8,7 +8,8 @@ runtime's per-run overhead). It also records its own error: predictions against 
 whole models that were not used in the fit.
 
 A layer configuration is keyed by what determines its cost, read from the ONNX graph:
-``conv2d cin=16 in=32x32 cout=32 k=3x3 s=1x1 p=1x1 d=1x1 g=1`` or ``fc in=64 out=10``.
+``conv2d cin=16 in=32x32 cout=32 k=3x3 s=1x1 p=1x1 d=1x1 g=1``, ``fc in=64 out=10``, or
+``fc rows=256 in=40 out=160`` for a linear layer applied at 256 positions.
 """
 
 from __future__ import annotations
@@ -62,7 +63,12 @@ def layer_specs(model: onnx.ModelProto) -> list[dict[str, Any]]:
         if not x or not w or not y:
             raise CandidateError(f"layer {node.name or node.op_type}: shapes unknown")
         if node.op_type in _FC_OPS:
-            out.append({"kind": "fc", "cin": x[-1], "cout": y[-1]})
+            # A linear layer may act on every position (ConvNeXt's pointwise layers on NHWC
+            # tensors): its cost scales with the rows it is applied to.
+            rows = 1
+            for d in x[:-1]:
+                rows *= d
+            out.append({"kind": "fc", "rows": rows, "cin": x[-1], "cout": y[-1]})
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         nd = len(x) - 2
@@ -78,7 +84,8 @@ def layer_specs(model: onnx.ModelProto) -> list[dict[str, Any]]:
 def signature(spec: dict[str, Any]) -> str:
     """The table key of a layer spec (see the module docstring)."""
     if spec["kind"] == "fc":
-        return f"fc in={spec['cin']} out={spec['cout']}"
+        rows = spec.get("rows", 1)
+        return (f"fc rows={rows} " if rows > 1 else "fc ") + f"in={spec['cin']} out={spec['cout']}"
     return (f"conv{len(spec['in'])}d cin={spec['cin']} in={_x(spec['in'])} "
             f"cout={spec['cout']} k={_x(spec['k'])} s={_x(spec['s'])} p={_x(spec['p'])} "
             f"d={_x(spec['d'])} g={spec['g']}")

@@ -125,7 +125,9 @@ def _scaled(channels: int, driver: tuple[str, int] | None, counts: dict[str, lis
 
 def _layer_module(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
     if spec["kind"] == "fc":
-        return nn.Linear(spec["cin"], spec["cout"]), torch.zeros(1, spec["cin"])
+        rows = spec.get("rows", 1)
+        shape = (1, rows, spec["cin"]) if rows > 1 else (1, spec["cin"])
+        return nn.Linear(spec["cin"], spec["cout"]), torch.zeros(*shape)
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(spec["in"])]
     module = conv(spec["cin"], spec["cout"], tuple(spec["k"]), stride=tuple(spec["s"]),
                   padding=tuple(spec["p"]), dilation=tuple(spec["d"]), groups=spec["g"])

@@ -226,3 +226,10 @@ def test_profile_command_refuses_bad_options_before_timing(tmp_path, capsys, opt
     assert code == 2
     assert capsys.readouterr().err == f"optimize: error: {message}\n"
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_linear_layer_applied_at_every_position_is_keyed_by_its_rows(tmp_path):
+    # Like ConvNeXt's pointwise layers: a Linear over the last axis of a 1x4x8 tensor does the
+    # work of 4 rows, so it must not share a table entry with a Linear on one 8-vector.
+    path = write_onnx(torch.nn.Linear(8, 16).eval(), torch.zeros(1, 4, 8), tmp_path / "l.onnx")
+    assert layer_signatures(onnx.load(str(path))) == ["fc rows=4 in=8 out=16"]

@@ -48,7 +48,7 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
     Not counted, because they depend on the CPU's kernels rather than on the model: scratch
     buffers inside kernels (im2col, packed weight copies) and the runtime's fixed costs. Checked
     against ``runtime_memory`` on an x86 host, onnxruntime allocated from 1.01x (VGG-11-BN) to
-    2.4x (a 0.5 MB toy with a depthwise conv) this estimate for fp32 models, never less, the
+    2.5x (a 0.5 MB toy with a depthwise conv) this estimate for fp32 models, never less, the
     excess growing with the weights; for int8 artifacts 2.0x to 6.0x, its x86 integer kernels
     holding wider weight copies (benchmarks/results/memory_check.md, tests/test_memory.py).
     """

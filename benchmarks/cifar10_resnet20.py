@@ -27,14 +27,13 @@ import platform
 import shutil
 import statistics
 import sys
-import tarfile
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _cifar import extract  # benchmarks/_cifar.py, beside this script
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from rich.console import Console
 
@@ -58,18 +57,6 @@ from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, autocast_for, train
 
 ROOT = Path(__file__).resolve().parent
-
-
-def extract(archive: Path) -> Path:
-    if not archive.is_file():
-        sys.exit(f"no CIFAR-10 archive at {archive}; pass --archive PATH "
-                 "(see ../shared/data/README.md)")
-    target = Path(tempfile.gettempdir()) / "edgeslim-cifar10"
-    if not (target / "train").is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-    return target
 
 
 def throughput(model_fn, data, recipe: TrainRecipe, steps: int) -> tuple[float, float]:

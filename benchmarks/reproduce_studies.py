@@ -29,7 +29,6 @@ import io
 import json
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _cifar import extract  # benchmarks/_cifar.py, beside this script
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
 from edgeslim.cli import main as optimize
@@ -85,14 +85,7 @@ SETUPS = (
 
 def cifar_subset(archive: Path, per_class: int) -> Path:
     """An image-folder tree of links to the first ``per_class`` images of each class."""
-    if not archive.is_file():
-        sys.exit(f"no CIFAR-10 archive at {archive}; pass --archive PATH "
-                 "(see ../shared/data/README.md)")
-    full = Path(tempfile.gettempdir()) / "edgeslim-cifar10"
-    if not (full / "train").is_dir():
-        full.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(full, filter="data")
+    full = extract(archive)
     subset = Path(tempfile.gettempdir()) / f"edgeslim-cifar10-{per_class}"
     for cls in sorted(p for p in (full / "train").iterdir() if p.is_dir()):
         target = subset / "train" / cls.name

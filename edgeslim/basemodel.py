@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edgeslim.data import DataBundle
+from edgeslim.errors import ModelError
 from edgeslim.fsutil import atomic_torch_save
 from edgeslim.models import build_model, load_checkpoint
 from edgeslim.training import TrainRecipe, train
@@ -56,8 +57,12 @@ def obtain_base_model(spec: str, data: DataBundle, recipe: TrainRecipe, cache_di
     path = Path(cache_dir) / f"{safe}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', data.name)[-30:]}-" \
         f"{cache_key(spec, data, recipe)}.pt"
     if path.is_file():
-        load_checkpoint(model, path, spec)
-        return BaseModel(model.eval(), spec, path, trained_here=False)
+        try:
+            load_checkpoint(model, path, spec)
+            return BaseModel(model.eval(), spec, path, trained_here=False)
+        except ModelError:  # a damaged cache file: trained again from scratch and replaced
+            torch.manual_seed(recipe.seed)
+            model = build_model(spec, data.in_channels, data.num_classes)
     train(model, data, recipe, on_step=on_step)
     model = model.cpu().eval()
     atomic_torch_save(model.state_dict(), path)

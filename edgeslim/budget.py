@@ -17,12 +17,15 @@ points of validation accuracy below the base (``2%`` or ``2pp``: base 90.0% allo
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
+from yaml.constructor import ConstructorError
 
 from edgeslim.errors import BudgetError
 from edgeslim.units import Kind, parse_quantity
@@ -139,30 +142,106 @@ class Budget:
 
 
 def load_budget(path: str | os.PathLike[str]) -> Budget:
-    """Reads and validates a budget file (YAML, safe loader).
+    """Reads and validates a budget file (YAML, safe loader: no tags that build Python objects,
+    no duplicate keys).
 
     Raises:
         BudgetError: one line naming the file, the key path, the rule and the value.
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BudgetError(f"{path}: cannot read budget file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise BudgetError(f"{path}: not a UTF-8 text file (byte {exc.start} is "
+                          f"{exc.object[exc.start]:#04x}); a budget is a YAML file") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_BudgetLoader)  # a SafeLoader: builds no Python objects
+    except ConstructorError as exc:
+        # Refused tags, duplicate keys and malformed scalars: say which, and where.
+        line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        raise BudgetError(f"{path}: not valid YAML{line}: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ...)
+        line = text.count("\n", 0, exc.position) + 1
+        raise BudgetError(f"{path}: not valid YAML at line {line}: character "
+                          f"U+{int(exc.character):04X} is not allowed") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BudgetError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise BudgetError(f"{path}: not valid YAML{where}" + (f": {problem}" if problem else "")
+                          ) from None
+    except RecursionError:
+        raise BudgetError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_budget(raw, source=str(path), name=path.stem)
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a repeated key is an error (YAML would keep the last
+    one silently), and a scalar that does not convert (``2024-13-01``, ``!!float x``, an
+    integer of thousands of digits) is reported with its line instead of escaping as a
+    ``ValueError``."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:
+            what = _shown(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
+            raise ConstructorError(None, None, f"cannot read {what} ({_first_line(exc)})",
+                                   node.start_mark) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # complex keys are refused by the base class; merges may override
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise ConstructorError(None, None, f"key {_shown(key)} is given twice",
+                                       key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_undefined(self, node: yaml.Node) -> Any:
+        raise ConstructorError(None, None, f"tag {node.tag!r} is not allowed (a budget holds "
+                               "plain mappings, lists, strings and numbers)", node.start_mark)
+
+
+_BudgetLoader.add_constructor(None, _BudgetLoader.construct_undefined)
+
+
+# Values and keys quoted in messages are cut short: a message stays one readable line even for
+# a huge or deeply nested value (YAML aliases can make one exponentially large).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 40
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = 6
+
+
+def _shown(value: Any) -> str:
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an integer past Python's 4300-digit limit on str()
+        return f"<a {type(value).__name__} too long to show>"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:160] if lines else type(exc).__name__
+
+
+def _key_text(key: Any) -> str:
+    """A key as it appears in a key path: itself when it is a short printable string."""
+    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 80:
+        return key
+    return _shown(key)
 
 
 def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Budget:
     """Validates an already-loaded mapping; see :func:`load_budget`."""
 
     def fail(key: str, rule: str, value: Any) -> BudgetError:
-        return BudgetError(f"{source}: {key}: {rule}, got {value!r}")
+        return BudgetError(f"{source}: {key}: {rule}, got {_shown(value)}")
 
     def bad(key: str, message: str) -> BudgetError:
         return BudgetError(f"{source}: {key}: {message}")
@@ -172,9 +251,15 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
             raise fail(key or "(top level)", "must be a mapping", value)
         for k in value:
             if k not in allowed:
-                raise fail(f"{key}.{k}" if key else str(k), "unknown key (allowed: "
-                           f"{', '.join(sorted(allowed))})", value[k])
+                path = f"{key}.{_key_text(k)}" if key else _key_text(k)
+                raise fail(path, f"unknown key (allowed: {', '.join(sorted(allowed))})",
+                           value[k])
         return value
+
+    def section(key: str, allowed: set[str]) -> dict[str, Any]:
+        """An optional section: absent or empty (``limits:`` with nothing under it) is {}."""
+        value = raw.get(key)
+        return {} if value is None else mapping(value, key, allowed)
 
     raw = mapping(raw, "", _SECTIONS) if raw is not None else {}
     if "device" not in raw:
@@ -190,26 +275,22 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
         notes=_string(dev.get("notes", ""), "device.notes", fail),
     )
 
-    rt = mapping(raw.get("runtime", {}), "runtime", _RUNTIME_KEYS)
+    rt = section("runtime", _RUNTIME_KEYS)
     runtime_name = rt.get("name", "onnxruntime")
-    if runtime_name not in get_args(RuntimeName):
+    if not isinstance(runtime_name, str) or runtime_name not in get_args(RuntimeName):
         raise fail("runtime.name", f"must be one of {', '.join(get_args(RuntimeName))}",
                    runtime_name)
     threads = _positive_int(rt.get("threads", 1), "runtime.threads", fail)
     runtime = Runtime(name=runtime_name, threads=threads or 1)
 
-    latency = _latency_source(mapping(raw.get("latency", {}) or {}, "latency", _LATENCY_KEYS),
-                              Path(source).parent, fail)
+    latency = _latency_source(section("latency", _LATENCY_KEYS), Path(source).parent, fail)
 
-    lim = mapping(raw.get("limits", {}) or {}, "limits", set(LIMIT_KEYS) | {ACCURACY_DROP_KEY})
+    lim = section("limits", set(LIMIT_KEYS) | {ACCURACY_DROP_KEY})
     limits = []
     for key, (measure, kind) in LIMIT_KEYS.items():
         if key not in lim:
             continue
-        try:
-            value, relative = parse_quantity(lim[key], kind)
-        except ValueError as exc:
-            raise bad(f"limits.{key}", str(exc)) from None
+        value, relative = _quantity(lim[key], kind, f"limits.{key}", fail, bad)
         unit = {"count": "", "bytes": " bytes", "ms": " ms"}[kind]
         if value <= 0:
             raise fail(f"limits.{key}", f"must be > 0{unit}", lim[key])
@@ -226,7 +307,7 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
         raise fail("objectives", "must be a list of measure names", objectives_raw)
     objectives: list[str] = []
     for i, key in enumerate(objectives_raw):
-        if key not in OBJECTIVE_KEYS:
+        if not isinstance(key, str) or key not in OBJECTIVE_KEYS:
             raise fail(f"objectives[{i}]", "must be one of "
                        f"{', '.join(OBJECTIVE_KEYS)} (accuracy is always an objective)", key)
         if OBJECTIVE_KEYS[key] in objectives:
@@ -239,11 +320,11 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Bu
 
 def _latency_source(raw: dict[str, Any], folder: Path, fail: Any) -> LatencySource:
     source = raw.get("source", "host")
-    if source not in get_args(LatencySourceName):
+    if not isinstance(source, str) or source not in get_args(LatencySourceName):
         raise fail("latency.source", f"must be one of {', '.join(get_args(LatencySourceName))}",
                    source)
     needed = {"profile": "profile", "ssh": "host"}.get(source)
-    if needed and not isinstance(raw.get(needed), str):
+    if needed and not (isinstance(raw.get(needed), str) and raw[needed].strip()):
         raise fail(f"latency.{needed}", f"is required when latency.source is {source} "
                    f"(a {'profile JSON file' if needed == 'profile' else 'user@address'})",
                    raw.get(needed))
@@ -256,12 +337,14 @@ def _latency_source(raw: dict[str, Any], folder: Path, fail: Any) -> LatencySour
     def path(key: str) -> str | None:
         if key not in raw:
             return None
-        text = os.path.expanduser(_string(raw[key], f"latency.{key}", fail))
+        text = os.path.expanduser(_string(raw[key], f"latency.{key}", fail, non_empty=True))
         return str(folder / text) if key == "profile" and not os.path.isabs(text) else text
 
     spread = raw.get("max_spread", 0.25)
     if isinstance(spread, bool) or not isinstance(spread, (int, float)) or spread <= 0:
         raise fail("latency.max_spread", "must be a number > 0", spread)
+    if not _finite(spread):
+        raise fail("latency.max_spread", "must be a finite number", spread)
     port = _positive_int(raw.get("port", 22), "latency.port", fail) or 22
     if port > 65535:
         raise fail("latency.port", "must be a TCP port (1 to 65535)", port)
@@ -269,13 +352,13 @@ def _latency_source(raw: dict[str, Any], folder: Path, fail: Any) -> LatencySour
         source=source, profile=path("profile"),
         host=_string(raw["host"], "latency.host", fail) if "host" in raw else None,
         port=port, identity=path("identity"), known_hosts=path("known_hosts"),
-        python=_string(raw.get("python", "python3"), "latency.python", fail),
+        python=_string(raw.get("python", "python3"), "latency.python", fail, non_empty=True),
         max_spread=float(spread))
 
 
-def _string(value: Any, key: str, fail: Any) -> str:
-    if not isinstance(value, str):
-        raise fail(key, "must be a string", value)
+def _string(value: Any, key: str, fail: Any, non_empty: bool = False) -> str:
+    if not isinstance(value, str) or (non_empty and not value.strip()):
+        raise fail(key, "must be a non-empty string" if non_empty else "must be a string", value)
     return value
 
 
@@ -290,28 +373,51 @@ def _positive_int(value: Any, key: str, fail: Any) -> int | None:
 def _bytes_or_none(value: Any, key: str, fail: Any, bad: Any) -> int | None:
     if value is None:
         return None
-    try:
-        amount, relative = parse_quantity(value, "bytes")
-    except ValueError as exc:
-        raise bad(key, str(exc)) from None
+    amount, relative = _quantity(value, "bytes", key, fail, bad)
     if relative or amount <= 0:
         raise fail(key, "must be an absolute size > 0 bytes (e.g. 4GB)", value)
     return int(amount)
 
 
-def _accuracy_points(value: Any, key: str, fail: Any) -> float:
-    text = str(value).strip()
-    for suffix in ("pp", "%"):
-        if text.endswith(suffix):
-            text = text[: -len(suffix)]
-            break
-    else:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise fail(key, "must be percentage points of accuracy, like 2% or 2pp", value)
+def _quantity(value: Any, kind: Kind, key: str, fail: Any, bad: Any) -> tuple[float, bool]:
+    """``parse_quantity`` with every way it can fail reported on the key: a bad unit, a number
+    too large for a float (``1e999``), or one that is not finite (``.nan``, ``.inf``)."""
     try:
-        points = float(text)
+        amount, relative = parse_quantity(value, kind)
+    except ValueError as exc:
+        raise bad(key, str(exc)) from None
+    except OverflowError:
+        raise fail(key, "must be a finite number", value) from None
+    if not _finite(amount):
+        raise fail(key, "must be a finite number", value)
+    return amount, relative
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _accuracy_points(value: Any, key: str, fail: Any) -> float:
+    rule = "must be percentage points of accuracy, like 2% or 2pp"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise fail(key, rule, value)
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None:
+        for suffix in ("pp", "%"):
+            if text.endswith(suffix):
+                text = text[: -len(suffix)]
+                break
+        else:
+            raise fail(key, rule, value)
+    try:
+        points = float(value if text is None else text)
     except ValueError:
-        raise fail(key, "must be percentage points of accuracy, like 2% or 2pp", value) from None
+        raise fail(key, rule, value) from None
+    except OverflowError:  # an integer too large for a float: out of range below
+        points = math.inf
     if not 0 <= points < 100:
         raise fail(key, "must be >= 0 and < 100 percentage points", value)
     return points

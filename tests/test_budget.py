@@ -116,7 +116,7 @@ DEVICE = {"name": "board"}
     ({"device": DEVICE, "objectives": "flops"},
      "objectives: must be a list of measure names, got 'flops'"),
     ([1, 2], "(top level): must be a mapping, got [1, 2]"),
-    ("device: [unclosed", "not valid YAML at line 1"),
+    ("device: [unclosed", "not valid YAML at line 1: expected ',' or ']', but got '<stream end>'"),
 ])
 def test_each_mistake_gets_one_precise_line(tmp_path, raw, message):
     path = _write(tmp_path, raw)

@@ -47,6 +47,9 @@ PATH_PREFIXES = (IMAGEFOLDER_PREFIX, NPZ_PREFIX)  # datasets named by a path aft
 
 
 def dataset_entry(spec: str) -> DatasetEntry:
+    prefix = next((p for p in PATH_PREFIXES if spec.startswith(p)), None)
+    if prefix is not None and not spec.removeprefix(prefix).strip():
+        raise DataError(f"dataset {spec!r}: give a path after {prefix}, e.g. {prefix}PATH")
     if spec.startswith(IMAGEFOLDER_PREFIX):
         return DatasetEntry(lambda d, c: load_imagefolder(d, cache_dir=c), 0.1, 15,
                             "image files in class folders")

@@ -96,6 +96,14 @@ class DatasetEntry:
     base_epochs: int  # epochs of the base-model recipe when the tool trains the base itself
     description: str
     finetune_epochs: float = 1.0  # default fine-tune of each candidate during the search
+    # Multi-fidelity: this many Pareto trials are fine-tuned again, for this many epochs per
+    # stage (default: three times the search's), once the search is done.
+    finalists: int = 2
+    final_epochs_per_stage: float | None = None
+
+    @property
+    def final_epochs(self) -> float:
+        return self.final_epochs_per_stage or 3 * self.finetune_epochs
 
 
 def carve_validation(raw: RawDataset, name: str, val_fraction: float, seed: int) -> DataBundle:

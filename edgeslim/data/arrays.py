@@ -32,9 +32,21 @@ def load_npz(path: Path, cache_dir: Path | None = None) -> RawDataset:
     where = f"npz:{path}"
     if not Path(path).is_file():
         raise DataError(f"{where}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{where}: cannot be read as an .npz file (not a zip archive as written "
+                        "by numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
+            arrays = {}
+            for k in archive.files:
+                try:
+                    arrays[k] = archive[k]
+                except ValueError as exc:
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    raise DataError(f"{where}: array {k!r} holds Python objects, which are not "
+                                    "loaded (unpickling them could run code); save numeric or "
+                                    "string arrays") from None
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"{where}: cannot be read as an .npz file "
                         f"({str(exc).splitlines()[0][:120]})") from None

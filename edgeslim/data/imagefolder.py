@@ -36,22 +36,51 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def load_split(root: Path, classes: list[str] | None = None,
-               cache_dir: Path | None = None, grey: bool = False) -> tuple[Split, list[str]]:
+def scan_split(root: Path, classes: list[str] | None = None,
+               ) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class folders of ``root`` and its image files with their labels, checked: class
+    folders exist (the same as the training split's ``classes`` when given), hold images, and
+    a training split has at least two."""
     found, items = find_images(root)
+    if not found:
+        raise DataError(f"{root}: no class folders (expected {root}/<class>/*.png, one folder "
+                        "per class, or train/ and test/ holding them)")
     if classes is not None and found != classes:
         raise DataError(f"{root}: class folders {found} differ from the training split's "
                         f"{classes}")
     if not items:
         raise DataError(f"{root}: no image files ({', '.join(EXTENSIONS)}) in class folders")
+    if classes is None and len(found) < 2:
+        raise DataError(f"{root}: a classifier needs at least 2 class folders, found "
+                        f"{len(found)} ({found[0]!r})")
+    return found, items
+
+
+def load_split(root: Path, classes: list[str] | None = None,
+               cache_dir: Path | None = None, grey: bool = False) -> tuple[Split, list[str]]:
+    """One split: read from the cache, or decoded and cached."""
+    found, items = scan_split(root, classes)
+    split, cache = _read_split(items, cache_dir, grey)
+    if cache is not None:
+        atomic_torch_save({"x": split.x, "y": split.y}, cache)
+    return split, found
+
+
+def _read_split(items: list[tuple[Path, int]], cache_dir: Path | None, grey: bool,
+                ) -> tuple[Split, Path | None]:
+    """The split from its cache file, or decoded, with the cache file still to write (None
+    when it came from the cache or there is no cache)."""
     key = hashlib.blake2b(digest_size=12)
     for path, label in items:
         st = path.stat()
         key.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}|{grey}\n".encode())
     cache = cache_dir / f"imagefolder-{key.hexdigest()}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
-        blob = torch.load(cache, weights_only=True)
-        return Split(blob["x"], blob["y"]), found
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return Split(blob["x"], blob["y"]), None
+        except Exception:  # an unreadable cache file is decoded again and replaced
+            pass
     mode = "L" if grey else "RGB"
 
     def decode(path: Path) -> Image.Image:
@@ -70,22 +99,28 @@ def load_split(root: Path, classes: list[str] | None = None,
                        for im in images])
     x = torch.from_numpy(arrays.reshape(len(images), height, width, -1)).permute(0, 3, 1, 2)
     split = Split(x.contiguous(), torch.tensor([lab for _, lab in items], dtype=torch.int64))
-    if cache is not None:
-        atomic_torch_save({"x": split.x, "y": split.y}, cache)
-    return split, found
+    return split, cache
 
 
 def load_imagefolder(root: Path, cache_dir: Path | None = None, grey: bool = False,
                      augment: Augment | None = None) -> RawDataset:
-    """Loads ``root/train`` (or ``root`` itself when it holds class folders) and ``root/test``."""
+    """Loads ``root/train`` (or ``root`` itself when it holds class folders) and ``root/test``.
+
+    Both splits are checked before either is decoded, and decoded before either is cached: a
+    mistake in the test split leaves nothing written.
+    """
     if not root.is_dir():
-        raise DataError(f"{root}: no such directory (expected class folders, or train/ and "
-                        "test/ holding class folders)")
+        what = "not a directory" if root.exists() else "no such directory"
+        raise DataError(f"{root}: {what} (expected class folders, or train/ and test/ holding "
+                        "class folders)")
     train_root = root / "train" if (root / "train").is_dir() else root
-    train, classes = load_split(train_root, None, cache_dir, grey)
-    test = None
-    if (root / "test").is_dir():
-        test, _ = load_split(root / "test", classes, cache_dir, grey)
+    classes, train_items = scan_split(train_root)
+    test_items = scan_split(root / "test", classes)[1] if (root / "test").is_dir() else None
+    train, train_cache = _read_split(train_items, cache_dir, grey)
+    test, test_cache = _read_split(test_items, cache_dir, grey) if test_items else (None, None)
+    for split, cache in ((train, train_cache), (test, test_cache)):
+        if split is not None and cache is not None:
+            atomic_torch_save({"x": split.x, "y": split.y}, cache)
     if augment is None:
         augment = Augment(crop_padding=max(1, train.x.shape[-1] // 8), hflip=True)
     return RawDataset(train=train, test=test, class_names=tuple(classes), augment=augment)

@@ -7,6 +7,7 @@ online, or an ImageFolder tree ``DIR/train/<class>/`` with an optional ``DIR/tes
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -24,17 +25,22 @@ def _from_torchvision(name: str, cls_name: str, data_dir: Path, augment: Augment
                       grey: bool, cache_dir: Path | None) -> RawDataset:
     import torchvision.datasets as tvd
 
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{name}: --data-dir {data_dir} is not a directory")
     if (data_dir / "train").is_dir():
         return load_imagefolder(data_dir, cache_dir=cache_dir, grey=grey, augment=augment)
     cls = getattr(tvd, cls_name)
     try:
         train_set = cls(str(data_dir), train=True, download=False)
     except RuntimeError:
+        created = _topmost_missing(data_dir)  # the download creates it and its parents
+        before = set(data_dir.iterdir()) if created is None else set()
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # offline machines fail fast, not hang
         try:
             train_set = cls(str(data_dir), train=True, download=True)
         except Exception as exc:  # no network, DNS failure, HTTP error...
+            _undo_download(data_dir, created, before)
             raise DataError(
                 f"{name}: no data in {data_dir} and downloading failed "
                 f"({type(exc).__name__}); put torchvision's {name} files in {data_dir} "
@@ -49,6 +55,27 @@ def _from_torchvision(name: str, cls_name: str, data_dir: Path, augment: Augment
         test = None
     return RawDataset(train=_split(train_set), test=test, class_names=tuple(train_set.classes),
                       augment=augment)
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet, or None when it exists."""
+    top, path = None, path.absolute()
+    while not path.exists():
+        top, path = path, path.parent
+    return top
+
+
+def _undo_download(data_dir: Path, created: Path | None, before: set[Path]) -> None:
+    """Removes what a failed download left: the folders it created, or the new entries of an
+    existing ``data_dir`` (partial archives, empty folders)."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for path in set(data_dir.iterdir()) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _split(dataset: object) -> Split:

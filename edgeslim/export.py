@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from torch import nn
 
 from edgeslim.errors import CandidateError
@@ -20,6 +24,63 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # ONNX fp32 against PyTorch fp32 on the same input: kernels differ in summation order, so
 # logits agree to about 1e-5 relative; 1e-3 absolute on logits of magnitude ~10 is a clear bound.
 ONNX_ATOL = 1e-3
+# What onnxruntime raises when it refuses a file or fails while running it: an operator, type
+# or opset it does not implement, a graph it finds invalid, a kernel that fails on the shapes
+# the candidate produces. Each says something about that file, so the candidate fails and the
+# search goes on. Left out, so that they stop the search: NoSuchFile, NoModel, ModelLoaded,
+# EngineError, EPFail, DeviceReset (a missing file, a misused session or a broken runtime,
+# whatever the candidate). These exceptions derive from Exception only, not RuntimeError.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort_state.Fail, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
+    ort_state.NotImplemented, ort_state.RuntimeException)
+# What the exporters raise for a model they cannot convert, each a property of that model:
+# torch.onnx's errors (UnsupportedOperatorError, SymbolicValueError, the dynamo exporter's
+# ConversionError and TorchExportError), torch.export's and the tracer's are RuntimeError, as
+# are the errors of PyTorch operators that reject the candidate's shapes during tracing; the
+# TorchScript exporter's symbolic functions signal a node they cannot convert (an unknown
+# rank, an unsupported argument) with AssertionError, ValueError or NotImplementedError.
+# TypeError, AttributeError and the like are left to surface: a bug in the calling code.
+EXPORT_ERRORS: tuple[type[Exception], ...] = (RuntimeError, AssertionError, ValueError,
+                                              NotImplementedError)
+# onnxruntime's messages name where its C++ source raised, with the full signature.
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : ")
+_ORT_SOURCE = re.compile(r"/onnxruntime_src/\S+:\d+ (?:[^(]*\([^)]*\) )?")
+_LOAD_FROM = re.compile(r"Load model from \S+ failed:")
+REASON_CHARS = 300  # a fail_reason is one line: long enough for the operator and node names
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def _cut(text: str, limit: int = REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type name when it has none), cut at
+    ``REASON_CHARS``: readable in a table and a dashboard."""
+    return _cut(_first_line(exc))
+
+
+def ort_reason(exc: BaseException) -> str:
+    """onnxruntime's message on one line, without the temporary path and the C++ source
+    location: ``INVALID_GRAPH: ... No Op registered for Foo with domain_version of 17``."""
+    text = _ORT_PREFIX.sub(r"\1: ", _first_line(exc))
+    return _cut(_ORT_SOURCE.sub("", _LOAD_FROM.sub("", text)))
+
+
+@contextmanager
+def runtime_errors(path: Path, doing: str = "failed to run") -> Iterator[None]:
+    """Turns onnxruntime's refusal of the file ``path`` (``ORT_ERRORS``) into the failure of
+    the candidate it holds: ``onnxruntime <doing> the artifact <name>: <reason>``."""
+    try:
+        yield
+    except ORT_ERRORS as exc:
+        # Chained: --debug and Optuna's log show onnxruntime's full message.
+        raise CandidateError(f"onnxruntime {doing} the artifact {Path(path).name}: "
+                             f"{ort_reason(exc)}") from exc
 
 
 def onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
@@ -27,56 +88,75 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
 
     Uses the TorchScript-based exporter, which takes well under a second for these CNNs (the
     dynamo exporter takes several); falls back to the dynamo exporter where it is gone.
+
+    Raises:
+        CandidateError: when the exporter cannot convert the model (``EXPORT_ERRORS``).
     """
     model = model.eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (example_input,), buf, dynamo=False,
-                              opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        except TypeError:  # an exporter without the TorchScript path
-            batch = torch.export.Dim("batch")
-            program = torch.onnx.export(model, (example_input,), dynamo=True,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=({0: batch},))
-            program.save(buf)
-        except Exception as exc:
+            try:
+                torch.onnx.export(model, (example_input,), buf, dynamo=False,
+                                  opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"},
+                                                OUTPUT_NAME: {0: "batch"}})
+            except TypeError:  # an exporter without the TorchScript path
+                batch = torch.export.Dim("batch")
+                program = torch.onnx.export(model, (example_input,), dynamo=True,
+                                            input_names=[INPUT_NAME],
+                                            output_names=[OUTPUT_NAME],
+                                            dynamic_shapes=({0: batch},))
+                program.save(buf)
+        except EXPORT_ERRORS as exc:
             raise CandidateError(f"ONNX export failed: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]}") from None
+                                 f"{one_line(exc)}") from exc
     return buf.getvalue()
 
 
 def write_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+    """Exports ``model`` to ``path`` (atomically) after onnx's checker accepts the graph.
+
+    Raises:
+        CandidateError: when the export fails or writes a graph the checker rejects.
+    """
     data = onnx_bytes(model, example_input)
-    onnx.checker.check_model(onnx.load_from_string(data))
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except onnx.checker.ValidationError as exc:
+        # The exporter wrote a graph ONNX itself calls invalid: a property of this model.
+        raise CandidateError(f"ONNX export failed: the exported graph is invalid: "
+                             f"{one_line(exc)}") from exc
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def ort_session(path: Path, threads: int = 1,
                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session with ``threads`` intra-op threads and sequential execution."""
+    """An onnxruntime CPU session with ``threads`` intra-op threads and sequential execution.
+
+    Raises:
+        CandidateError: when onnxruntime refuses the file (``ORT_ERRORS``).
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = level
     opts.log_severity_level = 3
-    try:
+    with runtime_errors(path, "rejected"):
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise CandidateError(f"onnxruntime rejected {Path(path).name}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
 
 
 def onnx_max_abs_diff(model: nn.Module, path: Path, example: torch.Tensor) -> float:
     """Largest absolute difference between PyTorch's and onnxruntime's logits on ``example``."""
     with torch.no_grad():
         expected = model.eval()(example).numpy()
-    got = ort_session(path).run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0]
+    session = ort_session(path)
+    with runtime_errors(path):
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0]
     return float(np.max(np.abs(expected - got)))
 
 

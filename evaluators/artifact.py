@@ -11,6 +11,7 @@ from edgeslim.evaluators.accuracy import onnx_accuracy
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.memory import memory_bytes
 from edgeslim.evaluators.meters import HostMeter, LatencyMeter
+from edgeslim.export import runtime_errors
 
 
 def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
@@ -23,8 +24,14 @@ def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
 
     Returns:
         ``(values, info)``: the measures, and latency details for user attributes.
+
+    Raises:
+        CandidateError: when onnxruntime refuses the file or fails to run it.
     """
-    weights, activations = memory_bytes(path)
+    # The memory estimate starts by loading the file in onnxruntime, the first place a file
+    # the runtime refuses is found.
+    with runtime_errors(path, "rejected"):
+        weights, activations = memory_bytes(path)
     latency = (meter or HostMeter(runtime.threads)).measure(path)
     values: dict[str, float] = {
         "size_bytes": float(Path(path).stat().st_size),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeslim.export import ort_session
+from edgeslim.export import ort_session, runtime_errors
 
 BLOCK = 10  # runs between two stability checks
 
@@ -74,22 +74,26 @@ def time_once(onnx_path: Path, input_shape: tuple[int, ...], threads: int, warmu
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     x = np.random.default_rng(seed).standard_normal((1, *input_shape)).astype(dtype)
     feed = {inp.name: x}
-    for _ in range(warmup):
-        session.run(None, feed)
     times: list[float] = []
-    deadline = time.perf_counter() + max_seconds
-    previous = None
-    while len(times) < max_runs:
-        for _ in range(BLOCK):
-            t0 = time.perf_counter()
+    # A kernel that cannot run this file's graph fails at the first run. (A try block costs
+    # nothing in the timed loop.)
+    with runtime_errors(onnx_path):
+        for _ in range(warmup):
             session.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        median = float(np.median(times))
-        if len(times) >= min_runs and (
-                time.perf_counter() > deadline
-                or (previous is not None and abs(median - previous) <= stable_within * median)):
-            break
-        previous = median
+        deadline = time.perf_counter() + max_seconds
+        previous = None
+        while len(times) < max_runs:
+            for _ in range(BLOCK):
+                t0 = time.perf_counter()
+                session.run(None, feed)
+                times.append((time.perf_counter() - t0) * 1e3)
+            median = float(np.median(times))
+            if len(times) >= min_runs and (
+                    time.perf_counter() > deadline
+                    or (previous is not None
+                        and abs(median - previous) <= stable_within * median)):
+                break
+            previous = median
     p10, med, p90 = np.percentile(times, [10, 50, 90])
     return LatencyResult(float(med), float(p10), float(p90), len(times), used, threads)
 

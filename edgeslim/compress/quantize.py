@@ -30,9 +30,18 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeslim.errors import CandidateError
-from edgeslim.export import INPUT_NAME
+from edgeslim.export import INPUT_NAME, ORT_ERRORS, one_line, ort_reason
 
 QUANT_MODES = ("none", "int8_static", "int8_dynamic", "fp16")
+# How quantization fails on a graph it cannot handle, a property of that candidate: the
+# quantizer (Python code) raises ValueError, NotImplementedError or RuntimeError, or fails one
+# of its many asserts, for a node pattern it does not support; its calibration runs the graph
+# in onnxruntime (ORT_ERRORS); its pre-processing runs onnx's checker and shape inference; and
+# onnx refuses (ValueError) to save a model past 2 GiB. A TypeError, AttributeError or KeyError
+# is left to surface: it comes from calling the quantizer wrongly, a bug of this package.
+QUANT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, NotImplementedError, RuntimeError, AssertionError, *ORT_ERRORS,
+    onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 # Operators whose float weights the fp16 mode stores as float16.
 _WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
@@ -44,23 +53,25 @@ def quantize_onnx(src: Path, dst: Path, mode: str,
     ``calibration`` yields float32 input batches (already normalised) for ``int8_static``.
 
     Raises:
-        CandidateError: when the quantizer fails on the model.
+        CandidateError: when the quantizer fails on the model (``QUANT_ERRORS``).
     """
     if mode not in QUANT_MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; valid: {', '.join(QUANT_MODES)}")
+    if mode == "int8_static" and calibration is None:
+        raise ValueError("int8_static needs calibration batches")
     src, dst = Path(src), Path(dst)
+    if mode == "none":
+        dst.write_bytes(src.read_bytes())
+        return dst
     try:
-        if mode == "none":
-            dst.write_bytes(src.read_bytes())
-        elif mode == "fp16":
+        if mode == "fp16":
             onnx.save(fp16_weights(onnx.load(str(src))), str(dst))
         else:
             _int8(src, dst, mode, calibration)
-    except CandidateError:
-        raise
-    except Exception as exc:
-        raise CandidateError(f"{mode} quantization failed: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    except QUANT_ERRORS as exc:
+        detail = f" in onnxruntime: {ort_reason(exc)}" if isinstance(exc, ORT_ERRORS) \
+            else f": {type(exc).__name__}: {one_line(exc)}"
+        raise CandidateError(f"{mode} quantization failed{detail}") from exc
     return dst
 
 
@@ -82,8 +93,6 @@ def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | N
         if mode == "int8_dynamic":
             quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8)
             return
-        if calibration is None:
-            raise ValueError("int8_static needs calibration batches")
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:

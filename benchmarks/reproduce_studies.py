@@ -41,6 +41,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
 from edgeslim.cli import main as optimize
 from edgeslim.data.synthetic_har import write_npz
+from edgeslim.search.config import default_storage
 from edgeslim.search.objective import is_feasible
 from edgeslim.search.storage import load_study
 
@@ -162,7 +163,7 @@ def main() -> None:
     if not har.is_file():
         write_npz(har, args.har_windows, 1000)
     datasets["har"] = f"npz:{har}"
-    storage = f"sqlite:///{(args.workdir / 'studies.db').resolve()}"
+    storage = default_storage(args.workdir)
     results, log = [], io.StringIO()
     for setup in SETUPS:
         if args.only and args.only not in setup.model:

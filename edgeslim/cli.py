@@ -13,6 +13,7 @@ Errors the user can fix print one line and exit with status 2 (``--debug`` shows
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import warnings
@@ -68,7 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-name", help="default: <model>-<dataset>-<budget>; an existing "
                    "study of that name is resumed")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe")
+    s.add_argument("--sampler", choices=("tpe", "nsga2", "gp", "random"), default="tpe",
+                   help="tpe (multivariate, constraint-aware), nsga2, gp (Gaussian process) "
+                   "or random (default: %(default)s, chosen by benchmarks/search_vs_rules.py)")
+    s.add_argument("--workers", type=_positive(int, "--workers"), default=1,
+                   help="processes on this machine running trials at once, sharing the cores "
+                   "(default: %(default)s); other machines join with the same command and a "
+                   "shared --storage postgresql://...")
+    s.add_argument("--finalists", type=int, default=None,
+                   help="Pareto trials fine-tuned again with --final-epochs once the search "
+                   "is done; export picks from them (default: per dataset, 0 turns it off)")
+    s.add_argument("--final-epochs", type=_positive(float, "--final-epochs"),
+                   help="the finalists' fine-tune epochs (default: per dataset)")
+    s.add_argument("--screen", type=int, default=None,
+                   help="pruning allocations ranked by their accuracy after batch-norm "
+                   "recalibration (a second each, no training) before the trials; the best "
+                   "are fine-tuned (default: 4 x --trials; 0 turns it off)")
+    s.add_argument("--no-repair", action="store_true",
+                   help="train sampled candidates as they are, even when they break a limit "
+                   "checkable before training (by default they are moved to the nearest one "
+                   "that fits)")
     s.add_argument("--base-epochs", type=_positive(float, "--base-epochs"),
                    help="epochs of the base model's training (default: per dataset)")
     g = s.add_mutually_exclusive_group()
@@ -76,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune epochs per candidate (default: per dataset)")
     g.add_argument("--finetune-steps", type=_positive(int, "--finetune-steps"),
                    help="fine-tune optimizer steps per candidate, instead of epochs")
+    s.add_argument("--finetune-subset", type=float, default=1.0,
+                   help="fraction of the training images the search's fine-tunes draw from "
+                   "(a fixed subset; the finalists use all) (default: %(default)s)")
     s.add_argument("--no-distill", action="store_true",
                    help="fine-tune on labels only, without distilling from the base model")
     s.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
@@ -197,13 +220,28 @@ def _search_config(args: argparse.Namespace):
                           f"got {args.importance!r}")
     if not 0 < args.max_ratio < 1:
         raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
+    if args.checkpoint is not None and not args.checkpoint.exists():
         raise ConfigError(f"--checkpoint: no such file {args.checkpoint}")
+    if args.checkpoint is not None:
+        from edgeslim.models._resolve import read_state_dict
+
+        read_state_dict(args.checkpoint)  # not weights, or a pickle that runs code: fails here
     base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
+    if not 0 < args.finetune_subset <= 1:
+        raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
     finetune = TrainRecipe(
         epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
         lr=FINETUNE_LR, warmup_fraction=0.1,
-        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed)
+        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
+        subset=args.finetune_subset)
+    finalists = entry.finalists if args.finalists is None else args.finalists
+    if finalists < 0:
+        raise ConfigError(f"--finalists: must be >= 0, got {finalists}")
+    final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,
+                                steps=None, subset=1.0)
+    screen = 4 * args.trials if args.screen is None else args.screen
+    if screen < 0:
+        raise ConfigError(f"--screen: must be >= 0, got {screen}")
     stage_options = _stage_options(args)
     trials = args.trials
     if args.preset is not None:
@@ -213,13 +251,14 @@ def _search_config(args: argparse.Namespace):
                              cluster_methods=(p.cluster_method,),
                              quant_modes=(p.quantize,) if "quantize" in p.order
                              else stage_options["quant_modes"])
-        importances, trials = (p.importance,), 1
+        importances, trials, finalists, screen = (p.importance,), 1, 0, 0
     return SearchConfig(
         budget=budget, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
         checkpoint=args.checkpoint, trials=trials, study_name=args.study_name,
         storage=args.storage, workdir=args.workdir, seed=args.seed, sampler=args.sampler,
         base_recipe=base, finetune=finetune, references=not args.no_references,
-        preset=args.preset,
+        preset=args.preset, repair=not args.no_repair, workers=args.workers,
+        finalists=finalists, final=final if finalists else None, screen=screen,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
                            round_to=args.round_to, **stage_options))
 
@@ -285,6 +324,16 @@ def _storage_url(args: argparse.Namespace) -> str:
     return args.storage or default_storage(args.workdir)
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a directory or a path where one can be created."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"--out {out}: {path} is a file, not a directory; give a "
+                                  "directory (it is created when missing)")
+            return
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -311,6 +360,8 @@ def run(args: argparse.Namespace) -> int:
         return run_profile(args, console)
     from edgeslim.search.storage import load_study
 
+    if args.command in ("export", "report"):
+        _check_out(args.out)
     study = load_study(args.study, _storage_url(args))
     if args.command == "show":
         from edgeslim.search.report import print_report
@@ -347,17 +398,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_libraries() -> None:
+    """Hides the libraries' warnings and info logs (``--debug`` keeps them)."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
     if not args.debug:
-        warnings.filterwarnings("ignore")
-        logging.getLogger("fvcore").setLevel(logging.ERROR)
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        quiet_libraries()
     try:
         return run(args)
     except EdgeslimError as exc:

@@ -48,15 +48,34 @@ class TrainRecipe:
     precision: Precision = "auto"
     channels_last: bool = True
     seed: int = 0
+    subset: float = 1.0  # fraction of the training split drawn from (a fixed one per seed)
 
     def total_steps(self, n_train: int) -> int:
         if self.steps is not None:
             return max(1, self.steps)
-        per_epoch = max(1, n_train // self.batch_size)
+        per_epoch = max(1, self.subset_size(n_train) // self.batch_size)
         return max(1, math.ceil(self.epochs * per_epoch))
 
+    def subset_size(self, n_train: int) -> int:
+        """Training images drawn from: ``subset`` of ``n_train``, at least one batch."""
+        if self.subset >= 1.0:
+            return n_train
+        return min(n_train, max(self.batch_size, round(self.subset * n_train)))
+
+    def subset_indices(self, n_train: int) -> torch.Tensor:
+        """The training images drawn from: all, or the same random ``subset`` of them for
+        every model trained with this seed (so candidates are compared on equal data)."""
+        size = self.subset_size(n_train)
+        if size == n_train:
+            return torch.arange(n_train)
+        gen = torch.Generator().manual_seed(self.seed + 7919)
+        return torch.randperm(n_train, generator=gen)[:size].sort().values
+
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        if self.subset >= 1.0:  # the whole split: recorded as before the option existed
+            del out["subset"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,9 +139,10 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     else:
         teacher = None
     gen = torch.Generator().manual_seed(recipe.seed)
-    n = len(data.train)
+    pool = recipe.subset_indices(len(data.train))
+    n = len(pool)
     batch = min(recipe.batch_size, n)
-    total = recipe.total_steps(n)
+    total = recipe.total_steps(len(data.train))
     opt = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
                           momentum=recipe.momentum, nesterov=True)
     warm = max(1, int(total * recipe.warmup_fraction))
@@ -139,7 +159,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     for step in range(total):
         if pos + batch > n:
             perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos:pos + batch]
+        idx = pool[perm[pos:pos + batch]]
         pos += batch
         xb = augment_batch(x_all[idx], data.augment, gen).to(device, non_blocking=True)
         xb = data.normalize(xb).contiguous(memory_format=fmt)

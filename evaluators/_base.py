@@ -77,5 +77,7 @@ class Evaluator(ABC):
     ``edgeslim.errors.CandidateError`` for a candidate that cannot be built or trained."""
 
     @abstractmethod
-    def evaluate(self, candidate: Candidate, workdir: Path) -> Measurement:
-        """Applies ``candidate``, trains, measures; files go under ``workdir``."""
+    def evaluate(self, candidate: Candidate, workdir: Path, checked: bool = False,
+                 ) -> Measurement:
+        """Applies ``candidate``, trains, measures; files go under ``workdir``. ``checked``
+        says the limits checkable before training are known to be met."""

@@ -118,12 +118,19 @@ class StagedEvaluator(Evaluator):
                 with tied(model, clustered, masked):
                     finetunes.append(train(model, self.data, self.recipe, teacher=teacher))
         model = model.cpu().eval()
+        # Every step of a build raises CandidateError, naming the step, for what is wrong with
+        # this candidate (a stage it cannot take, a diverged fine-tune above; an operator the
+        # exporter lacks, a graph the quantizer or onnxruntime refuses below and in
+        # ``measure``); any other exception is a bug and stops the search.
         float_onnx = write_onnx(model, self.example, workdir / "float.onnx")
         calibration = self.calibration() if candidate.quantize == "int8_static" else None
         runnable = quantize_onnx(float_onnx, workdir / ARTIFACT_ONNX, candidate.quantize,
                                  iter(calibration) if calibration else None)
         deployable = runnable
         if candidate.packed:
+            # Packing is this package's own code, on a graph onnx and the quantizer have just
+            # read and written: nothing in it depends on what the candidate is, so it is not
+            # wrapped, and an error there surfaces as the bug it is.
             deployable = write_packed(runnable, workdir / ARTIFACT_PACKED)
             # What is measured is what the packed file restores to, not the file packed.
             restore_onnx(deployable, runnable)
@@ -152,8 +159,18 @@ class StagedEvaluator(Evaluator):
         info.update(latency_info)
         return values, info
 
-    def evaluate(self, candidate: Candidate, workdir: Path) -> Measurement:
-        if any(m in self.caps.limits for m in STATIC_MEASURES):
+    def static_values(self, candidate: Candidate, workdir: Path) -> dict[str, float]:
+        """The measures of ``candidate``'s untrained artifact that need no accuracy (params,
+        MACs, size, peak memory, latency): what the limits checkable before training see."""
+        values, _ = self.measure(self.build(candidate, workdir, finetune=False),
+                                 with_accuracy=False)
+        return values
+
+    def evaluate(self, candidate: Candidate, workdir: Path, checked: bool = False,
+                 ) -> Measurement:
+        """``checked``: the caller has already found that ``candidate`` meets every limit
+        checkable before training (``edgeslim.search.repair``), so it is not built twice."""
+        if not checked and any(m in self.caps.limits for m in STATIC_MEASURES):
             dry = self.build(candidate, workdir / "untrained", finetune=False)
             values, info = self.measure(dry, with_accuracy=False)
             broken = self.caps.violations(values, STATIC_MEASURES)

@@ -11,8 +11,8 @@ from edgeslim.compress import IMPORTANCES
 from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
 
-SamplerName = Literal["tpe", "nsga2", "random"]
-SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "random")
+SamplerName = Literal["tpe", "nsga2", "gp", "random"]
+SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "gp", "random")
 
 
 DEFAULT_STAGES = ("prune", "cluster", "quantize")
@@ -43,7 +43,7 @@ class SearchConfig:
     checkpoint: Path | None = None
     trials: int = 20  # finished trials (complete or failed) the study should hold
     study_name: str | None = None  # default: "<model>-<dataset>-<budget>"
-    storage: str | None = None  # any Optuna storage URL; default: SQLite in ``workdir``
+    storage: str | None = None  # any Optuna storage URL; default: a journal file in ``workdir``
     workdir: Path = Path("edgeslim-runs")
     seed: int = 0
     sampler: SamplerName = "tpe"
@@ -52,6 +52,11 @@ class SearchConfig:
     space: SpaceOptions = field(default_factory=SpaceOptions)
     references: bool = True  # enqueue the presets the space can sample as reference trials
     preset: str | None = None  # run this one preset instead of searching
+    repair: bool = True  # move candidates over a static limit to the nearest that fits
+    workers: int = 1  # processes on this machine running trials of the study at once
+    finalists: int = 0  # Pareto trials fine-tuned again with ``final`` once the search is done
+    final: TrainRecipe | None = None  # the finalists' long fine-tune (default: ``finetune``)
+    screen: int = 0  # allocations ranked by recalibrated accuracy before fine-tuning (0: off)
 
     @property
     def name(self) -> str:
@@ -72,4 +77,6 @@ class SearchConfig:
 
 
 def default_storage(workdir: Path) -> str:
-    return f"sqlite:///{(Path(workdir) / 'studies.db').resolve()}"
+    """A journal file in ``workdir``: safe for several worker processes writing at once (it
+    appends under a lock), which an SQLite file is not."""
+    return f"journal:{(Path(workdir) / 'studies.journal').resolve()}"

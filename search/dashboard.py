@@ -27,13 +27,12 @@ class _QuietHandler(WSGIRequestHandler):
 def serve(study: optuna.Study, storage: optuna.storages.BaseStorage, storage_url: str,
           host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           console: Console | None = None) -> int:
-    """Annotates the study, then serves optuna-dashboard for its storage, with the trials'
-    artifacts downloadable, until interrupted. ``port`` 0 picks a free port; the address is
-    printed once the server listens."""
+    """Serves optuna-dashboard for the study's storage (after writing the study's note), with
+    the trials' artifacts downloadable, until interrupted. ``port`` 0 picks a free port; the
+    address is printed once the server listens."""
     console = console or Console()
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be 0 to 65535, got {port}")
-    annotate(study, storage_url)
     artifacts = Path(study.user_attrs.get("paths", {}).get("artifacts", ""))
     store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None
     app = wsgi(storage, artifact_store=store)
@@ -42,6 +41,7 @@ def serve(study: optuna.Study, storage: optuna.storages.BaseStorage, storage_url
     except OSError as exc:
         raise ConfigError(f"--host {host} --port {port}: cannot listen there "
                           f"({exc.strerror or exc})") from None
+    annotate(study, storage_url)  # once the address is known to work: a refusal writes nothing
     url = f"http://{host}:{server.server_port}/dashboard/studies/{study._study_id}"
     try:
         loopback = ipaddress.ip_address(host).is_loopback

@@ -20,7 +20,7 @@ from edgeslim.search.figures import AXES, layers_figure, pareto_figure, save_png
 from edgeslim.search.notes import limit_text, location_flags
 from edgeslim.search.objective import ACCURACY, is_feasible
 from edgeslim.search.references import REFERENCE_ATTR
-from edgeslim.search.report import COLUMNS, pareto_trials, stage_label, summary_line
+from edgeslim.search.report import COLUMNS, lift_text, pareto_trials, summary_line, trial_label
 
 REPORT_HTML = "report.html"
 LAYERS_PNG = "layers.png"
@@ -64,12 +64,11 @@ def _row(attrs: dict) -> list[str]:
 
 def pareto_rows(study: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> list[list[str]]:
     """The Pareto table's rows (the base model first), as in ``optimize show``."""
-    rows = [["base", *_row(study.user_attrs.get("base", {})), "", "", ""]]
+    rows = [["base", *_row(study.user_attrs.get("base", {})), "", "", "", ""]]
     for t in front:
         a = t.user_attrs
         rows.append([str(t.number), *_row(a), "yes" if is_feasible(t) else "no",
-                     stage_label(a.get("stage_order", ""), a.get("quantize", "none"),
-                                 REFERENCE_ATTR in a), a.get(REFERENCE_ATTR, "")])
+                     lift_text(study, t), trial_label(t), a.get(REFERENCE_ATTR, "")])
     return rows
 
 
@@ -118,10 +117,12 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
         + " Dashed red lines are the budget's limits; diamonds are reference trials "
         "(presets).</p>",
         *(f"<img src='{f}' alt='{html.escape(alt)}'>" for f, alt in figures),
-        _table(["trial", *(h for _, h, _ in COLUMNS), "fits", "stages", "reference"],
+        _table(["trial", *(h for _, h, _ in COLUMNS), "fits", "lift", "stages", "reference"],
                pareto_rows(study, front)),
         "<p class='muted'>stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize, "
-        "* preset</p>",
+        "* preset, + finalist (fine-tuned again with the long recipe). lift: validation "
+        "accuracy points over the most accurate reference trial of equal or higher cost in "
+        "every objective (finalists against the references' finalists).</p>",
         f"<h2>Trial {trial.number}</h2>",
         f"<p>{html.escape(why)}: {html.escape(a.get('stage_order', ''))}"
         + (f" ({html.escape(a['quantize'])})" if a.get("quantize", "none") != "none" else "")

@@ -14,9 +14,12 @@ from optuna_dashboard import save_note
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
 from edgeslim.search.references import REFERENCE_ATTR, reference_note
-from edgeslim.spaces import Space
+from edgeslim.search.repair import StaticCheck, repair
+from edgeslim.spaces import Candidate, Space, StagedSpace
 
 ACCURACY = "val_acc"
+# A finalist trial re-runs the candidate of the search trial it names with the long fine-tune.
+FINALIST_ATTR = "finalist_of"
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
@@ -29,26 +32,54 @@ class Objective:
 
     Recorded per trial: every measure as a user attribute under its unit-suffixed name, one
     constraint per budget limit (``Trial.set_constraint``; feasible when <= 0), ``finetuned``,
+    the repair of the sampled candidate (``edgeslim.search.repair``: ``repaired``, ``sampled``,
+    ``repair_step``), ``candidate`` (what was built),
     ``infeasible_reason`` for candidates stopped before training, ``fail_reason`` for failures,
     and the artifact ids of the saved files (``artifact:model.onnx``). A reference trial gets
     a dashboard note naming its preset.
     """
 
     def __init__(self, space: Space, evaluator: Evaluator, caps: Caps,
-                 objectives: Sequence[str], store: ArtifactStore, workdir: Path) -> None:
+                 objectives: Sequence[str], store: ArtifactStore, workdir: Path,
+                 check: StaticCheck | None = None,
+                 final_evaluator: Evaluator | None = None) -> None:
         self.space, self.evaluator, self.caps = space, evaluator, caps
         self.objectives = tuple(objectives)
         self.store, self.workdir = store, Path(workdir)
+        self.check = check  # repairs sampled candidates when given (a StagedSpace's)
+        self.final_evaluator = final_evaluator or evaluator  # the finalists' long fine-tune
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        if REFERENCE_ATTR in trial.user_attrs:  # labelled in the dashboard
-            save_note(trial, reference_note(trial.user_attrs[REFERENCE_ATTR]))
-        candidate = self.space(trial)
+        attrs = trial.user_attrs
+        if REFERENCE_ATTR in attrs:  # labelled in the dashboard
+            save_note(trial, reference_note(attrs[REFERENCE_ATTR]))
+        sampled = self.space(trial)
+        evaluator, checked = self.evaluator, False
+        if FINALIST_ATTR in attrs:
+            # A finalist rebuilds the candidate its search trial built (after repair), with
+            # the long fine-tune; its parameters are that trial's, for the sampler.
+            candidate = Candidate.from_dict(attrs["candidate"])
+            evaluator, checked = self.final_evaluator, True
+        elif self.check is not None and isinstance(self.space, StagedSpace):
+            try:
+                repaired = repair(sampled, self.space, self.check)
+            except CandidateError as exc:
+                # Checking the limits builds the candidate (pruned, exported, loaded in
+                # onnxruntime, untrained): one that cannot be built fails here, before the
+                # evaluator sees it, and is recorded the same way.
+                trial.set_user_attr("candidate", sampled.to_dict())
+                trial.set_user_attr("fail_reason", str(exc))
+                raise
+            for key, value in repaired.attrs().items():
+                trial.set_user_attr(key, value)
+            candidate, checked = repaired.candidate, repaired.checked
+        else:
+            candidate = sampled
         trial.set_user_attr("candidate", candidate.to_dict())
         self.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"trial-{trial.number}-", dir=self.workdir) as t:
             try:
-                measurement = self.evaluator.evaluate(candidate, Path(t))
+                measurement = evaluator.evaluate(candidate, Path(t), checked=checked)
             except CandidateError as exc:
                 trial.set_user_attr("fail_reason", str(exc))
                 raise

@@ -7,7 +7,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edgeslim.search.objective import is_feasible
+from edgeslim.search.objective import ACCURACY, FINALIST_ATTR, is_feasible
+from edgeslim.search.references import REFERENCE_ATTR
 
 # (measure, column header, format)
 COLUMNS = (
@@ -34,15 +35,71 @@ def columns(study: optuna.Study) -> tuple:
 
 _SHORT = {"prune": "P", "sparsify": "S", "cluster": "C", "int8_static": "int8s",
           "int8_dynamic": "int8d", "fp16": "fp16"}
-STAGES_LEGEND = "stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize, * preset"
+STAGES_LEGEND = ("stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize; * reference "
+                 "preset,\n+ finalist (long fine-tune); lift: accuracy points over the best "
+                 "reference\nof equal or higher cost in every objective")
 
 
-def stage_label(order: str, quantize: str, reference: bool) -> str:
+def stage_label(order: str, quantize: str, reference: bool, finalist: bool = False) -> str:
     """A compact stage order for narrow tables: ``prune>cluster>quantize`` with int8 static
-    quantization reads ``P>C>int8s``."""
+    quantization reads ``P>C>int8s``; ``*`` marks a preset, ``+`` a finalist."""
     parts = [_SHORT[quantize] if name == "quantize" else _SHORT.get(name, name)
              for name in order.split(">") if name]
-    return ">".join(parts) + ("*" if reference else "")
+    return ">".join(parts) + ("*" if reference else "") + ("+" if finalist else "")
+
+
+def trial_label(trial: optuna.trial.FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    return stage_label(attrs.get("stage_order", trial.params.get("stages/order", "")),
+                       attrs.get("quantize", "none"), REFERENCE_ATTR in attrs,
+                       FINALIST_ATTR in attrs)
+
+
+def cost_measures(study: optuna.Study) -> list[str]:
+    """What "cost" means when a trial is compared with the references: the budget's
+    objectives, or the measures it limits when it has none."""
+    return list(study.user_attrs.get("objectives", [])[1:]) or \
+        list(study.user_attrs.get("caps", {}).get("limits", {}))
+
+
+def _source(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """The search trial a finalist re-ran (the trial itself otherwise)."""
+    number = trial.user_attrs.get(FINALIST_ATTR)
+    return trial if number is None else study.trials[number]
+
+
+def reference_lift(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                   ) -> tuple[float, str] | None:
+    """``trial``'s validation accuracy minus that of the most accurate reference trial whose
+    cost is equal or higher in every cost measure (``cost_measures``), and that reference's
+    preset; None when no reference costs as much. Trials are compared at the same fidelity: a
+    finalist with the finalists of references, a search trial with the reference trials."""
+    measures = cost_measures(study)
+    finalist = FINALIST_ATTR in trial.user_attrs
+    best: tuple[float, str] | None = None
+    for ref in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if (FINALIST_ATTR in ref.user_attrs) != finalist or ref.number == trial.number:
+            continue
+        source = _source(study, ref)
+        name = source.user_attrs.get(REFERENCE_ATTR)
+        if name is None or not ref.user_attrs.get("finetuned"):
+            continue
+        if all(ref.user_attrs.get(m, 0.0) >= trial.user_attrs.get(m, 0.0) * (1 - 1e-9)
+               for m in measures):
+            acc = ref.user_attrs[ACCURACY]
+            if best is None or acc > best[0]:
+                best = (acc, name)
+    if best is None:
+        return None
+    return trial.user_attrs[ACCURACY] - best[0], best[1]
+
+
+def lift_text(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """The lift over the references as table text: ``+1.20`` points, or ``-``."""
+    if REFERENCE_ATTR in _source(study, trial).user_attrs:
+        return ""
+    lift = reference_lift(study, trial)
+    return "-" if lift is None else f"{100 * lift[0]:+.2f}"
 
 
 def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -73,17 +130,16 @@ def pareto_table(study: optuna.Study) -> Table:
     for _, header, _ in cols:
         table.add_column(header, justify="right")
     table.add_column("fits")
+    table.add_column("lift", justify="right")
     table.add_column("stages")
     if base:
         table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in cols),
-                      "", "", style="dim")
+                      "", "", "", style="dim")
     for t in pareto_trials(study):
         attrs = t.user_attrs
-        stages = stage_label(attrs.get("stage_order", t.params.get("stages/order", "")),
-                             attrs.get("quantize", "none"), "reference" in attrs)
         table.add_row(str(t.number), *(fmt(attrs[k]) if k in attrs else "-"
                                        for k, _, fmt in cols),
-                      "yes" if is_feasible(t) else "no", stages)
+                      "yes" if is_feasible(t) else "no", lift_text(study, t), trial_label(t))
     return table
 
 

@@ -19,7 +19,9 @@ those sums divided by their total.
 How ratios derive from the shares (``complexity_ratios``): one scale ``s`` is fitted per budget
 (``edgeslim.search.references``), and a group with share ``w`` loses
 ``s * w / max(shares)`` of its channels, on the space's ratio grid: the most complex group
-loses ``s``, a group half as complex loses ``s / 2``.
+loses ``s``, a group half as complex loses ``s / 2``. No group loses more than the space's
+``max_ratio``; when the budget needs more than the most complex group can give, ``s`` grows
+past ``max_ratio`` and the others keep losing more until every group is at the cap.
 
 Example:
     >>> complexity_ratios({"a": 0.6, "b": 0.3, "c": 0.1}, 0.5, step=0.05, max_ratio=0.8)

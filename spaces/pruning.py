@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,14 +87,17 @@ class PruningSpace:
                               f"ones ({', '.join(self.importances)})")
         ratios = candidate.ratios
         params: dict[str, Any] = {
-            PARAM_PREFIX + g.name: self._on_grid(ratios.get(g.name, 0.0)) for g in self.groups
+            PARAM_PREFIX + g.name: self.on_grid(ratios.get(g.name, 0.0)) for g in self.groups
         }
         params[IMPORTANCE_PARAM] = candidate.importance
         return params
 
-    def _on_grid(self, ratio: float) -> float:
-        steps = round(min(max(ratio, 0.0), self.max_ratio) / self.step)
-        return round(steps * self.step, 10)
+    def on_grid(self, ratio: float, up: bool = False) -> float:
+        """``ratio`` clipped to ``[0, max_ratio]`` and put on the grid: the nearest point, or
+        with ``up`` the next one at or above it."""
+        scaled = min(max(ratio, 0.0), self.max_ratio) / self.step
+        steps = math.ceil(scaled - 1e-9) if up else round(scaled)
+        return round(min(steps * self.step, self.max_ratio), 10)
 
     def describe(self) -> dict[str, Any]:
         return {

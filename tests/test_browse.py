@@ -17,7 +17,8 @@ from edgeslim.search.config import default_storage
 from edgeslim.search.dashboard import serve
 from edgeslim.search.html_report import pareto_rows, report_trial, write_report
 from edgeslim.search.notes import annotate, study_note
-from edgeslim.search.report import pareto_trials
+from edgeslim.search.report import lift_text, pareto_trials, reference_lift
+from edgeslim.search.storage import open_storage
 from edgeslim.search.study import _progress_callback
 
 BASE = {"val_acc": 0.9, "params": 20000.0, "macs": 1e6, "size_bytes": 80000.0,
@@ -39,7 +40,8 @@ def toy_study(workdir, storage: str | None = None) -> optuna.Study:
     """Four trials of a two-group model: a feasible reference, one over the MAC limit, a
     feasible clustered int8 trial, and a failure; in memory unless ``storage`` is given."""
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                study_name="toy-digits-board", storage=storage)
+                                study_name="toy-digits-board",
+                                storage=storage and open_storage(storage))
     attrs = {
         "setup": {"model": "toy", "dataset": "digits"},
         "budget": {"name": "board", "source": "board.yaml", "device": {"name": "A board"},
@@ -180,12 +182,38 @@ def test_report_without_clustering_draws_one_panel(tmp_path):
 def test_pareto_rows_are_the_terminal_tables(tmp_path):
     study = toy_study(tmp_path)
     assert pareto_rows(study, pareto_trials(study)) == [
-        ["base", "90.00%", "20.0K", "1.00M", "80.0kB", "0.10MB", "1.000ms", "", "", ""],
-        ["0", "89.00%", "20.0K", "0.40M", "80.0kB", "0.10MB", "0.500ms", "yes", "P*",
+        ["base", "90.00%", "20.0K", "1.00M", "80.0kB", "0.10MB", "1.000ms", "", "", "", ""],
+        ["0", "89.00%", "20.0K", "0.40M", "80.0kB", "0.10MB", "0.500ms", "yes", "", "P*",
          "uniform"],
-        ["2", "88.50%", "20.0K", "0.30M", "80.0kB", "0.10MB", "0.600ms", "yes", "P>C>int8s",
-         ""],
+        # no reference is as slow (0.5 ms < 0.6 ms): no lift to give
+        ["2", "88.50%", "20.0K", "0.30M", "80.0kB", "0.10MB", "0.600ms", "yes", "-",
+         "P>C>int8s", ""],
     ]
+
+
+def _add(study: optuna.Study, acc: float, macs: float, latency: float, **attrs) -> int:
+    trial = study.ask()
+    for key, value in {**BASE, "val_acc": acc, "macs": macs, "latency_ms": latency,
+                       "finetuned": True, "stage_order": "prune", **attrs}.items():
+        trial.set_user_attr(key, value)
+    trial.set_constraint("macs", macs / CAPS["limits"]["macs"] - 1)
+    study.tell(trial, [acc, macs, latency])
+    return trial.number
+
+
+def test_lift_is_over_the_best_reference_of_equal_or_higher_cost(tmp_path):
+    study = toy_study(tmp_path)
+    cheaper = _add(study, 0.9, 3.5e5, 0.45)  # reference 0 costs more in MACs and latency
+    ref2 = _add(study, 0.895, 3.5e5, 0.45, reference="complexity-pa")  # costs the same
+    assert reference_lift(study, study.trials[cheaper]) == (pytest.approx(0.005),
+                                                            "complexity-pa")
+    assert lift_text(study, study.trials[cheaper]) == "+0.50"
+    assert lift_text(study, study.trials[ref2]) == ""  # references get none
+    # A finalist is compared with the references' finalists only.
+    final = _add(study, 0.93, 3.5e5, 0.45, finalist_of=cheaper)
+    assert reference_lift(study, study.trials[final]) is None
+    _add(study, 0.92, 4e5, 0.5, finalist_of=0)
+    assert reference_lift(study, study.trials[final]) == (pytest.approx(0.01), "uniform")
 
 
 def test_progress_line_shows_best_feasible_accuracy_and_failures(tmp_path):

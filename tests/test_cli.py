@@ -16,16 +16,30 @@ import torch
 from edgeslim.cli import main
 from edgeslim.data import load_dataset
 from edgeslim.models import build_model
+from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
+from edgeslim.search.workers import counts, pick_finalists, retried
 from toys import PI4, REPO
 
 FAST: list[str] = []  # the digits defaults: 30 base epochs (~10 s), 5 fine-tune epochs
 
 
 def test_search_records_every_trial(searched):
-    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    study = load_study(None, default_storage(searched))
     assert study.study_name == "resnet20-digits-pi4"
-    assert [t.number for t in study.trials] == [0, 1, 2]
+    # Three trials, all references (the first three of six), then the two finalists: the
+    # best Pareto trials fine-tuned again, three times as long.
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert [t.user_attrs.get("reference") for t in study.trials[:3]] == [
+        "prune-cluster-int8", "prune-dynamic-int8", "uniform"]
+    finalists = study.trials[3:]
+    assert sorted(t.user_attrs["finalist_of"] for t in finalists) == \
+        sorted(t.number for t in pick_finalists(study, 2))
+    for t in finalists:
+        source = study.trials[t.user_attrs["finalist_of"]]
+        assert t.params == source.params and t.user_attrs["candidate"] == \
+            source.user_attrs["candidate"]
+        assert t.user_attrs["finetune_steps"] == 3 * source.user_attrs["finetune_steps"]
     base = study.user_attrs["base"]
     resnet20 = build_model("resnet20", 1, 10)
     assert base["val_acc"] > 0.95
@@ -60,10 +74,12 @@ def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
     out = tmp_path / "best"
     assert main(["export", "--workdir", str(searched), "--out", str(out)]) == 0
     card = json.loads((out / "model_card.json").read_text())
-    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    study = load_study(None, default_storage(searched))
     feasible = [t for t in study.trials if t.user_attrs.get("finetuned")
                 and all(v <= 0 for v in t.constraints.values())]
-    best = max(feasible, key=lambda t: t.user_attrs["val_acc"])
+    finalists = [t for t in feasible if "finalist_of" in t.user_attrs]
+    assert finalists  # export picks from the finalists when there are any
+    best = max(finalists, key=lambda t: t.user_attrs["val_acc"])
     assert card["trial"] == best.number
     assert card["fits_budget"] is True and card["onnx_vs_pytorch"]["pass"] is True
     deployable = out / card["files"]["deployable"]
@@ -88,10 +104,19 @@ def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
 
 
 def test_rerun_resumes_the_study(searched, capsys):
+    before = len(load_study(None, default_storage(searched)).trials)
     assert main(["--budget", str(PI4), "--trials", "4", "--workdir", str(searched), *FAST]) == 0
-    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
-    assert [t.number for t in study.trials] == [0, 1, 2, 3]
-    assert "3 finished, 1 to run" in capsys.readouterr().out
+    study = load_study(None, default_storage(searched))
+    assert "3 finished, 1 to run" in " ".join(capsys.readouterr().out.split())  # unwrapped
+    again = retried(study.trials)
+    assert sum(counts(t, again) for t in study.trials) == 4
+    new = study.trials[before:]
+    searched_now = [t for t in new if "finalist_of" not in t.user_attrs]
+    # One search trial (or more when the sampler drew candidates no repair can fit, which do
+    # not count), then the finalists the new Pareto front lacks.
+    assert [counts(t) for t in searched_now].count(True) == 1
+    have = {t.user_attrs["finalist_of"] for t in study.trials if "finalist_of" in t.user_attrs}
+    assert {t.number for t in pick_finalists(study, 2)} <= have
 
 
 def test_resume_with_another_setup_is_refused(searched, capsys):
@@ -99,7 +124,7 @@ def test_resume_with_another_setup_is_refused(searched, capsys):
                  "--finetune-epochs", "3"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("optimize: error: study 'resnet20-digits-pi4' in sqlite:///")
+    assert err.startswith("optimize: error: study 'resnet20-digits-pi4' in journal:")
     assert "different finetune" in err and len(err.strip().splitlines()) == 1
 
 
@@ -110,8 +135,8 @@ def test_show_prints_the_pareto_table(searched, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["export", "--study", "nope", "--out", "OUT"], "no study 'nope' in sqlite:///"),
-    (["export", "--trial", "99", "--out", "OUT"], "has no trial 99 (trials 0 to 3)"),
+    (["export", "--study", "nope", "--out", "OUT"], "no study 'nope' in journal:"),
+    (["export", "--trial", "99", "--out", "OUT"], "has no trial 99 (trials 0 to "),
 ])
 def test_export_errors(searched, tmp_path, capsys, argv, message):
     argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
@@ -172,7 +197,7 @@ def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(tmp_path
     workdir = tmp_path / "w"
     assert main(["--budget", str(PI4), "--trials", "2", "--workdir", str(workdir),
                  "--order", "prune,cluster,quantize", "--quantize", "int8_static"]) == 0
-    study = load_study(None, f"sqlite:///{workdir / 'studies.db'}")
+    study = load_study(None, default_storage(workdir))
     assert study.trials[0].user_attrs["reference"] == "prune-cluster-int8"
     trial = max((t for t in study.trials if t.user_attrs["finetuned"]),
                 key=lambda t: t.user_attrs["val_acc"])

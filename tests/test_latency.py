@@ -24,6 +24,7 @@ from edgeslim.evaluators.profile_build import (
 )
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model
+from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 from toys import REPO, PlainNet
 
@@ -203,7 +204,7 @@ def test_search_predicts_latency_from_a_matching_profile(plain_profile, tmp_path
                  "--trials", "2", "--finetune-steps", "2", "--quantize", "int8_static",
                  "--no-references", "--study-name", "p"])
     assert code == 0
-    study = load_study("p", f"sqlite:///{workdir / 'studies.db'}")
+    study = load_study("p", default_storage(workdir))
     profile = load_profile(plain_profile)
     base = workdir / "base" / "base.onnx"
     assert study.user_attrs["base"]["latency_ms"] == pytest.approx(

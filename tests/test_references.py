@@ -12,6 +12,7 @@ from edgeslim.search.references import (
     enqueue_references,
     fit_uniform_ratio,
     preset_candidate,
+    reference_names,
     structure_measures,
 )
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
@@ -67,16 +68,41 @@ def test_references_are_enqueued_as_real_trials():
     study = optuna.create_study(directions=["maximize"])
     names = enqueue_references(study, space, PlainNet(), X, {"params": 1442})
     generic = [name for name, p in PRESETS.items() if not p.models]
-    assert names == generic == ["prune-cluster-int8", "prune-dynamic-int8", "uniform"]
+    assert generic == ["prune-cluster-int8", "prune-dynamic-int8", "uniform", "complexity-pa",
+                       "complexity-fa", "complexity-ma"]
     trials = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert [t.user_attrs["reference"] for t in trials] == generic
+    assert [t.user_attrs["reference"] for t in trials] == names
+    # Every rule is in the study: as its own trial, or named on the trial it would repeat.
+    assert sorted(n for t in trials for n in reference_names(t)) == sorted(generic)
     first = space(optuna.trial.FixedTrial(trials[0].system_attrs["fixed_params"]))
     assert first.order == ("prune", "cluster", "quantize") and set(first.ratios.values()) == {0.4}
+    for t in trials:  # each just meets the budget: one grid step less breaks it
+        ratios = space(optuna.trial.FixedTrial(t.system_attrs["fixed_params"])).ratios
+        assert structure_measures(PlainNet(), X, ratios)["params"] <= 1442
+
+
+def test_complexity_allocations_reach_budgets_beyond_max_ratio():
+    """PlainNet's memory shares are 0.599 (conv1) and 0.401 (conv2). Only both groups at the
+    largest ratio, 0.8, meet 770 params (8 channels each); at scale 0.8 conv2 loses 0.55 and
+    keeps 16, so the scale grows on (conv1 capped at 0.8) to 0.97, where conv2 loses 0.65 and
+    keeps 8 (snapped to a multiple of 8)."""
+    space = _space(("prune",))
+    cand = preset_candidate(preset("complexity-ma"), PlainNet(), X, space, {"params": 770})
+    assert cand.ratios == {"conv1": 0.8, "conv2": 0.65}
+    assert structure_measures(PlainNet(), X, cand.ratios)["params"] == 770
+    below = preset_candidate(preset("complexity-ma"), PlainNet(), X, space, {"params": 1442})
+    assert below.ratios == {"conv1": 0.6, "conv2": 0.4}
 
 
 def test_presets_the_space_cannot_sample_are_skipped():
     study = optuna.create_study(directions=["maximize"])
-    assert enqueue_references(study, _space(("prune",)), PlainNet(), X, {}) == ["uniform"]
+    assert enqueue_references(study, _space(("prune",)), PlainNet(), X, {}) == \
+        ["uniform", "complexity-pa"]
+    # Without limits every allocation prunes nothing; the complexity-driven ones rank channels
+    # by the space's first criterion (l1) where uniform keeps its own (l2): two trials.
+    uniform, pa = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert reference_names(uniform) == ["uniform"]
+    assert reference_names(pa) == ["complexity-pa", "complexity-fa", "complexity-ma"]
 
 
 def test_references_no_uniform_ratio_can_fit_are_left_out():

@@ -12,6 +12,7 @@ import pytest
 from edgeslim.cli import main
 from edgeslim.data import load_dataset
 from edgeslim.data.synthetic_har import write_npz
+from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 from toys import PI4
 
@@ -31,7 +32,7 @@ def sensor_search(tmp_path_factory):
 
 def test_sensor_search_measures_every_trial(sensor_search):
     path, workdir = sensor_search
-    study = load_study(None, f"sqlite:///{workdir / 'studies.db'}")
+    study = load_study(None, default_storage(workdir))
     assert study.study_name == "cnn1d-npz_" + str(path).replace("/", "_") + "-pi4"
     assert study.user_attrs["data"]["input_shape"] == [9, 128]
     assert study.user_attrs["references"] == ["prune-cluster-int8"]

@@ -22,6 +22,7 @@ from PIL import Image
 from edgeslim.cli import main
 from edgeslim.data import load_dataset
 from edgeslim.export import ONNX_ATOL
+from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 from toys import REPO
 
@@ -60,7 +61,7 @@ def visible_text(dom: str) -> str:
 
 @pytest.mark.slow
 def test_dashboard_shows_the_study_its_notes_and_serves_the_artifacts(searched, tmp_path):
-    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    study = load_study(None, default_storage(searched))
     proc = subprocess.Popen([sys.executable, "-m", "edgeslim.cli", "dashboard", "--workdir",
                              str(searched), "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -143,7 +144,7 @@ def test_report_renders_its_figures_in_chromium(searched, tmp_path, capsys):
 def exported(searched, tmp_path_factory):
     """A float32 fine-tuned trial of the search (the `uniform` reference is one) exported into
     ``<dir>/best``; returns ``<dir>``."""
-    study = load_study(None, f"sqlite:///{searched / 'studies.db'}")
+    study = load_study(None, default_storage(searched))
     trial = next(t for t in study.trials
                  if t.user_attrs["finetuned"] and t.user_attrs["quantize"] == "none")
     root = tmp_path_factory.mktemp("ship")

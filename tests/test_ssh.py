@@ -25,6 +25,7 @@ from edgeslim.cli import main
 from edgeslim.errors import CandidateError, ConfigError
 from edgeslim.evaluators.latency_ssh import SshMeter, sha256
 from edgeslim.export import write_onnx
+from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 from toys import PI4, PlainNet
 
@@ -145,7 +146,7 @@ objectives: [latency]
     code = main(["--budget", str(budget), "--trials", "3", "--workdir", str(workdir),
                  "--finetune-steps", "2", "--no-references", "--study-name", "ssh"])
     assert code == 0
-    study = load_study("ssh", f"sqlite:///{workdir / 'studies.db'}")
+    study = load_study("ssh", default_storage(workdir))
     states = [t.state for t in study.trials]
     assert len(states) == 3
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -166,5 +167,5 @@ def test_search_with_an_unreachable_device_exits_2_before_training(tmp_path, cap
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"optimize: error: latency.host: cannot time artifacts on "
                           f"pi@127.0.0.1 port {port} with python3: ")
-    assert not (tmp_path / "w" / "studies.db").exists()
+    assert not (tmp_path / "w" / "studies.journal").exists()
     assert not (tmp_path / "w" / "cache" / "base").exists()  # nothing was trained

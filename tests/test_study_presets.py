@@ -75,12 +75,14 @@ def test_kmeans_preset_clusters_to_80x_fewer_unique_weights():
     assert (cand.order, cand.quantize) == (("prune", "cluster", "quantize"), "int8_static")
 
 
+GENERIC = ["prune-cluster-int8", "prune-dynamic-int8", "uniform", "complexity-pa",
+           "complexity-ma"]  # complexity-fa allocates as complexity-pa on PlainNet: named on it
+
+
 @pytest.mark.parametrize("model, names", [
-    (None, ["prune-cluster-int8", "prune-dynamic-int8", "uniform"]),
-    # complexity-fa allocates as complexity-pa does on PlainNet: its repeat is left out
-    ("resnet34", ["complexity-pa", "complexity-ma", "prune-finetune-int8-kmeans",
-                  "prune-cluster-int8", "prune-dynamic-int8", "uniform"]),
-    ("cnn1d", ["prune-retrain-int8", "prune-cluster-int8", "prune-dynamic-int8", "uniform"]),
+    (None, GENERIC),
+    ("resnet34", ["prune-finetune-int8-kmeans", *GENERIC]),
+    ("cnn1d", ["prune-retrain-int8", *GENERIC]),
 ])
 def test_a_studys_presets_are_enqueued_for_its_models(model, names):
     study = optuna.create_study(directions=["maximize"])
@@ -88,6 +90,7 @@ def test_a_studys_presets_are_enqueued_for_its_models(model, names):
                               model_name=model) == names
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs["reference"] for t in waiting] == names
+    assert waiting[len(names) - 2].user_attrs["same_as"] == ["complexity-fa"]
 
 
 def test_every_study_preset_names_registered_models():

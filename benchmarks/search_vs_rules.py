@@ -1,0 +1,330 @@
+"""Does the search beat the hand-picked rules? Per-layer pruning searched under a MACs budget
+against one ratio for every layer (uniform), the complexity-driven allocations (PA, FA, MA) and
+random search, on CIFAR-10.
+
+For every model and MACs reduction (2x, 3x, 4x) this runs the command a user runs, once per
+method, with the same base model (trained once, cached), the same one-epoch fine-tune per trial
+and the same number of fine-tuned trials:
+
+    optimize --budget B --model M --dataset D --stages prune --trials N [METHOD OPTIONS]
+
+Methods: ``search``, the default (TPE, with screening: ``--screen`` allocations ranked by
+their accuracy after batch-norm recalibration, the best fine-tuned); ``random``, random search
+(``--sampler random --screen 0``). At 3x on the first model, also the other samplers with
+screening (``nsga2``, ``gp``) and TPE without screening (``tpe-no-screen``): the table that
+chose the default.
+
+The budget limits MACs alone and the study maximises accuracy (no other objective), so every
+method looks for the most accurate model under the limit. Every study holds the rules as its
+reference trials (fitted to the budget, fine-tuned like any candidate); the table gives each
+rule's mean over the studies (the fine-tune is seeded, so they differ only by thread timing).
+"Searched" is the best non-reference trial by validation accuracy; every cell also gives the
+test accuracy of the same artifact, on images no trial or choice has seen, and the lift is
+taken on test accuracy. Times: the study's wall time (screening included), the share of it
+spent screening, and the share spent outside fine-tuning and screening (sampling, repair,
+export, measurement, storage).
+
+    nice -n 10 uv run python benchmarks/search_vs_rules.py \\
+        --archive ../shared/data/cifar10-train-jpeg.tar.gz
+
+CPU-sized, stated in the output: the first --per-class training images of each class (10% of
+them carved out for validation) and the next --test-per-class as the test split, base models
+trained for --base-epochs, VGG-11-BN at half width (benchmarks/narrow_models.py). Writes
+benchmarks/results/search_vs_rules.md, .json and .png; rerunning resumes from the .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from _cifar import extract  # benchmarks/_cifar.py, beside this script
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+from edgeslim.cli import main as optimize
+from edgeslim.data import load_dataset
+from edgeslim.evaluators import onnx_accuracy
+from edgeslim.search.config import default_storage
+from edgeslim.search.objective import is_feasible
+from edgeslim.search.screening import SCREEN_SUFFIX
+from edgeslim.search.storage import load_study
+
+ROOT = Path(__file__).resolve().parent
+RULES = {"uniform": "uniform", "complexity-pa": "PA", "complexity-fa": "FA",
+         "complexity-ma": "MA"}
+MODELS = {"resnet20": "ResNet-20", "benchmarks/narrow_models.py:vgg11_bn_half":
+          "VGG-11-BN (half width)"}
+METHODS = {
+    "search": ["--sampler", "tpe"],
+    "random": ["--sampler", "random", "--screen", "0"],
+    "nsga2": ["--sampler", "nsga2"],
+    "gp": ["--sampler", "gp"],
+    "tpe-no-screen": ["--sampler", "tpe", "--screen", "0"],
+}
+BUDGET = """\
+# A MACs budget of 1/{r} of the base model, nothing else limited (benchmarks/search_vs_rules.py).
+device:
+  name: MACs budget, {r}x reduction
+runtime:
+  name: onnxruntime
+  threads: 1
+limits:
+  flops: {pct:.4g}%
+objectives: []
+"""
+
+
+def cifar_split(archive: Path, per_class: int, test_per_class: int) -> Path:
+    """An image-folder tree of links: the first ``per_class`` images of each class as train/,
+    the next ``test_per_class`` as test/."""
+    full = extract(archive)
+    root = Path(tempfile.gettempdir()) / f"edgeslim-cifar10-{per_class}-{test_per_class}"
+    for cls in sorted(p for p in (full / "train").iterdir() if p.is_dir()):
+        images = sorted(cls.iterdir())
+        for split, chosen in (("train", images[:per_class]),
+                              ("test", images[per_class:per_class + test_per_class])):
+            target = root / split / cls.name
+            if target.is_dir():
+                continue
+            target.mkdir(parents=True)
+            for image in chosen:
+                (target / image.name).symlink_to(image)
+    return root
+
+
+def test_accuracy(study, trial, data) -> float:
+    store = FileSystemArtifactStore(study.user_attrs["paths"]["artifacts"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        download_artifact(artifact_store=store, file_path=str(path),
+                          artifact_id=trial.user_attrs["artifact:model.onnx"])
+        return onnx_accuracy(path, data.test, data, threads=1)
+
+
+def _seconds(trials) -> float:
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+               if t.datetime_start and t.datetime_complete)
+
+
+def timing(study, storage: str) -> dict[str, float]:
+    """The study's wall time from its first screening or search trial to its last trial, the
+    time in screening trials, and the time of the search trials outside their fine-tunes."""
+    trials = [t for t in study.trials if t.datetime_start and t.datetime_complete]
+    try:
+        screened = [t for t in load_study(study.study_name + SCREEN_SUFFIX, storage).trials
+                    if t.datetime_start and t.datetime_complete]
+    except Exception:  # noqa: BLE001 - a study without screening
+        screened = []
+    every = trials + screened
+    wall = (max(t.datetime_complete for t in every)
+            - min(t.datetime_start for t in every)).total_seconds()
+    training = sum(t.user_attrs.get("finetune_seconds", 0.0) for t in trials)
+    screening = _seconds(screened)
+    return {"wall_s": round(wall, 1), "screening_s": round(screening, 1),
+            "training_s": round(training, 1),
+            "other_s": round(_seconds(trials) - training, 1)}
+
+
+def run(argv: list[str], log: io.StringIO) -> None:
+    with contextlib.redirect_stdout(log):
+        code = optimize(argv)
+    if code != 0:
+        sys.exit(f"optimize {' '.join(argv)} exited with {code}:\n{log.getvalue()[-2000:]}")
+
+
+def measure(study, storage: str, data, method: str, model: str, r: int) -> dict:
+    base = study.user_attrs["base"]
+    tuned = [t for t in study.trials if t.user_attrs.get("finetuned")
+             and t.state.name == "COMPLETE"]
+    refs = {t.user_attrs["reference"]: t for t in tuned if "reference" in t.user_attrs}
+    searched = [t for t in tuned if "reference" not in t.user_attrs and is_feasible(t)]
+    best = max(searched, key=lambda t: t.user_attrs["val_acc"]) if searched else None
+    row = {"model": MODELS.get(model, model), "reduction": r, "method": method,
+           "trials": len(tuned), "base_val": base["val_acc"], "base_test": base["test_acc"],
+           "base_macs": base["macs"], **timing(study, storage),
+           "screened": sum("screened" in t.user_attrs for t in tuned),
+           "repaired": sum(bool(t.user_attrs.get("repaired")) for t in study.trials)}
+    for key, label in RULES.items():
+        t = refs.get(key)
+        row[label] = None if t is None else {
+            "val": t.user_attrs["val_acc"], "test": test_accuracy(study, t, data),
+            "macs": t.user_attrs["macs"]}
+    row["searched"] = None if best is None else {
+        "val": best.user_attrs["val_acc"], "test": test_accuracy(study, best, data),
+        "macs": best.user_attrs["macs"], "trial": best.number,
+        "ratios": best.user_attrs["candidate"]["prune_ratios"]}
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--archive", type=Path, default=ROOT.parent.parent / "shared/data/"
+                   "cifar10-train-jpeg.tar.gz")
+    p.add_argument("--per-class", type=int, default=4000)
+    p.add_argument("--test-per-class", type=int, default=1000)
+    p.add_argument("--base-epochs", type=float, default=20)
+    p.add_argument("--finetune-epochs", type=float, default=1)
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--reductions", default="2,3,4")
+    p.add_argument("--methods", default="search,random")
+    p.add_argument("--extra-methods", default="nsga2,gp,tpe-no-screen",
+                   help="also run these at 3x on the first model (the default's choice)")
+    p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "search_vs_rules")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "search_vs_rules.md")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    root = cifar_split(args.archive, args.per_class, args.test_per_class)
+    dataset = f"imagefolder:{root}"
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(dataset, Path("."), args.workdir / "cache" / "data")
+    storage = default_storage(args.workdir)
+    models = args.models.split(",")
+    reductions = [int(r) for r in args.reductions.split(",")]
+    jobs = [(m, r, s) for m in models for r in reductions for s in args.methods.split(",")]
+    jobs += [(models[0], 3, s) for s in args.extra_methods.split(",") if s]
+    done = args.out.with_suffix(".json")
+    rows = json.loads(done.read_text()) if done.is_file() else []
+    log = io.StringIO()
+    for model, r, method in jobs:
+        if any((x["model"], x["reduction"], x["method"]) == (MODELS.get(model, model), r, method)
+               for x in rows):
+            continue
+        budget = args.workdir / f"macs-{r}x.yaml"
+        budget.write_text(BUDGET.format(r=r, pct=100 / r))
+        name = f"{model.rpartition(':')[2]}-{r}x-{method}"
+        run(["--budget", str(budget), "--model", model, "--dataset", dataset,
+             "--stages", "prune", "--trials", str(args.trials), *METHODS[method],
+             "--finalists", "0", "--base-epochs", f"{args.base_epochs:g}",
+             "--finetune-epochs", f"{args.finetune_epochs:g}", "--workdir", str(args.workdir),
+             "--study-name", name], log)
+        rows.append(measure(load_study(name, storage), storage, data, method, model, r))
+        print(json.dumps(rows[-1]), flush=True)
+        write(rows, args)
+
+
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _share(row: dict, key: str) -> str:
+    return f"{100 * row[key] / row['wall_s']:.1f}%"
+
+
+def write(rows: list[dict], args: argparse.Namespace) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    command = ("nice -n 10 uv run python benchmarks/search_vs_rules.py --archive "
+               "../shared/data/cifar10-train-jpeg.tar.gz" +
+               "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                       if k in ("per_class", "test_per_class", "base_epochs", "finetune_epochs",
+                                "trials")))
+    n_val = args.per_class // 10
+    lines = [
+        "# Searched per-layer pruning against hand-picked rules, CIFAR-10", "",
+        f"Command: `{command}`", "",
+        f"Machine: {platform.machine()}, 2 CPU cores, no GPU. CPU-sized: "
+        f"{args.per_class - n_val} training and {n_val} validation images per class, "
+        f"{args.test_per_class} test images per class (all from the 50,000 CIFAR-10 training "
+        f"images), base models trained {args.base_epochs:g} epochs, every trial fine-tuned "
+        f"{args.finetune_epochs:g} epoch (distilled from the base), stages: prune only, "
+        f"{args.trials} fine-tuned trials per study. The budget limits MACs alone; each study "
+        "maximises validation accuracy under it.", "",
+        "Accuracies in percent, validation / test, of the deployable ONNX file in onnxruntime. "
+        "Rules: one ratio for every layer (uniform) and the complexity-driven allocations "
+        "(PA, FA, MA), each fitted to the budget and fine-tuned like any trial, as reference "
+        "trials of every study (mean over the studies). Searched: the best non-reference trial "
+        "by validation accuracy. Lift: searched minus the best rule, on test accuracy. "
+        "Methods: search = the default (TPE, 4 x trials allocations screened by recalibrated "
+        "accuracy, the best fine-tuned); random = random search without screening; nsga2, gp "
+        "= those samplers with screening; tpe-no-screen = TPE alone.", "",
+        "| model | MACs | method | uniform | PA | FA | MA | searched | lift (test) | wall "
+        "| screening | other |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        def cell(label: str) -> str:
+            v = row[label]
+            return "-" if v is None else f"{_pts(v['val'])} / {_pts(v['test'])}"
+
+        rules = [row[k]["test"] for k in RULES.values() if row[k] is not None]
+        lift = (100 * (row["searched"]["test"] - max(rules))
+                if row["searched"] and rules else None)
+        lines.append(
+            f"| {row['model']} | 1/{row['reduction']} | {row['method']} | "
+            + " | ".join(cell(k) for k in RULES.values())
+            + f" | {cell('searched')} | {'-' if lift is None else f'{lift:+.2f}'} | "
+            f"{row['wall_s'] / 60:.1f} min | {_share(row, 'screening_s')} | "
+            f"{_share(row, 'other_s')} |")
+    lines += ["", "Wall: from the first screening or search trial to the last trial. "
+              "Screening: its share of the wall time. Other: the share spent in search trials "
+              "outside their fine-tunes (sampling, repair, export, measurement, storage).", "",
+              summary(rows)]
+    args.out.write_text("\n".join(lines) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
+
+
+def _rule_means(group: list[dict]) -> dict[str, float]:
+    return {k: statistics.mean(r[k]["test"] for r in group if r[k] is not None)
+            for k in RULES.values() if any(r[k] is not None for r in group)}
+
+
+def summary(rows: list[dict]) -> str:
+    """Per model and reduction: each method's searched best against the best rule (each rule
+    averaged over its runs), on test accuracy."""
+    out = ["Per model and budget, test accuracy (rules averaged over their runs):", ""]
+    keys = sorted({(r["model"], r["reduction"]) for r in rows})
+    for model, red in keys:
+        group = [r for r in rows if (r["model"], r["reduction"]) == (model, red)]
+        rules = _rule_means(group)
+        best_rule = max(rules, key=rules.get) if rules else None
+        parts = [f"{s['method']} {_pts(s['searched']['test'])}"
+                 + (f" ({100 * (s['searched']['test'] - rules[best_rule]):+.2f})"
+                    if best_rule else "") for s in group if s["searched"]]
+        out.append(f"- {model}, 1/{red} MACs (base {_pts(group[0]['base_test'])}): best rule "
+                   f"{best_rule} {_pts(rules.get(best_rule))}; {', '.join(parts) or 'none'}")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        group = [r for r in rows if r["model"] == model]
+        reductions = sorted({r["reduction"] for r in group})
+        for label in RULES.values():
+            ys = [_rule_means([r for r in group if r["reduction"] == red]).get(label)
+                  for red in reductions]
+            ax.plot(reductions, [100 * y if y is not None else float("nan") for y in ys],
+                    "--o", label=label, alpha=0.7)
+        for method in ("search", "random"):
+            pts = sorted((r["reduction"], 100 * r["searched"]["test"]) for r in group
+                         if r["method"] == method and r["searched"])
+            if pts:
+                ax.plot(*zip(*pts), "-s", label=method, linewidth=2)
+        ax.set_title(f"{model}, CIFAR-10")
+        ax.set_xlabel("MACs reduction (x)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_xticks(reductions)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

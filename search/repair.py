@@ -1,0 +1,181 @@
+"""Repair: a sampled candidate that breaks a limit computable without training is moved to the
+nearest candidate that meets it, before any training.
+
+The limits computable without training are those of ``STATIC_MEASURES``: params and MACs,
+counted on the pruned structure (cheap: a pruned copy of the model, no export), and the size,
+peak memory, activation memory and latency of the untrained artifact (an export and a
+measurement, a second or two), taken only when the budget limits them and the counts fit.
+
+How a candidate is moved (``ladder``): every pruning ratio ``r`` becomes
+``r + t * (max_ratio - r)`` on the space's ratio grid, for ``t`` in ``0, 1/16, ..., 1``: each
+layer is pruned further in proportion to the room it has left, so the layers the sampler chose
+to spare stay the least pruned, and ``t = 1`` is the most compressed candidate the space can
+build with that stage order. The smallest ``t`` that fits is found by bisection (the measures
+fall as ``t`` grows). Every other setting (order, criterion, cluster counts, quantization) is
+kept. A candidate whose order does not prune, or that breaks a limit even at ``t = 1``, cannot
+be repaired; the evaluator records it as infeasible without training it.
+
+The trial records both: ``sampled`` (the candidate as the sampler drew it, only when repaired),
+``candidate`` (what was built), ``repair_step`` (``t`` in sixteenths) and ``repaired``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeslim.compress import apply_pruning
+from edgeslim.errors import CandidateError
+from edgeslim.evaluators import MODEL_MEASURES
+from edgeslim.evaluators._base import STATIC_MEASURES
+from edgeslim.spaces import Candidate, StagedSpace
+
+# Measures fixed by the pruned structure alone: counted without exporting anything.
+STRUCTURAL = ("params", "macs")
+LADDER_STEPS = 16
+
+
+def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
+                       importance: str = "l2", round_to: int = 8) -> dict[str, float]:
+    """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
+    pruned = copy.deepcopy(model).cpu().eval()
+    if ratios:
+        apply_pruning(pruned, example, ratios, importance, round_to)
+    return {name: float(MODEL_MEASURES[name](pruned, example).value) for name in STRUCTURAL}
+
+
+@dataclass
+class StaticCheck:
+    """Whether a candidate meets the limits of ``caps`` that need no training.
+
+    ``artifact`` measures the untrained artifact of a candidate (size, memory, latency; see
+    ``StagedEvaluator.static_values``); without it only params and MACs are checked. Results
+    are kept per candidate (and params/MACs per kept structure), so the references and the
+    repairs of one run never measure the same thing twice.
+    """
+
+    model: nn.Module
+    example: torch.Tensor
+    limits: Mapping[str, float]
+    artifact: Callable[[Candidate], dict[str, float]] | None = None
+    _structure: dict[Any, dict[str, float]] = field(default_factory=dict, repr=False)
+    _artifact: dict[Candidate, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def with_limits(self, limits: Mapping[str, float]) -> StaticCheck:
+        """The same check against other limits, sharing what was measured."""
+        return dataclasses.replace(self, limits=limits)
+
+    @property
+    def caps(self) -> dict[str, float]:
+        return {m: v for m, v in self.limits.items() if m in STATIC_MEASURES}
+
+    def structure(self, candidate: Candidate) -> dict[str, float]:
+        ratios = candidate.ratios if "prune" in candidate.order else {}
+        key = (tuple(sorted(ratios.items())), candidate.round_to)
+        if key not in self._structure:
+            # params and MACs depend on how many channels a group keeps, not on which.
+            self._structure[key] = structure_measures(self.model, self.example, ratios,
+                                                      "l2", candidate.round_to)
+        return self._structure[key]
+
+    def violations(self, candidate: Candidate) -> list[str]:
+        """The static limits ``candidate`` breaks (empty when it fits), as ``measure value >
+        cap`` texts; the artifact is measured only when the counted structure fits."""
+        caps = self.caps
+        values = self.structure(candidate)
+        broken = _broken(values, caps)
+        if broken or self.artifact is None or not set(caps) - set(STRUCTURAL):
+            return broken
+        if candidate not in self._artifact:
+            try:
+                self._artifact[candidate] = self.artifact(candidate)
+            except CandidateError as exc:
+                # Not buildable (export or runtime refused it) counts as not fitting: a repair
+                # or a reference's fit moves on, and a trial of it fails with the reason.
+                self._artifact[candidate] = {"error": str(exc)}
+        values = self._artifact[candidate]
+        if "error" in values:
+            return [f"cannot be built: {values['error']}"]
+        return _broken(values, caps)
+
+    def fits(self, candidate: Candidate) -> bool:
+        return not self.violations(candidate)
+
+
+def _broken(values: Mapping[str, float], caps: Mapping[str, float]) -> list[str]:
+    return [f"{m} {values[m]:.6g} > {cap:.6g}" for m, cap in caps.items()
+            if m in values and values[m] > cap]
+
+
+def first_fitting(ladder: Sequence[Candidate], check: StaticCheck) -> int | None:
+    """The index of the first candidate of ``ladder`` that fits, by bisection (a ladder
+    compresses more at every step); None when even the last one does not."""
+    if not ladder or not check.fits(ladder[-1]):
+        return None
+    low, high = 0, len(ladder) - 1  # ladder[high] fits
+    while low < high:
+        mid = (low + high) // 2
+        if check.fits(ladder[mid]):
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
+def ladder(candidate: Candidate, space: StagedSpace, steps: int = LADDER_STEPS,
+           ) -> list[Candidate]:
+    """``candidate`` and ``steps`` ever more pruned versions of it (see the module docstring);
+    repeats are kept so that a step's index is its ``t``."""
+    pruning = space.pruning
+    out = []
+    for k in range(steps + 1):
+        t = k / steps
+        ratios = tuple((name, pruning.on_grid(r + t * (pruning.max_ratio - r), up=True))
+                       for name, r in candidate.prune_ratios)
+        out.append(dataclasses.replace(candidate, prune_ratios=ratios))
+    return out
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """The outcome of ``repair``: the candidate to build, and what happened to the sample."""
+
+    candidate: Candidate
+    sampled: Candidate
+    step: int | None  # t in sixteenths; None when no step fits
+    checked: bool  # every static limit was checked on ``candidate`` and is met
+
+    @property
+    def repaired(self) -> bool:
+        return self.candidate != self.sampled
+
+    def attrs(self) -> dict[str, Any]:
+        """The trial's user attributes."""
+        out: dict[str, Any] = {"repaired": self.repaired}
+        if self.repaired:
+            out["sampled"] = self.sampled.to_dict()
+        if self.step is not None:
+            out["repair_step"] = self.step
+        return out
+
+
+def repair(candidate: Candidate, space: StagedSpace, check: StaticCheck) -> Repaired:
+    """``candidate`` when it meets the static limits, else the least compressed step of its
+    ladder that does; unchanged (``checked`` False) when none does or the order cannot prune."""
+    if not check.caps:
+        return Repaired(candidate, candidate, None, checked=True)
+    if check.fits(candidate):
+        return Repaired(candidate, candidate, 0, checked=True)
+    if "prune" not in candidate.order:
+        return Repaired(candidate, candidate, None, checked=False)
+    steps = ladder(candidate, space)
+    index = first_fitting(steps, check)
+    if index is None:
+        return Repaired(candidate, candidate, None, checked=False)
+    return Repaired(steps[index], candidate, index, checked=True)

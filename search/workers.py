@@ -1,0 +1,234 @@
+"""Running the trials of one study from several processes and machines, and the finalists.
+
+Every process (the first, the extra ``--workers`` it starts, and any other machine running the
+same command against the same PostgreSQL URL) runs the same loop (``run_trials``): recover the
+trials whose process died, count the trials that spend the budget (``counts``), and start one
+more while the count plus the trials running elsewhere is below ``--trials``. Two processes
+that start the last trial at the same moment both get a trial from Optuna (trial numbers are
+unique: the storage assigns them); the one with the larger number sees the other ahead of it,
+marks its trial PRUNED with ``surplus`` and runs nothing. So the study ends with exactly
+``--trials`` counted trials and no duplicate.
+
+Multi-fidelity: the search scores candidates with the short fine-tune; then the Pareto
+finalists (``pick_finalists``) are enqueued with ``finalist_of`` = their trial and run again
+with the long fine-tune, measured again, and recorded as trials of their own. Export picks from
+the finalists when there are any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+
+from edgeslim.errors import CandidateError, StudyError
+from edgeslim.search.objective import FINALIST_ATTR, Objective
+from edgeslim.search.references import REFERENCE_ATTR
+from edgeslim.search.screening import SCREENED_ATTR
+from edgeslim.search.storage import WORKER_ATTR, recover_interrupted, worker_identity
+
+if TYPE_CHECKING:
+    from edgeslim.search.config import SearchConfig
+
+SURPLUS_ATTR = "surplus"
+POLL_S = 2.0  # how often a process waiting for the last running trials looks again
+# A study stops searching after this many trials per counted one, when most candidates
+# cannot be repaired to fit (an order that cannot prune under a params limit, say).
+MAX_ATTEMPTS_PER_TRIAL = 4
+
+
+def retried(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of failed trials run again: by ``recover_interrupted`` (``retry_of``) or by
+    Optuna's heartbeat callback (``failed_trial``)."""
+    out = set()
+    for t in trials:
+        for number in (t.user_attrs.get("retry_of"), t.system_attrs.get("failed_trial")):
+            if number is not None:
+                out.add(int(number))
+    return out
+
+
+def counts(trial: optuna.trial.FrozenTrial, again: set[int] | None = None) -> bool:
+    """Whether ``trial`` spends one of the ``--trials``: a search trial that was fine-tuned,
+    or that failed (unless it was interrupted and ``again`` holds it: its retry counts).
+    Candidates recorded untrained because no repair fits them, surplus trials and finalists
+    do not count."""
+    if FINALIST_ATTR in trial.user_attrs:
+        return False
+    if trial.state == TrialState.FAIL:
+        return trial.number not in (again or set())
+    return trial.state == TrialState.COMPLETE and bool(trial.user_attrs.get("finetuned"))
+
+
+def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """How many of ``trials`` spend the budget (``counts``)."""
+    again = retried(trials)
+    return sum(counts(t, again) for t in trials)
+
+
+def _enqueued_as(attrs: dict) -> tuple[str, object] | None:
+    """What a trial was enqueued as, where the study must run it once: a reference (by its
+    preset) or a screened allocation (by its screening trial)."""
+    if REFERENCE_ATTR in attrs:
+        return ("reference", attrs[REFERENCE_ATTR])
+    if SCREENED_ATTR in attrs:
+        return ("screened allocation", attrs[SCREENED_ATTR]["trial"])
+    return None
+
+
+class _Claimed:
+    """The objective, behind a check that the study still needs this trial (see the module
+    docstring). Each trial records the process that runs it (``worker``)."""
+
+    def __init__(self, objective: Objective, target: int,
+                 needed: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+        self.objective, self.target, self.needed = objective, target, needed
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        trials = trial.study.get_trials(deepcopy=False)
+        again = retried(trials)
+        finalist = trial.user_attrs.get(FINALIST_ATTR)
+        if finalist is None:
+            ahead = [t for t in trials if t.number < trial.number and self.needed(t)
+                     and (t.state == TrialState.RUNNING or counts(t, again))]
+        else:  # the same finalist, run or running in another process
+            ahead = [t for t in trials if t.number < trial.number
+                     and t.user_attrs.get(FINALIST_ATTR) == finalist
+                     and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)
+                     and t.number not in again]
+        tag = _enqueued_as(trial.user_attrs)
+        if tag is not None and any(
+                t.number < trial.number and _enqueued_as(t.user_attrs) == tag
+                and t.number not in again and t.state != TrialState.PRUNED for t in trials):
+            # Two processes set the study up at once and both enqueued the references, or
+            # both enqueued the same screened allocation.
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise optuna.TrialPruned(f"{tag[0]} {tag[1]} is already in the study")
+        if len(ahead) >= self.target:
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise optuna.TrialPruned("the study already had its trials when this one started")
+        return self.objective(trial)
+
+
+def _is_search(trial: optuna.trial.FrozenTrial) -> bool:
+    return FINALIST_ATTR not in trial.user_attrs and SURPLUS_ATTR not in trial.user_attrs
+
+
+def run_trials(study: optuna.Study, objective: Objective, target: int, workdir: Path,
+               callbacks: Sequence[Callable[..., None]] = ()) -> None:
+    """Runs trials in this process until the study holds ``target`` counted trials."""
+    claimed = _Claimed(objective, target, _is_search)
+    while True:
+        recover_interrupted(study, workdir)
+        trials = study.get_trials(deepcopy=False)
+        done = counted(trials)
+        if done >= target:
+            return
+        searched = sum(_is_search(t) for t in trials)
+        if searched >= MAX_ATTEMPTS_PER_TRIAL * target + 20:
+            raise StudyError(f"{searched} trials ran but only {done} candidates could be made "
+                             "to fit the budget; loosen it or narrow --stages")
+        running = sum(t.state == TrialState.RUNNING and _is_search(t) for t in trials)
+        if done + running >= target:
+            time.sleep(POLL_S)  # the last trials run in other processes
+            continue
+        study.optimize(claimed, n_trials=1, catch=(CandidateError,), callbacks=list(callbacks),
+                       gc_after_trial=True)
+
+
+def _worker(config: SearchConfig, threads: int) -> None:
+    from edgeslim.cli import quiet_libraries
+    from edgeslim.search.study import worker_main
+
+    quiet_libraries()
+    worker_main(config, threads)
+
+
+@contextlib.contextmanager
+def spawn_workers(config: SearchConfig, extra: int) -> Iterator[None]:
+    """Starts ``extra`` processes running ``worker_main`` on the study while the body runs in
+    this one; waits for them at the end. The machine's cores are shared out: each process
+    trains with ``cores // (extra + 1)`` threads."""
+    if extra <= 0:
+        yield
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // (extra + 1))
+    torch.set_num_threads(threads)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(config, threads), name=f"edgeslim-worker-{i}")
+             for i in range(extra)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for p in procs:
+            p.join()
+    failed = [p.name for p in procs if p.exitcode]
+    if failed:
+        raise StudyError(f"{', '.join(failed)} stopped with an error; rerun the same command "
+                         "to resume (--debug shows the traceback)")
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether ``a`` is at least as good as ``b`` everywhere and better somewhere (the first
+    value is maximised, the others minimised)."""
+    sa, sb = [-a[0], *a[1:]], [-b[0], *b[1:]]
+    return all(x <= y for x, y in zip(sa, sb)) and any(x < y for x, y in zip(sa, sb))
+
+
+def pick_finalists(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """Up to ``k`` fine-tuned search trials for the long fine-tune: the non-dominated ones
+    first (accuracy against the budget's objectives), then the next layer, and so on; within a
+    layer by accuracy. Trials that break a limit other than accuracy are left out (a longer
+    fine-tune changes accuracy only)."""
+    pool = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if _is_search(t) and t.user_attrs.get("finetuned")
+            and all(v <= 0 for name, v in t.constraints.items() if name != "val_acc")]
+    picked: list[optuna.trial.FrozenTrial] = []
+    while pool and len(picked) < k:
+        front = [t for t in pool if not any(_dominates(o.values, t.values) for o in pool)]
+        front.sort(key=lambda t: -t.values[0])
+        picked += front[:k - len(picked)]
+        pool = [t for t in pool if t not in front]
+    return picked
+
+
+def run_finalists(study: optuna.Study, objective: Objective, k: int, workdir: Path,
+                  console: Console) -> list[int]:
+    """Enqueues the finalists that have no finalist trial yet and runs them in this process
+    with the long fine-tune. Returns the numbers of the search trials they re-run."""
+    finalists = pick_finalists(study, k)
+    have = {t.user_attrs[FINALIST_ATTR] for t in study.get_trials(deepcopy=False)
+            if FINALIST_ATTR in t.user_attrs and t.state != TrialState.PRUNED}
+    todo = [t for t in finalists if t.number not in have]
+    for t in todo:
+        study.enqueue_trial(t.params, user_attrs={FINALIST_ATTR: t.number,
+                                                  "candidate": t.user_attrs["candidate"]})
+    if todo:
+        console.print(f"finalists: trials {', '.join(str(t.number) for t in todo)} fine-tuned "
+                      "again with the long recipe")
+
+    def waiting() -> bool:
+        return any(t.state == TrialState.WAITING and FINALIST_ATTR in t.user_attrs
+                   for t in study.get_trials(deepcopy=False))
+
+    claimed = _Claimed(objective, 1, lambda t: True)
+    while waiting():
+        study.optimize(claimed, n_trials=1, catch=(CandidateError,), gc_after_trial=True)
+    return [t.number for t in finalists]

@@ -1,0 +1,98 @@
+"""Repair: sampled candidates over a static limit become the nearest that fits, before training."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeslim.budget import Runtime
+from edgeslim.compress import buildable_orders
+from edgeslim.evaluators import Caps, StagedEvaluator
+from edgeslim.search.repair import StaticCheck, ladder, repair, structure_measures
+from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
+from edgeslim.training import TrainRecipe
+from toys import PlainNet
+
+X = torch.zeros(1, 1, 8, 8)
+BASE_PARAMS = 5178  # PlainNet
+
+
+def _space(stages=("prune", "cluster", "quantize")) -> StagedSpace:
+    pruning = PruningSpace.from_model(PlainNet(), X, 10)
+    layers = (WeightLayer("conv1", 144), WeightLayer("conv2", 4608), WeightLayer("fc", 320))
+    return StagedSpace(pruning, layers, buildable_orders(stages))
+
+
+def _candidate(conv1: float, conv2: float, order=("prune",), **fields) -> Candidate:
+    return Candidate(order=order, prune_ratios=(("conv1", conv1), ("conv2", conv2)), **fields)
+
+
+def test_ladder_prunes_each_layer_further_in_proportion_to_its_room():
+    steps = ladder(_candidate(0.0, 0.4), _space())
+    assert len(steps) == 17 and steps[0] == _candidate(0.0, 0.4)
+    assert steps[-1].ratios == {"conv1": 0.8, "conv2": 0.8}
+    assert steps[8].ratios == {"conv1": 0.4, "conv2": 0.6}  # halfway to 0.8 from 0 and 0.4
+    for a, b in zip(steps, steps[1:]):
+        assert all(b.ratios[g] >= a.ratios[g] for g in a.ratios)
+        assert all(round(r / 0.05, 6).is_integer() for r in b.ratios.values())
+
+
+def test_a_candidate_over_the_params_limit_moves_to_the_nearest_that_fits():
+    space = _space()
+    check = StaticCheck(PlainNet(), X, {"params": 2500})
+    sampled = _candidate(0.0, 0.1, importance="l1")
+    assert structure_measures(PlainNet(), X, sampled.ratios)["params"] > 2500
+    fixed = repair(sampled, space, check)
+    assert fixed.repaired and fixed.checked and fixed.sampled == sampled
+    assert fixed.candidate.importance == "l1" and fixed.candidate.order == ("prune",)
+    assert structure_measures(PlainNet(), X, fixed.candidate.ratios)["params"] <= 2500
+    before = ladder(sampled, space)[fixed.step - 1]  # one step less does not fit
+    assert structure_measures(PlainNet(), X, before.ratios)["params"] > 2500
+    attrs = fixed.attrs()
+    assert attrs["repaired"] is True and attrs["repair_step"] == fixed.step
+    assert attrs["sampled"] == sampled.to_dict()
+
+
+def test_a_candidate_that_fits_is_left_alone():
+    fixed = repair(_candidate(0.5, 0.5), _space(), StaticCheck(PlainNet(), X, {"params": 2500}))
+    assert not fixed.repaired and fixed.checked and fixed.attrs() == {"repaired": False,
+                                                                      "repair_step": 0}
+
+
+def test_an_order_without_pruning_cannot_be_repaired():
+    cand = Candidate(order=("quantize",), quantize="int8_dynamic")
+    fixed = repair(cand, _space(), StaticCheck(PlainNet(), X, {"params": 2500}))
+    assert fixed.candidate == cand and not fixed.checked and fixed.step is None
+
+
+def test_no_limit_the_space_can_meet_leaves_it_to_the_evaluator():
+    fixed = repair(_candidate(0.0, 0.0), _space(), StaticCheck(PlainNet(), X, {"params": 100}))
+    assert not fixed.checked and not fixed.repaired
+
+
+@pytest.mark.parametrize("stages", [("prune",), ("prune", "quantize")])
+def test_size_limit_is_checked_on_the_untrained_artifact(digits, tmp_path: Path, stages):
+    """Size is not counted but measured: the repaired candidate's exported file fits."""
+    torch.manual_seed(0)
+    base = PlainNet()
+    evaluator = StagedEvaluator(base, digits, TrainRecipe(epochs=1), Runtime(threads=1))
+    full = evaluator.static_values(_candidate(0.0, 0.0), tmp_path / "full")["size_bytes"]
+    cap = 0.5 * full
+    check = StaticCheck(base, X, {"size_bytes": cap},
+                        lambda c: evaluator.static_values(c, tmp_path / "static"))
+    sampled = _candidate(0.1, 0.1, order=tuple(stages),
+                         quantize="fp16" if "quantize" in stages else "none")
+    fixed = repair(sampled, _space(("prune", "quantize")), check)
+    assert fixed.repaired and fixed.checked
+    measured = evaluator.static_values(fixed.candidate, tmp_path / "again")["size_bytes"]
+    assert measured <= cap
+    assert dataclasses.replace(fixed.candidate, prune_ratios=()) == \
+        dataclasses.replace(sampled, prune_ratios=())  # only the ratios moved
+    # The evaluator, told the candidate was checked, trains it without a second dry build.
+    m = evaluator.evaluate(fixed.candidate, tmp_path / "trial", checked=True)
+    assert m.finetuned and m.values["size_bytes"] <= cap
+    assert not (tmp_path / "trial" / "untrained").exists()
+    assert Caps({"size_bytes": cap}).violations(m.values, ("size_bytes",)) == []

@@ -1,0 +1,153 @@
+"""Screening: allocations ranked by their accuracy after batch-norm recalibration, the best
+enqueued as trials of the study."""
+
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.cli import main
+from edgeslim.compress import apply_pruning, buildable_orders
+from edgeslim.evaluators import Caps
+from edgeslim.evaluators.screening import fast_accuracy, recalibrate_batch_norm
+from edgeslim.search.config import default_storage
+from edgeslim.search.repair import StaticCheck, structure_measures
+from edgeslim.search.screening import (
+    SCORE_ATTR,
+    SCREENED_ATTR,
+    ScreenObjective,
+    best_screened,
+    enqueue_screened,
+    run_screening,
+)
+from edgeslim.search.storage import SCREEN_SUFFIX, load_study
+from edgeslim.search.study import feasible_orders
+from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
+from edgeslim.training import TrainRecipe, autocast_for, default_device, train
+from toys import PI4, REPO, PlainNet
+
+X = torch.zeros(1, 1, 8, 8)
+LAYERS = (WeightLayer("conv1", 144), WeightLayer("conv2", 4608), WeightLayer("fc", 320))
+
+
+def _space(stages=("prune",)) -> StagedSpace:
+    return StagedSpace(PruningSpace.from_model(PlainNet(), X, 10), LAYERS,
+                       buildable_orders(stages))
+
+
+@pytest.fixture(scope="module")
+def trained(digits) -> nn.Module:
+    torch.manual_seed(0)
+    model = PlainNet()
+    train(model, digits, TrainRecipe(epochs=30, lr=0.1))
+    return model.eval()
+
+
+def test_recalibration_sets_each_batch_norm_to_the_average_over_the_images(digits):
+    model = PlainNet().eval()
+    model.bn1.running_mean.fill_(5.0)  # stale statistics are replaced, not blended
+    assert recalibrate_batch_norm(model, digits, images=512, seed=3) == 2
+    assert model.bn1.momentum == 0.1 and not model.training  # the model is left as it was
+    idx = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(3))[:512]
+    ctx, _ = autocast_for("auto", default_device())
+    with torch.no_grad(), ctx:
+        out = model.conv1(digits.normalize(digits.train.x[idx])).float()
+    assert torch.allclose(model.bn1.running_mean, out.mean(dim=(0, 2, 3)), atol=1e-3)
+    assert int(model.bn1.num_batches_tracked) == 2  # 512 images in batches of 256
+
+
+def test_recalibration_recovers_a_pruned_models_accuracy(trained, digits):
+    pruned = copy.deepcopy(trained)
+    apply_pruning(pruned, X, {"conv1": 0.5, "conv2": 0.5}, "l1")
+    stale = fast_accuracy(pruned, digits.val, digits, 1000)
+    recalibrate_batch_norm(pruned, digits)
+    fresh = fast_accuracy(pruned, digits.val, digits, 1000)
+    assert fast_accuracy(trained, digits.val, digits, 1000) > 0.8
+    assert fresh > stale + 0.1
+
+
+def test_screening_scores_only_candidates_within_the_structural_limits(trained, digits):
+    space = _space()
+    check = StaticCheck(trained, X, {"params": 2000.0})
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    assert run_screening(study, ScreenObjective(space, trained, digits, check), 6) == 6
+    assert len(study.trials) == 6
+    for t in study.trials:
+        cand = Candidate.from_dict(t.user_attrs["candidate"])
+        assert structure_measures(trained, X, cand.ratios)["params"] == t.user_attrs["params"]
+        assert t.user_attrs["params"] <= 2000 and t.value == t.user_attrs[SCORE_ATTR]
+        assert t.user_attrs["repaired"] == (cand.ratios != {
+            g: round(t.params[f"prune/{g}"], 10) for g in ("conv1", "conv2")})
+
+
+def test_the_best_distinct_screened_allocations_are_enqueued_once(trained, digits):
+    space = _space()
+    screen = optuna.create_study(direction="maximize",
+                                 sampler=optuna.samplers.RandomSampler(seed=1))
+    run_screening(screen, ScreenObjective(space, trained, digits,
+                                          StaticCheck(trained, X, {"params": 2000.0})), 8)
+    ranked = best_screened(screen, 8, set())
+    assert [t.value for t in ranked] == sorted((t.value for t in ranked), reverse=True)
+    keys = [tuple(sorted(t.user_attrs["candidate"]["prune_ratios"].items())) +
+            (t.user_attrs["candidate"]["importance"],) for t in ranked]
+    assert len(set(keys)) == len(keys)  # repairs that meet at one candidate count once
+
+    study = optuna.create_study(direction="maximize")
+    assert enqueue_screened(study, screen, space, 2) == [t.number for t in ranked[:2]]
+    # 3/4 of the trials to run come from screening: the next call takes the next ones.
+    assert enqueue_screened(study, screen, space, 1) == [ranked[2].number]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs[SCREENED_ATTR]["trial"] for t in waiting] == \
+        [t.number for t in ranked[:3]]
+    best = Candidate.from_dict(ranked[0].user_attrs["candidate"])
+    fixed = waiting[0].system_attrs["fixed_params"]
+    assert space(optuna.trial.FixedTrial({**fixed, "stages/order": "prune"})).ratios == \
+        best.ratios
+    assert waiting[0].user_attrs[SCREENED_ATTR]["acc"] == ranked[0].value
+
+
+def test_orders_that_cannot_meet_a_params_limit_are_left_out():
+    space = _space(("prune", "cluster", "quantize"))
+    base = {"params": 5178.0, "macs": 150000.0}
+    assert len(space.orders) == 9
+    kept = feasible_orders(space, Caps(limits={"params": 2000.0}), base)
+    assert sorted(">".join(o) for o in kept.orders) == [
+        "cluster>prune", "cluster>prune>quantize", "prune", "prune>cluster",
+        "prune>cluster>quantize", "prune>quantize"]
+    # A limit the base already meets, or one on another measure, removes nothing.
+    assert feasible_orders(space, Caps(limits={"params": 6000.0}), base) is space
+    assert feasible_orders(space, Caps(limits={"size_bytes": 100.0}), base) is space
+
+
+def test_a_search_fine_tunes_the_best_screened_allocations_first(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    assert main(["--budget", str(PI4), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
+                 "--stages", "prune", "--trials", "4", "--screen", "8", "--no-references",
+                 "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
+                 "--workdir", str(workdir), "--study-name", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "screened 8 allocations in " in out and "the best 3 are fine-tuned first" in out
+    study = load_study("s", default_storage(workdir))
+    screen = load_study("s" + SCREEN_SUFFIX, default_storage(workdir))
+    assert load_study(None, default_storage(workdir)).study_name == "s"
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in screen.trials) == 8
+    best = best_screened(screen, 3, set())
+    assert [t.user_attrs[SCREENED_ATTR]["trial"] for t in study.trials[:3]] == \
+        [t.number for t in best]
+    for t, s in zip(study.trials, best):
+        assert t.user_attrs["candidate"]["prune_ratios"] == \
+            s.user_attrs["candidate"]["prune_ratios"]
+    assert SCREENED_ATTR not in study.trials[3].user_attrs  # the sampler's own
+    # Resuming with more trials screens more and enqueues the next best.
+    assert main(["--budget", str(PI4), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
+                 "--stages", "prune", "--trials", "5", "--screen", "8", "--no-references",
+                 "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
+                 "--workdir", str(workdir), "--study-name", "s"]) == 0
+    study = load_study("s", default_storage(workdir))
+    assert study.trials[4].user_attrs[SCREENED_ATTR]["trial"] == \
+        best_screened(screen, 4, set())[3].number

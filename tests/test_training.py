@@ -1,0 +1,37 @@
+"""The training loop's recipe: steps, and the fixed subset the search's fine-tunes draw from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from edgeslim.training import TrainRecipe, train
+from toys import PlainNet
+
+
+def test_a_subset_is_the_same_images_for_every_candidate_of_a_seed():
+    recipe = TrainRecipe(epochs=2, batch_size=100, subset=0.25, seed=3)
+    idx = recipe.subset_indices(1000)
+    assert len(idx) == 250 and recipe.subset_size(1000) == 250
+    assert torch.equal(idx, TrainRecipe(subset=0.25, seed=3).subset_indices(1000))
+    assert not torch.equal(idx, TrainRecipe(subset=0.25, seed=4).subset_indices(1000))
+    assert recipe.total_steps(1000) == 2 * (250 // 100)  # epochs are passes over the subset
+    assert TrainRecipe(batch_size=128, subset=0.01).subset_size(1000) == 128  # >= one batch
+    assert torch.equal(TrainRecipe().subset_indices(7), torch.arange(7))
+    # The whole split is recorded as before the option existed (cached base models stay valid).
+    assert "subset" not in TrainRecipe().to_dict() and recipe.to_dict()["subset"] == 0.25
+
+
+def test_training_on_a_subset_sees_only_its_images(digits):
+    """Labels outside the subset are poisoned with NaN-producing images: a step that drew one
+    would make the loss NaN."""
+    recipe = TrainRecipe(steps=30, batch_size=64, subset=0.3, precision="fp32")
+    keep = recipe.subset_indices(len(digits.train))
+    x = digits.train.x.to(torch.float32)
+    poison = torch.ones(len(x), dtype=torch.bool)
+    poison[keep] = False
+    x[poison] = float("nan")
+    data = dataclasses.replace(digits, train=dataclasses.replace(digits.train, x=x))
+    stats = train(PlainNet(), data, recipe)
+    assert stats.steps == 30 and stats.final_loss == stats.final_loss  # not NaN

@@ -37,8 +37,8 @@ from _cifar import extract  # benchmarks/_cifar.py, beside this script
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from rich.console import Console
 
+from edgeslim._options import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.budget import load_budget
-from edgeslim.cli import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.evaluators import (
     ARTIFACT_PACKED,
     DEPLOYABLE,

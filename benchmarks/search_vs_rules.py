@@ -46,12 +46,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
 from _cifar import extract  # benchmarks/_cifar.py, beside this script
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
 from edgeslim.cli import main as optimize
 from edgeslim.data import load_dataset
 from edgeslim.evaluators import onnx_accuracy
+from edgeslim.fsutil import atomic_write
 from edgeslim.search.config import default_storage
 from edgeslim.search.objective import is_feasible
 from edgeslim.search.screening import SCREEN_SUFFIX
@@ -150,6 +152,7 @@ def measure(study, storage: str, data, method: str, model: str, r: int) -> dict:
     row = {"model": MODELS.get(model, model), "reduction": r, "method": method,
            "trials": len(tuned), "base_val": base["val_acc"], "base_test": base["test_acc"],
            "base_macs": base["macs"], **timing(study, storage),
+           "threads": torch.get_num_threads(),
            "screened": sum("screened" in t.user_attrs for t in tuned),
            "repaired": sum(bool(t.user_attrs.get("repaired")) for t in study.trials)}
     for key, label in RULES.items():
@@ -192,11 +195,9 @@ def main() -> None:
     jobs = [(m, r, s) for m in models for r in reductions for s in args.methods.split(",")]
     jobs += [(models[0], 3, s) for s in args.extra_methods.split(",") if s]
     done = args.out.with_suffix(".json")
-    rows = json.loads(done.read_text()) if done.is_file() else []
     log = io.StringIO()
     for model, r, method in jobs:
-        if any((x["model"], x["reduction"], x["method"]) == (MODELS.get(model, model), r, method)
-               for x in rows):
+        if (MODELS.get(model, model), r, method) in {_key(x) for x in _read(done)}:
             continue
         budget = args.workdir / f"macs-{r}x.yaml"
         budget.write_text(BUDGET.format(r=r, pct=100 / r))
@@ -206,9 +207,19 @@ def main() -> None:
              "--finalists", "0", "--base-epochs", f"{args.base_epochs:g}",
              "--finetune-epochs", f"{args.finetune_epochs:g}", "--workdir", str(args.workdir),
              "--study-name", name], log)
-        rows.append(measure(load_study(name, storage), storage, data, method, model, r))
-        print(json.dumps(rows[-1]), flush=True)
+        row = measure(load_study(name, storage), storage, data, method, model, r)
+        print(json.dumps(row), flush=True)
+        # Another process may run other models into the same table: merge with what it wrote.
+        rows = [x for x in _read(done) if _key(x) != _key(row)] + [row]
         write(rows, args)
+
+
+def _read(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _key(row: dict) -> tuple:
+    return row["model"], row["reduction"], row["method"]
 
 
 def _pts(x: float | None) -> str:
@@ -221,7 +232,11 @@ def _share(row: dict, key: str) -> str:
 
 def write(rows: list[dict], args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    order = {m: i for i, m in enumerate([*MODELS.values(), *METHODS])}
+    rows = sorted(rows, key=lambda x: (order.get(x["model"], 99), x["reduction"],
+                                       order.get(x["method"], 99)))
+    atomic_write(args.out.with_suffix(".json"),
+                 lambda tmp: tmp.write_text(json.dumps(rows, indent=1) + "\n"))
     command = ("nice -n 10 uv run python benchmarks/search_vs_rules.py --archive "
                "../shared/data/cifar10-train-jpeg.tar.gz" +
                "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
@@ -231,7 +246,9 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     lines = [
         "# Searched per-layer pruning against hand-picked rules, CIFAR-10", "",
         f"Command: `{command}`", "",
-        f"Machine: {platform.machine()}, 2 CPU cores, no GPU. CPU-sized: "
+        f"Machine: {platform.machine()}, 2 CPU cores, no GPU; each study trained with "
+        f"{', '.join(sorted({str(r.get('threads')) for r in rows}))} thread(s) (two "
+        "benchmark processes, one per model, ran at once). CPU-sized: "
         f"{args.per_class - n_val} training and {n_val} validation images per class, "
         f"{args.test_per_class} test images per class (all from the 50,000 CIFAR-10 training "
         f"images), base models trained {args.base_epochs:g} epochs, every trial fine-tuned "
@@ -268,7 +285,7 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
               "Screening: its share of the wall time. Other: the share spent in search trials "
               "outside their fine-tunes (sampling, repair, export, measurement, storage).", "",
               summary(rows)]
-    args.out.write_text("\n".join(lines) + "\n")
+    atomic_write(args.out, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     plot(rows, args.out.with_suffix(".png"))
 
 

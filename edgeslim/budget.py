@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import math
 import os
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-from yaml.constructor import ConstructorError
-
+from edgeslim._yaml import read_yaml, shown
 from edgeslim.errors import BudgetError
 from edgeslim.units import Kind, parse_quantity
 
@@ -149,99 +146,22 @@ def load_budget(path: str | os.PathLike[str]) -> Budget:
         BudgetError: one line naming the file, the key path, the rule and the value.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BudgetError(f"{path}: cannot read budget file ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise BudgetError(f"{path}: not a UTF-8 text file (byte {exc.start} is "
-                          f"{exc.object[exc.start]:#04x}); a budget is a YAML file") from None
-    try:
-        raw = yaml.load(text, Loader=_BudgetLoader)  # a SafeLoader: builds no Python objects
-    except ConstructorError as exc:
-        # Refused tags, duplicate keys and malformed scalars: say which, and where.
-        line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
-        raise BudgetError(f"{path}: not valid YAML{line}: {exc.problem}") from None
-    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ...)
-        line = text.count("\n", 0, exc.position) + 1
-        raise BudgetError(f"{path}: not valid YAML at line {line}: character "
-                          f"U+{int(exc.character):04X} is not allowed") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        raise BudgetError(f"{path}: not valid YAML{where}" + (f": {problem}" if problem else "")
-                          ) from None
-    except RecursionError:
-        raise BudgetError(f"{path}: not valid YAML: nested too deeply") from None
+    raw = read_yaml(path)
     return parse_budget(raw, source=str(path), name=path.stem)
-
-
-class _BudgetLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, stricter: a repeated key is an error (YAML would keep the last
-    one silently), and a scalar that does not convert (``2024-13-01``, ``!!float x``, an
-    integer of thousands of digits) is reported with its line instead of escaping as a
-    ``ValueError``."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except ValueError as exc:
-            what = _shown(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
-            raise ConstructorError(None, None, f"cannot read {what} ({_first_line(exc)})",
-                                   node.start_mark) from None
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue  # complex keys are refused by the base class; merges may override
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise ConstructorError(None, None, f"key {_shown(key)} is given twice",
-                                       key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-    def construct_undefined(self, node: yaml.Node) -> Any:
-        raise ConstructorError(None, None, f"tag {node.tag!r} is not allowed (a budget holds "
-                               "plain mappings, lists, strings and numbers)", node.start_mark)
-
-
-_BudgetLoader.add_constructor(None, _BudgetLoader.construct_undefined)
-
-
-# Values and keys quoted in messages are cut short: a message stays one readable line even for
-# a huge or deeply nested value (YAML aliases can make one exponentially large).
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 40
-_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = 6
-
-
-def _shown(value: Any) -> str:
-    try:
-        return _REPR.repr(value)
-    except ValueError:  # an integer past Python's 4300-digit limit on str()
-        return f"<a {type(value).__name__} too long to show>"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__
 
 
 def _key_text(key: Any) -> str:
     """A key as it appears in a key path: itself when it is a short printable string."""
     if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 80:
         return key
-    return _shown(key)
+    return shown(key)
 
 
 def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget") -> Budget:
     """Validates an already-loaded mapping; see :func:`load_budget`."""
 
     def fail(key: str, rule: str, value: Any) -> BudgetError:
-        return BudgetError(f"{source}: {key}: {rule}, got {_shown(value)}")
+        return BudgetError(f"{source}: {key}: {rule}, got {shown(value)}")
 
     def bad(key: str, message: str) -> BudgetError:
         return BudgetError(f"{source}: {key}: {message}")

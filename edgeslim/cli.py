@@ -13,7 +13,6 @@ Errors the user can fix print one line and exit with status 2 (``--debug`` shows
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import warnings
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--screen", type=int, default=None,
                    help="pruning allocations ranked by their accuracy after batch-norm "
                    "recalibration (a second each, no training) before the trials; the best "
-                   "are fine-tuned (default: 4 x --trials; 0 turns it off)")
+                   "are fine-tuned (default: 4 x --trials, 2 x on digits; 0 turns it off)")
     s.add_argument("--no-repair", action="store_true",
                    help="train sampled candidates as they are, even when they break a limit "
                    "checkable before training (by default they are moved to the nearest one "
@@ -200,124 +199,6 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
-def _search_config(args: argparse.Namespace):
-    from edgeslim.budget import load_budget
-    from edgeslim.compress import IMPORTANCES, order_name
-    from edgeslim.compress.prune import UNRANKED
-    from edgeslim.data import dataset_entry
-    from edgeslim.models import resolve_factory
-    from edgeslim.search.config import SearchConfig, SpaceOptions
-    from edgeslim.spaces.presets import preset
-    from edgeslim.training import TrainRecipe
-
-    budget = load_budget(args.budget)
-    entry = dataset_entry(args.dataset)
-    resolve_factory(args.model)  # an unknown model fails here, before anything is written
-    importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())
-    unknown = [i for i in importances if i not in (*IMPORTANCES, UNRANKED)]
-    if unknown or not importances:
-        raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, {UNRANKED}, "
-                          f"got {args.importance!r}")
-    if not 0 < args.max_ratio < 1:
-        raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")
-    if args.checkpoint is not None and not args.checkpoint.exists():
-        raise ConfigError(f"--checkpoint: no such file {args.checkpoint}")
-    if args.checkpoint is not None:
-        from edgeslim.models._resolve import read_state_dict
-
-        read_state_dict(args.checkpoint)  # not weights, or a pickle that runs code: fails here
-    base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
-    if not 0 < args.finetune_subset <= 1:
-        raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
-    finetune = TrainRecipe(
-        epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
-        lr=FINETUNE_LR, warmup_fraction=0.1,
-        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
-        subset=args.finetune_subset)
-    finalists = entry.finalists if args.finalists is None else args.finalists
-    if finalists < 0:
-        raise ConfigError(f"--finalists: must be >= 0, got {finalists}")
-    final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,
-                                steps=None, subset=1.0)
-    screen = 4 * args.trials if args.screen is None else args.screen
-    if screen < 0:
-        raise ConfigError(f"--screen: must be >= 0, got {screen}")
-    stage_options = _stage_options(args)
-    trials = args.trials
-    if args.preset is not None:
-        p = preset(args.preset)
-        # The space holds exactly the preset's pipeline, and the study runs it once.
-        stage_options.update(stages=p.order, order=order_name(p.order),
-                             cluster_methods=(p.cluster_method,),
-                             quant_modes=(p.quantize,) if "quantize" in p.order
-                             else stage_options["quant_modes"])
-        importances, trials, finalists, screen = (p.importance,), 1, 0, 0
-    return SearchConfig(
-        budget=budget, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-        checkpoint=args.checkpoint, trials=trials, study_name=args.study_name,
-        storage=args.storage, workdir=args.workdir, seed=args.seed, sampler=args.sampler,
-        base_recipe=base, finetune=finetune, references=not args.no_references,
-        preset=args.preset, repair=not args.no_repair, workers=args.workers,
-        finalists=finalists, final=final if finalists else None, screen=screen,
-        space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
-                           round_to=args.round_to, **stage_options))
-
-
-def _names(text: str, flag: str, valid: tuple[str, ...]) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names:
-        raise ConfigError(f"{flag}: must be among {', '.join(valid)}, got {text!r}")
-    return names
-
-
-def _stage_options(args: argparse.Namespace) -> dict[str, object]:
-    """The stage options of the search space, checked here so that a mistake costs nothing."""
-    from edgeslim.compress import (
-        CLUSTER_METHODS,
-        QUANT_MODES,
-        STAGES,
-        order_name,
-        order_problem,
-        parse_order,
-    )
-
-    stages = _names(args.stages, "--stages", STAGES)
-    order = None
-    if args.order is not None:
-        parsed = parse_order(args.order)
-        problem = order_problem(parsed)
-        if problem:
-            raise ConfigError(f"--order {args.order}: {problem}")
-        order = order_name(parsed)
-    try:
-        counts = tuple(sorted({int(k) for k in args.cluster_counts.split(",") if k.strip()}))
-    except ValueError:
-        raise ConfigError(f"--cluster-counts: must be integers separated by commas, got "
-                          f"{args.cluster_counts!r}") from None
-    if not counts or counts[0] < 2:
-        raise ConfigError(f"--cluster-counts: each count must be >= 2, got "
-                          f"{args.cluster_counts!r}")
-    try:
-        low, high = (float(v) for v in args.sparsity.split(":"))
-    except ValueError:
-        raise ConfigError(f"--sparsity: must be LOW:HIGH, got {args.sparsity!r}") from None
-    if not 0 < low <= high < 1:
-        raise ConfigError(f"--sparsity: must satisfy 0 < LOW <= HIGH < 1, got {args.sparsity!r}")
-    return {"stages": stages, "order": order, "cluster_counts": counts,
-            "cluster_methods": _names(args.cluster_methods, "--cluster-methods",
-                                      CLUSTER_METHODS),
-            "quant_modes": _names(args.quantize, "--quantize",
-                                  tuple(m for m in QUANT_MODES if m != "none")),
-            "sparsity": (low, high)}
-
-
-# Fine-tuning starts from trained weights, so its peak learning rate is a quarter of the base
-# recipe's; distillation weight as in Hinton et al. (soft targets and labels weighted evenly).
-FINETUNE_LR = 0.05
-FINETUNE_DISTILL_ALPHA = 0.5
-
-
 def _storage_url(args: argparse.Namespace) -> str:
     from edgeslim.search.config import default_storage
 
@@ -339,9 +220,10 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.command == "search":
+        from edgeslim._options import search_config
         from edgeslim.search.study import run_search
 
-        config = _search_config(args)
+        config = search_config(args)
         from edgeslim.search.objective import is_feasible
 
         study = run_search(config, console)

@@ -129,7 +129,7 @@ exec {sys.executable} "$@"
 """)
     wrapper.chmod(0o755)
     budget = tmp_path / "ssh.yaml"
-    budget.write_text(PI4.read_text().replace("threads: 4 ", "threads: 1 ").split("\nlimits:")[0]
+    budget.write_text(PI4.read_text().replace("threads: 4 ", "threads: 1 ").split("\nlatency:")[0]
                       + f"""
 latency:
   source: ssh
@@ -144,7 +144,8 @@ objectives: [latency]
 """)
     workdir = tmp_path / "w"
     code = main(["--budget", str(budget), "--trials", "3", "--workdir", str(workdir),
-                 "--finetune-steps", "2", "--no-references", "--study-name", "ssh"])
+                 "--finetune-steps", "2", "--no-references", "--finalists", "0",
+                 "--study-name", "ssh"])
     assert code == 0
     study = load_study("ssh", default_storage(workdir))
     states = [t.state for t in study.trials]

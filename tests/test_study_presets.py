@@ -102,12 +102,13 @@ def test_every_study_preset_names_registered_models():
 
 @pytest.mark.parametrize("method", ["kmeans", "density", "linear"])
 def test_every_clustering_method_is_a_search_choice(method):
-    from edgeslim.cli import _stage_options, build_parser
+    from edgeslim._options import stage_options_of
+    from edgeslim.cli import build_parser
     from edgeslim.spaces import Candidate
 
     args = build_parser().parse_args(["search", "--budget", "b.yaml", "--cluster-methods",
                                       "kmeans,density,linear"])
-    methods = _stage_options(args)["cluster_methods"]
+    methods = stage_options_of(args)["cluster_methods"]
     assert methods == ("kmeans", "density", "linear")
     pruning = _space().pruning
     space = StagedSpace(pruning, _space().layers, (("cluster",),), cluster_methods=methods)

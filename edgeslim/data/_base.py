@@ -100,6 +100,8 @@ class DatasetEntry:
     # stage (default: three times the search's), once the search is done.
     finalists: int = 2
     final_epochs_per_stage: float | None = None
+    # Pruning allocations screened (ranked without training) per search trial.
+    screen_per_trial: int = 4
 
     @property
     def final_epochs(self) -> float:

@@ -1,7 +1,7 @@
 """Does screening rank candidates as fine-tuning does? For every fine-tuned trial of the studies
 benchmarks/search_vs_rules.py ran, the pruned base model's recalibrated accuracy (what
 screening scores, edgeslim.evaluators.screening) against the trial's accuracy after its
-one-epoch fine-tune, and their rank correlation per study.
+short fine-tune, and their rank correlation per study.
 
     uv run python benchmarks/screening_fidelity.py
 
@@ -78,7 +78,7 @@ def main() -> None:
              "benchmarks/results/search_vs_rules.md: the pruned base model's accuracy on "
              f"{VAL_IMAGES} validation images after batch-norm recalibration on "
              f"{CALIBRATION_IMAGES} training images (the screening score), against its "
-             "validation accuracy after the one-epoch fine-tune. Spearman rank correlation "
+             "validation accuracy after the search's short fine-tune. Spearman rank correlation "
              "per study.", "",
              "| study | trials | Spearman | seconds per score |", "|---|---|---|---|"]
     lines += [f"| {r['study']} | {r['trials']} | {r['spearman']:.2f} | "

@@ -3,7 +3,7 @@ against one ratio for every layer (uniform), the complexity-driven allocations (
 random search, on CIFAR-10.
 
 For every model and MACs reduction (2x, 3x, 4x) this runs the command a user runs, once per
-method, with the same base model (trained once, cached), the same one-epoch fine-tune per trial
+method, with the same base model (trained once, cached), the same short fine-tune per trial
 and the same number of fine-tuned trials:
 
     optimize --budget B --model M --dataset D --stages prune --trials N [METHOD OPTIONS]
@@ -145,7 +145,7 @@ def run(argv: list[str], log: io.StringIO) -> None:
 def measure(study, storage: str, data, method: str, model: str, r: int) -> dict:
     base = study.user_attrs["base"]
     tuned = [t for t in study.trials if t.user_attrs.get("finetuned")
-             and t.state.name == "COMPLETE"]
+             and t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]
     refs = {t.user_attrs["reference"]: t for t in tuned if "reference" in t.user_attrs}
     searched = [t for t in tuned if "reference" not in t.user_attrs and is_feasible(t)]
     best = max(searched, key=lambda t: t.user_attrs["val_acc"]) if searched else None
@@ -154,6 +154,7 @@ def measure(study, storage: str, data, method: str, model: str, r: int) -> dict:
            "base_macs": base["macs"], **timing(study, storage),
            "threads": torch.get_num_threads(),
            "screened": sum("screened" in t.user_attrs for t in tuned),
+           "repeats": sum("duplicate_of" in t.user_attrs for t in study.trials),
            "repaired": sum(bool(t.user_attrs.get("repaired")) for t in study.trials)}
     for key, label in RULES.items():
         t = refs.get(key)
@@ -171,10 +172,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--archive", type=Path, default=ROOT.parent.parent / "shared/data/"
                    "cifar10-train-jpeg.tar.gz")
-    p.add_argument("--per-class", type=int, default=4000)
+    p.add_argument("--per-class", type=int, default=2500)
     p.add_argument("--test-per-class", type=int, default=1000)
-    p.add_argument("--base-epochs", type=float, default=20)
-    p.add_argument("--finetune-epochs", type=float, default=1)
+    p.add_argument("--base-epochs", type=float, default=15)
+    p.add_argument("--finetune-epochs", type=float, default=0.5)
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--reductions", default="2,3,4")
@@ -247,8 +248,7 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         "# Searched per-layer pruning against hand-picked rules, CIFAR-10", "",
         f"Command: `{command}`", "",
         f"Machine: {platform.machine()}, 2 CPU cores, no GPU; each study trained with "
-        f"{', '.join(sorted({str(r.get('threads')) for r in rows}))} thread(s) (two "
-        "benchmark processes, one per model, ran at once). CPU-sized: "
+        f"{', '.join(sorted({str(r.get('threads')) for r in rows}))} thread(s). CPU-sized: "
         f"{args.per_class - n_val} training and {n_val} validation images per class, "
         f"{args.test_per_class} test images per class (all from the 50,000 CIFAR-10 training "
         f"images), base models trained {args.base_epochs:g} epochs, every trial fine-tuned "

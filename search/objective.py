@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
+from optuna.trial import TrialState
 from optuna_dashboard import save_note
 
 from edgeslim.errors import CandidateError
@@ -20,6 +21,13 @@ from edgeslim.spaces import Candidate, Space, StagedSpace
 ACCURACY = "val_acc"
 # A finalist trial re-runs the candidate of the search trial it names with the long fine-tune.
 FINALIST_ATTR = "finalist_of"
+# A trial whose candidate builds the model an earlier trial built (``StagedSpace.built_as``)
+# takes that trial's results instead of training the same model again.
+DUPLICATE_ATTR = "duplicate_of"
+BUILT_AS_ATTR = "built_as"
+# Attributes that describe a trial itself, not the model it built: never copied to a repeat.
+_OWN_ATTRS = {"candidate", "sampled", "repaired", "repair_step", BUILT_AS_ATTR, "reference",
+              "same_as", "screened", "worker", "retry_of", "failed_trial", DUPLICATE_ATTR}
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
@@ -33,7 +41,8 @@ class Objective:
     Recorded per trial: every measure as a user attribute under its unit-suffixed name, one
     constraint per budget limit (``Trial.set_constraint``; feasible when <= 0), ``finetuned``,
     the repair of the sampled candidate (``edgeslim.search.repair``: ``repaired``, ``sampled``,
-    ``repair_step``), ``candidate`` (what was built),
+    ``repair_step``), ``candidate`` (what was built) and ``built_as`` (its key: ``duplicate_of``
+    names an earlier trial that built the same model, whose results it takes untrained),
     ``infeasible_reason`` for candidates stopped before training, ``fail_reason`` for failures,
     and the artifact ids of the saved files (``artifact:model.onnx``). A reference trial gets
     a dashboard note naming its preset.
@@ -76,6 +85,11 @@ class Objective:
         else:
             candidate = sampled
         trial.set_user_attr("candidate", candidate.to_dict())
+        if isinstance(self.space, StagedSpace):
+            trial.set_user_attr(BUILT_AS_ATTR, self.space.built_as(candidate))
+            prior = None if FINALIST_ATTR in attrs else self._built_before(trial)
+            if prior is not None:
+                return self._repeat(trial, prior)
         self.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"trial-{trial.number}-", dir=self.workdir) as t:
             try:
@@ -84,6 +98,28 @@ class Objective:
                 trial.set_user_attr("fail_reason", str(exc))
                 raise
             return self.record(trial, measurement)
+
+    @staticmethod
+    def _built_before(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+        """A complete search trial that built the same model as ``trial`` (``built_as``)."""
+        key = trial.user_attrs[BUILT_AS_ATTR]
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a = t.user_attrs
+            if a.get(BUILT_AS_ATTR) == key and FINALIST_ATTR not in a and DUPLICATE_ATTR not in a:
+                return t
+        return None
+
+    def _repeat(self, trial: optuna.Trial, prior: optuna.trial.FrozenTrial) -> list[float]:
+        """Records ``trial`` as building the model ``prior`` built: its measures, constraints
+        and values, without training it again (``duplicate_of``; it does not count towards
+        the study's trials, and export and the tables leave it out)."""
+        trial.set_user_attr(DUPLICATE_ATTR, prior.number)
+        for key, value in prior.user_attrs.items():
+            if key not in _OWN_ATTRS and not key.startswith("artifact:"):
+                trial.set_user_attr(key, value)
+        for key, value in prior.constraints.items():
+            trial.set_constraint(key, value)
+        return list(prior.values)
 
     def record(self, trial: optuna.Trial, m: Measurement) -> list[float]:
         for key, value in m.values.items():

@@ -149,14 +149,15 @@ def enqueue_references(study: optuna.Study, space: StagedSpace, model: nn.Module
 
     A default reference whose ratio cannot meet the budget is left out (the search may still
     find a non-uniform candidate that does); a preset named explicitly raises instead. One
-    whose trial would repeat an earlier reference's is not run twice: it is named in that
-    trial's ``same_as``. ``check`` (default: params
+    that would build the model an earlier reference builds (``StagedSpace.built_as``) is not
+    run twice: it is named in that trial's ``same_as``. ``check`` (default: params
     and MACs of ``limits`` only) decides what fits. At most ``limit`` are enqueued (a search
     of fewer trials than references runs the first ones: the study's own presets, then
     ``prune-cluster-int8``, ``prune-dynamic-int8``, ``uniform``, PA, FA, MA).
     """
     enqueued: list[str] = []
     seen: list[dict] = []
+    built_seen: list[str] = []
     aliases: list[list[str]] = []
     check = check or StaticCheck(model, example, limits)
     # A study's own presets first: where one repeats a generic preset's trial, its name is kept.
@@ -174,9 +175,11 @@ def enqueue_references(study: optuna.Study, space: StagedSpace, model: nn.Module
         if not fits_space(space, candidate):
             continue
         params = space.params_for(candidate)
-        if params in seen:  # the same trial as an earlier reference: named on that one
-            aliases[seen.index(params)].append(name)
+        built = space.built_as(candidate)
+        if built in built_seen:  # the same model as an earlier reference: named on that one
+            aliases[built_seen.index(built)].append(name)
             continue
+        built_seen.append(built)
         seen.append(params)
         aliases.append([])
         enqueued.append(name)

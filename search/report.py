@@ -7,7 +7,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edgeslim.search.objective import ACCURACY, FINALIST_ATTR, is_feasible
+from edgeslim.search.objective import ACCURACY, DUPLICATE_ATTR, FINALIST_ATTR, is_feasible
 from edgeslim.search.references import REFERENCE_ATTR
 
 # (measure, column header, format)
@@ -105,10 +105,13 @@ def lift_text(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
 def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The Pareto front of the feasible trials; when none is feasible, of all complete trials
     (so a table still shows how close the search came)."""
-    front = study.best_trials  # Optuna returns feasible trials only when constraints are set
+    # Optuna returns feasible trials only when constraints are set; a repeat of a model
+    # already built (``duplicate_of``) is its first trial's row.
+    front = [t for t in study.best_trials if DUPLICATE_ATTR not in t.user_attrs]
     if not front:
         done = [t for t in study.get_trials(deepcopy=False,
-                                             states=(optuna.trial.TrialState.COMPLETE,))]
+                                             states=(optuna.trial.TrialState.COMPLETE,))
+                if DUPLICATE_ATTR not in t.user_attrs]
         signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1
                  for d in study.directions]
 

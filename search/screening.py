@@ -20,6 +20,7 @@ structure is always the unpruned one.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ from torch import nn
 from edgeslim.compress import apply_pruning
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.screening import recalibrated_accuracy
+from edgeslim.search.objective import BUILT_AS_ATTR
 from edgeslim.search.repair import STRUCTURAL, StaticCheck, repair
 from edgeslim.search.storage import SCREEN_SUFFIX
 from edgeslim.spaces import Candidate, StagedSpace
@@ -54,6 +56,7 @@ class ScreenObjective:
         self.space, self.base, self.data, self.seed = space, base, data, seed
         self.check = check
         self.example = torch.zeros(1, *data.input_shape)
+        self._scores: dict[str, float] = {}  # by what a candidate builds (``built_as``)
 
     def __call__(self, trial: optuna.Trial) -> float:
         ratios, importance = self.space.pruning.suggest(trial)
@@ -67,17 +70,19 @@ class ScreenObjective:
             trial.set_user_attr("infeasible_reason", reason)
             raise optuna.TrialPruned(reason)
         candidate = fixed.candidate
+        key = self.space.built_as(candidate)
         trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("prune_ratios", candidate.ratios)
+        trial.set_user_attr(BUILT_AS_ATTR, key)
         for name, value in self.check.structure(candidate).items():
             trial.set_user_attr(name, value)
-        model = copy.deepcopy(self.base).cpu().eval()
-        apply_pruning(model, self.example, candidate.ratios, candidate.importance,
-                      candidate.round_to)
-        score = recalibrated_accuracy(model, self.data, CALIBRATION_IMAGES, VAL_IMAGES,
-                                      self.seed)
-        trial.set_user_attr(SCORE_ATTR, score)
-        return score
+        if key not in self._scores:  # the sampler often lands on a structure it has seen
+            model = copy.deepcopy(self.base).cpu().eval()
+            apply_pruning(model, self.example, candidate.ratios, candidate.importance,
+                          candidate.round_to)
+            self._scores[key] = recalibrated_accuracy(model, self.data, CALIBRATION_IMAGES,
+                                                      VAL_IMAGES, self.seed)
+        trial.set_user_attr(SCORE_ATTR, self._scores[key])
+        return self._scores[key]
 
 
 def structural_caps(limits: Mapping[str, float]) -> dict[str, float]:
@@ -107,23 +112,31 @@ def run_screening(screen: optuna.Study, objective: ScreenObjective, n: int,
         ran += 1
 
 
-def best_screened(screen: optuna.Study, k: int, taken: set[int]) -> list[optuna.trial.FrozenTrial]:
-    """The ``k`` best scored screening trials not in ``taken``, one per distinct candidate."""
+def best_screened(screen: optuna.Study, k: int, taken: set[str],
+                  ) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` best scored screening trials, one per model they build (``built_as``), that
+    build none of the models in ``taken``."""
     done = sorted(screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: (-t.value, t.number))
     picked: list[optuna.trial.FrozenTrial] = []
-    seen: set[str] = set()
+    seen = set(taken)
     for t in done:
-        key = repr(sorted(t.user_attrs["candidate"]["prune_ratios"].items())) + \
-            t.user_attrs["candidate"]["importance"]
+        key = t.user_attrs[BUILT_AS_ATTR]
         if key in seen:
             continue
         seen.add(key)
-        if t.number not in taken:
-            picked.append(t)
+        picked.append(t)
         if len(picked) >= k:
             break
     return picked
+
+
+def _pruning_key(built_as: str) -> str:
+    """The key the screening study gives the pruning part of a study trial's model."""
+    key = json.loads(built_as)
+    return json.dumps({"order": ["prune"], "channels": key["channels"],
+                       "importance": key["importance"], "sparsity": None, "clusters": None,
+                       "cluster_method": None, "quantize": "none"}, sort_keys=True)
 
 
 def screened_params(space: StagedSpace, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -140,8 +153,11 @@ def enqueue_screened(study: optuna.Study, screen: optuna.Study, space: StagedSpa
     """Enqueues the best screened allocations not yet in ``study`` as ``SCREENED_SHARE`` of the
     ``to_run`` search trials; returns the screening trials' numbers."""
     k = math.ceil(SCREENED_SHARE * to_run)
-    taken = {t.user_attrs[SCREENED_ATTR]["trial"] for t in study.get_trials(deepcopy=False)
-             if SCREENED_ATTR in t.user_attrs}
+    # Allocations the study holds already, screened or not, are not enqueued again.
+    taken = {screen.trials[t.user_attrs[SCREENED_ATTR]["trial"]].user_attrs[BUILT_AS_ATTR]
+             for t in study.get_trials(deepcopy=False) if SCREENED_ATTR in t.user_attrs}
+    taken |= {_pruning_key(t.user_attrs[BUILT_AS_ATTR]) for t in study.get_trials(
+        deepcopy=False) if BUILT_AS_ATTR in t.user_attrs}
     picked = best_screened(screen, k, taken)
     for t in picked:
         study.enqueue_trial(screened_params(space, t),

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from edgeslim.errors import CandidateError, StudyError
-from edgeslim.search.objective import FINALIST_ATTR, Objective
+from edgeslim.search.objective import DUPLICATE_ATTR, FINALIST_ATTR, Objective
 from edgeslim.search.references import REFERENCE_ATTR
 from edgeslim.search.screening import SCREENED_ATTR
 from edgeslim.search.storage import WORKER_ATTR, recover_interrupted, worker_identity
@@ -59,9 +59,9 @@ def retried(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
 def counts(trial: optuna.trial.FrozenTrial, again: set[int] | None = None) -> bool:
     """Whether ``trial`` spends one of the ``--trials``: a search trial that was fine-tuned,
     or that failed (unless it was interrupted and ``again`` holds it: its retry counts).
-    Candidates recorded untrained because no repair fits them, surplus trials and finalists
-    do not count."""
-    if FINALIST_ATTR in trial.user_attrs:
+    Candidates recorded untrained because no repair fits them, repeats of a model already
+    built, surplus trials and finalists do not count."""
+    if FINALIST_ATTR in trial.user_attrs or DUPLICATE_ATTR in trial.user_attrs:
         return False
     if trial.state == TrialState.FAIL:
         return trial.number not in (again or set())
@@ -121,6 +121,10 @@ class _Claimed:
 
 def _is_search(trial: optuna.trial.FrozenTrial) -> bool:
     return FINALIST_ATTR not in trial.user_attrs and SURPLUS_ATTR not in trial.user_attrs
+
+
+def _trained_here(trial: optuna.trial.FrozenTrial) -> bool:
+    return _is_search(trial) and DUPLICATE_ATTR not in trial.user_attrs
 
 
 def run_trials(study: optuna.Study, objective: Objective, target: int, workdir: Path,
@@ -198,7 +202,7 @@ def pick_finalists(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial
     layer by accuracy. Trials that break a limit other than accuracy are left out (a longer
     fine-tune changes accuracy only)."""
     pool = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if _is_search(t) and t.user_attrs.get("finetuned")
+            if _trained_here(t) and t.user_attrs.get("finetuned")
             and all(v <= 0 for name, v in t.constraints.items() if name != "val_acc")]
     picked: list[optuna.trial.FrozenTrial] = []
     while pool and len(picked) < k:

@@ -10,7 +10,13 @@ import optuna
 import torch
 from torch import nn
 
-from edgeslim.compress.prune import IMPORTANCES, UNRANKED, PrunableGroup, prunable_groups
+from edgeslim.compress.prune import (
+    IMPORTANCES,
+    UNRANKED,
+    PrunableGroup,
+    kept_channels,
+    prunable_groups,
+)
 from edgeslim.errors import ConfigError
 from edgeslim.spaces._base import Candidate
 
@@ -98,6 +104,13 @@ class PruningSpace:
         scaled = min(max(ratio, 0.0), self.max_ratio) / self.step
         steps = math.ceil(scaled - 1e-9) if up else round(scaled)
         return round(min(steps * self.step, self.max_ratio), 10)
+
+    def kept(self, candidate: Candidate) -> tuple[int, ...]:
+        """The output channels each group keeps under ``candidate`` (``kept_channels``): ratios
+        that snap to the same multiple of ``round_to`` build the same model."""
+        ratios = candidate.ratios
+        return tuple(kept_channels(g.channels, ratios.get(g.name, 0.0), candidate.round_to)
+                     for g in self.groups)
 
     def describe(self) -> dict[str, Any]:
         return {

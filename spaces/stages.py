@@ -16,6 +16,7 @@ the sampler learns each stage's settings from the trials that ran it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,21 @@ class StagedSpace:
             params[QUANT_PARAM] = self._offered(candidate.quantize, self.quant_modes,
                                                 "quantization mode")
         return params
+
+    def built_as(self, candidate: Candidate) -> str:
+        """What ``candidate`` builds, as a key: candidates with equal keys build the same
+        model (ratios that snap to the same channel counts, a channel criterion with nothing
+        pruned, settings of stages the order does not run), so one fine-tune scores both."""
+        order = candidate.order
+        kept = self.pruning.kept(candidate) if "prune" in order else ()
+        pruned = any(k < g.channels for k, g in zip(kept, self.pruning.groups))
+        return json.dumps({
+            "order": list(order), "channels": list(kept),
+            "importance": candidate.importance if pruned else None,
+            "sparsity": candidate.sparsity if "sparsify" in order else None,
+            "clusters": dict(candidate.cluster_counts) if "cluster" in order else None,
+            "cluster_method": candidate.cluster_method if "cluster" in order else None,
+            "quantize": candidate.quantize}, sort_keys=True)
 
     def counts_for(self, layer: WeightLayer) -> list[int]:
         """The cluster counts offered to ``layer``: those not above its number of weights."""

@@ -81,7 +81,10 @@ def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
     assert finalists  # export picks from the finalists when there are any
     best = max(finalists, key=lambda t: t.user_attrs["val_acc"])
     assert card["trial"] == best.number
-    assert card["fits_budget"] is True and card["onnx_vs_pytorch"]["pass"] is True
+    assert card["fits_budget"] is True
+    check = card["onnx_vs_pytorch"]
+    exact = best.user_attrs["quantize"] == "none"
+    assert check["pass"] is (True if exact else None)  # quantized logits differ by design
     deployable = out / card["files"]["deployable"]
     assert card["measures"]["size_bytes"]["value"] == deployable.stat().st_size
     assert card["measures"]["val_acc"]["value"] == pytest.approx(best.user_attrs["val_acc"])
@@ -98,8 +101,13 @@ def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
     assert acc == pytest.approx(card["measures"]["val_acc"]["value"])
     # The PyTorch file loads without edgeslim's model code and agrees with the ONNX file.
     program = torch.export.load(str(out / "model.pt2")).module()
-    torch_logits = program(torch.from_numpy(x[:16].astype(np.float32))).detach().numpy()
-    assert np.abs(torch_logits - logits[:16]).max() <= card["onnx_vs_pytorch"]["tolerance"]
+    n = check["images"]
+    torch_logits = program(torch.from_numpy(x[:n].astype(np.float32))).detach().numpy()
+    if exact:
+        assert np.abs(torch_logits - logits[:n]).max() <= check["tolerance"]
+    # The card compared the in-memory model; the saved program may flip one close call.
+    agree = float((torch_logits.argmax(1) == logits[:n].argmax(1)).mean())
+    assert abs(check["argmax_agree"] - agree) <= 1 / n
     assert "fits the budget: yes" in capsys.readouterr().out
 
 

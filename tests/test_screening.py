@@ -4,18 +4,23 @@ enqueued as trials of the study."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import optuna
 import pytest
 import torch
+from optuna.artifacts import FileSystemArtifactStore
 from torch import nn
 
+from edgeslim.budget import Runtime
 from edgeslim.cli import main
 from edgeslim.compress import apply_pruning, buildable_orders
-from edgeslim.evaluators import Caps
+from edgeslim.evaluators import Caps, StagedEvaluator
 from edgeslim.evaluators.screening import fast_accuracy, recalibrate_batch_norm
 from edgeslim.search.config import default_storage
+from edgeslim.search.objective import Objective
 from edgeslim.search.repair import StaticCheck, structure_measures
+from edgeslim.search.report import pareto_trials
 from edgeslim.search.screening import (
     SCORE_ATTR,
     SCREENED_ATTR,
@@ -26,6 +31,7 @@ from edgeslim.search.screening import (
 )
 from edgeslim.search.storage import SCREEN_SUFFIX, load_study
 from edgeslim.search.study import feasible_orders
+from edgeslim.search.workers import counts, run_trials
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
 from edgeslim.training import TrainRecipe, autocast_for, default_device, train
 from toys import PI4, REPO, PlainNet
@@ -143,11 +149,60 @@ def test_a_search_fine_tunes_the_best_screened_allocations_first(tmp_path, capsy
         assert t.user_attrs["candidate"]["prune_ratios"] == \
             s.user_attrs["candidate"]["prune_ratios"]
     assert SCREENED_ATTR not in study.trials[3].user_attrs  # the sampler's own
+    before = len(study.trials)
     # Resuming with more trials screens more and enqueues the next best.
     assert main(["--budget", str(PI4), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
                  "--stages", "prune", "--trials", "5", "--screen", "8", "--no-references",
                  "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
                  "--workdir", str(workdir), "--study-name", "s"]) == 0
     study = load_study("s", default_storage(workdir))
-    assert study.trials[4].user_attrs[SCREENED_ATTR]["trial"] == \
-        best_screened(screen, 4, set())[3].number
+    (new,) = [t for t in study.trials[before:] if SCREENED_ATTR in t.user_attrs]
+    # the best screened model the study had not built yet
+    built = {t.user_attrs["built_as"] for t in study.trials[:before]}
+    (expected,) = best_screened(screen, 1, built | {
+        screen.trials[t.user_attrs[SCREENED_ATTR]["trial"]].user_attrs["built_as"]
+        for t in study.trials[:before] if SCREENED_ATTR in t.user_attrs})
+    assert new.user_attrs[SCREENED_ATTR]["trial"] == expected.number
+
+
+def test_ratios_that_snap_to_the_same_channels_build_the_same_model():
+    space = _space(("prune", "quantize"))
+    a = Candidate(order=("prune",), prune_ratios=(("conv1", 0.45), ("conv2", 0.3)),
+                  importance="l1")
+    # 16 * 0.55 and 16 * 0.5 both snap to 8 channels, 32 * 0.7 and 32 * 0.75 to 24
+    b = Candidate(order=("prune",), prune_ratios=(("conv1", 0.5), ("conv2", 0.25)),
+                  importance="l1", quantize="none", cluster_counts=(("fc", 8),))
+    assert space.pruning.kept(a) == space.pruning.kept(b) == (8, 24)
+    assert space.built_as(a) == space.built_as(b)
+    assert space.built_as(a) != space.built_as(dataclasses.replace(a, importance="l2"))
+    nothing = Candidate(order=("prune",), prune_ratios=(("conv1", 0.0), ("conv2", 0.0)))
+    # with nothing pruned the criterion is irrelevant
+    assert space.built_as(nothing) == space.built_as(dataclasses.replace(nothing,
+                                                                          importance="lamp"))
+    assert space.built_as(a) != space.built_as(dataclasses.replace(
+        a, order=("prune", "quantize"), quantize="int8_static"))
+
+
+def test_a_trial_that_repeats_a_built_model_takes_its_results_untrained(
+        trained, digits, tmp_path):
+    space = _space()
+    evaluator = StagedEvaluator(trained, digits, TrainRecipe(steps=3), Runtime(),
+                                Caps(limits={"params": 4000.0}))
+    objective = Objective(space, evaluator, evaluator.caps, ("macs",),
+                          FileSystemArtifactStore(str(tmp_path)), tmp_path / "trials",
+                          check=StaticCheck(trained, X, {"params": 4000.0}))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for ratios in ((0.45, 0.3), (0.5, 0.25), (0.5, 0.5)):
+        study.enqueue_trial({"stages/order": "prune", "prune/conv1": ratios[0],
+                             "prune/conv2": ratios[1], "prune/importance": "l1"})
+    run_trials(study, objective, 2, tmp_path)
+    first, repeat, other = study.trials
+    assert repeat.user_attrs["duplicate_of"] == 0 and repeat.values == first.values
+    assert repeat.user_attrs["val_acc"] == first.user_attrs["val_acc"]
+    assert "finetune_seconds" in first.user_attrs and not any(
+        k.startswith("artifact:") for k in repeat.user_attrs)
+    assert repeat.user_attrs["candidate"]["prune_ratios"] == {"conv1": 0.5, "conv2": 0.25}
+    # the repeat does not count: a third trial ran to reach two
+    assert [counts(t) for t in study.trials] == [True, False, True]
+    assert pareto_trials(study) and repeat not in pareto_trials(study)
+    assert "duplicate_of" not in other.user_attrs

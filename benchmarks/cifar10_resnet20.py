@@ -115,7 +115,7 @@ def retime(paths: list[Path], input_shape, threads: int, rounds: int = 5) -> lis
     times: list[list[float]] = [[] for _ in paths]
     for _ in range(rounds):
         for i, path in enumerate(paths):
-            times[i].append(measure_latency(path, input_shape, threads).median_ms)
+            times[i].append(measure_latency(path, input_shape, threads).latency_ms)
     return [statistics.median(t) for t in times]
 
 

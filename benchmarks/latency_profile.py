@@ -81,7 +81,7 @@ def main() -> None:
                 calib = [np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)]
                 path = quantize_onnx(float_path, tmp / f"c{i}-{mode}.onnx", mode,
                                      iter(calib) if mode == "int8_static" else None)
-                measured = measure_latency(path, None, args.threads).median_ms
+                measured = measure_latency(path, None, args.threads).latency_ms
                 predicted = profile.predict_ms(onnx.load(str(path)))
                 rows.append({"candidate": i, "mode": mode, "macs": macs, "measured_ms": measured,
                              "predicted_ms": predicted})

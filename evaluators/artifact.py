@@ -37,10 +37,10 @@ def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
         "size_bytes": float(Path(path).stat().st_size),
         "peak_memory_bytes": float(weights + activations),
         "activation_bytes": float(activations),
-        "latency_ms": latency.median_ms,
+        "latency_ms": latency.latency_ms,
     }
     info = {
-        "latency_p10_ms": latency.p10_ms,
+        "latency_median_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
         "latency_runs": latency.runs,
         "latency_threads": latency.threads,

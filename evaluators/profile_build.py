@@ -33,7 +33,7 @@ from torch import nn
 from edgeslim.compress.prune import apply_pruning, kept_channels, prunable_groups
 from edgeslim.compress.quantize import QUANT_MODES, quantize_onnx
 from edgeslim.errors import ConfigError
-from edgeslim.evaluators.latency import host_description, time_once
+from edgeslim.evaluators.latency import host_description, time_interleaved, time_once
 from edgeslim.evaluators.profile import (
     PROFILE_FORMAT,
     PROFILE_VERSION,
@@ -44,6 +44,7 @@ from edgeslim.export import write_onnx
 from edgeslim.models import build_model
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+ROUNDS = 5  # timing passes over the layer and model files
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _layer_module(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
 
 
 def _artifact(model: nn.Module, example: torch.Tensor, mode: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     float_path = write_onnx(model.eval(), example, folder / "float.onnx")
     rng = np.random.default_rng(0)
     calibration = [rng.standard_normal((8, *example.shape[1:])).astype(np.float32)
@@ -157,19 +159,25 @@ def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dic
     report = progress or (lambda *_: None)
     specs = layer_configurations(opts)
     layers: dict[str, dict[str, float]] = {m: {} for m in opts.modes}
-    total = len(specs) * len(opts.modes)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for i, spec in enumerate(specs):
+        layer_files, keys = [], []
+        for spec in specs:
             module, example = _layer_module(spec)
-            for j, mode in enumerate(opts.modes):
-                path = _artifact(module, example, mode, folder)
-                timing = time_once(path, tuple(example.shape[1:]), opts.threads, warmup=5,
-                                   min_runs=20, max_seconds=opts.layer_seconds,
-                                   stable_within=0.02)
-                layers[mode][signature(spec)] = timing.median_ms
-                report("layers", i * len(opts.modes) + j + 1, total)
-        whole = _time_models(opts, layers, folder, report)
+            for mode in opts.modes:
+                path = _artifact(module, example, mode, folder / f"layer{len(layer_files)}")
+                layer_files.append((path, tuple(example.shape[1:])))
+                keys.append((mode, signature(spec)))
+        model_files, whole = _model_files(opts, folder)
+        layer_ms, model_ms = _time_in_passes(opts, layer_files, model_files, report)
+    for (mode, sig), ms in zip(keys, layer_ms, strict=True):
+        layers[mode][sig] = ms
+    measured = iter(model_ms)
+    for same_model in zip(*whole.values(), strict=True):  # the order the files were made in
+        for row in same_model:
+            row["measured_ms"] = next(measured)
+            row["layers_ms"] = float(sum(layers[row["mode"]][s] for s in row.pop("layers")))
+            del row["mode"]
     fit, error = {}, {}
     for mode in opts.modes:
         rows = whole[mode]
@@ -199,8 +207,10 @@ def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dic
     }
 
 
-def _time_models(opts: ProfileOptions, layers: dict[str, dict[str, float]], folder: Path,
-                 report: Progress) -> dict[str, list[dict[str, Any]]]:
+def _model_files(opts: ProfileOptions, folder: Path,
+                 ) -> tuple[list[tuple[Path, tuple[int, ...]]], dict[str, list[dict[str, Any]]]]:
+    """The whole models, pruned at random ratios, as files in every mode; and their rows per
+    mode (ratios, held out or not, and the layers each holds, to be summed once timed)."""
     model = build_model(opts.model, opts.input_shape[0], opts.num_classes).eval()
     example = torch.zeros(1, *opts.input_shape)
     groups = prunable_groups(model, example, opts.num_classes, opts.round_to)
@@ -216,17 +226,41 @@ def _time_models(opts: ProfileOptions, layers: dict[str, dict[str, float]], fold
             configs.append({g.name: float(rng.choice(grid)) for g in groups})
     held_out = set(rng.choice(np.arange(1, opts.models), opts.holdout, replace=False).tolist())
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in opts.modes}
+    files = []
     for i, ratios in enumerate(configs):
         pruned = copy.deepcopy(model)
         if ratios:
             apply_pruning(pruned, example, ratios, "l1", opts.round_to)
-        for j, mode in enumerate(opts.modes):
-            path = _artifact(pruned, example, mode, folder)
-            sigs = [signature(s) for s in layer_specs(onnx.load(str(path)))]
-            timing = time_once(path, opts.input_shape, opts.threads, min_runs=30,
-                               max_seconds=opts.model_seconds)
-            rows[mode].append({"ratios": ratios, "measured_ms": timing.median_ms,
-                               "layers_ms": float(sum(layers[mode][s] for s in sigs)),
-                               "held_out": i in held_out})
-            report("models", i * len(opts.modes) + j + 1, len(configs) * len(opts.modes))
-    return rows
+        for mode in opts.modes:
+            path = _artifact(pruned, example, mode, folder / f"model{len(files)}")
+            files.append((path, opts.input_shape))
+            rows[mode].append({"ratios": ratios, "mode": mode, "held_out": i in held_out,
+                               "layers": [signature(s) for s in
+                                          layer_specs(onnx.load(str(path)))]})
+    return files, rows
+
+
+def _time_in_passes(opts: ProfileOptions, layer_files: list[tuple[Path, tuple[int, ...]]],
+                    model_files: list[tuple[Path, tuple[int, ...]]], report: Progress,
+                    ) -> tuple[list[float], list[float]]:
+    """The latency of every layer file and every whole-model file, in ms. Other work on a
+    shared machine comes and goes in spells of seconds, some long enough to cover a whole pass
+    over the layers. So the timing goes in ``ROUNDS`` passes, each timing every layer file one
+    after another (``layer_seconds / ROUNDS`` each, at least half of it) and then the whole
+    models together, one run of each in turn (``time_interleaved``, ``model_seconds / ROUNDS``
+    per model); each file keeps its fastest pass. Layers and models are then timed in the same
+    spells, and each has several chances to be timed outside one."""
+    layer_ms = [float("inf")] * len(layer_files)
+    model_ms = [float("inf")] * len(model_files)
+    share = opts.layer_seconds / ROUNDS
+    for r in range(ROUNDS):
+        for i, (path, shape) in enumerate(layer_files):
+            timing = time_once(path, shape, opts.threads, warmup=5, min_runs=20,
+                               min_seconds=share / 2, max_seconds=share, stable_within=0.02)
+            layer_ms[i] = min(layer_ms[i], timing.latency_ms)
+            report("layers", r * len(layer_files) + i + 1, ROUNDS * len(layer_files))
+        timings = time_interleaved(model_files, opts.threads,
+                                   opts.model_seconds / ROUNDS * len(model_files), min_runs=10)
+        model_ms = [min(ms, t.latency_ms) for ms, t in zip(model_ms, timings, strict=True)]
+        report("models", r + 1, ROUNDS)
+    return layer_ms, model_ms

@@ -15,7 +15,12 @@ from edgeslim.cli import main
 from edgeslim.compress.prune import apply_pruning, prunable_groups
 from edgeslim.errors import ConfigError
 from edgeslim.evaluators import latency as latency_module
-from edgeslim.evaluators.latency import LatencyResult, available_cores, measure_latency
+from edgeslim.evaluators.latency import (
+    LatencyResult,
+    available_cores,
+    measure_latency,
+    time_interleaved,
+)
 from edgeslim.evaluators.profile import graph_mode, layer_signatures, load_profile
 from edgeslim.evaluators.profile_build import (
     ProfileOptions,
@@ -41,7 +46,7 @@ def test_host_timing_caps_threads_and_stops_in_whole_blocks(plain_onnx):
     assert result.threads == available_cores() and result.threads_requested == 999
     assert result.capped and result.source == "host" and result.attempts == 1
     assert result.runs >= 30 and result.runs % latency_module.BLOCK == 0
-    assert result.p10_ms <= result.median_ms <= result.p90_ms
+    assert result.latency_ms == result.p10_ms <= result.median_ms <= result.p90_ms
 
 
 def _fake_timings(monkeypatch, spreads):
@@ -170,28 +175,33 @@ def test_profile_command_refuses_an_unknown_runtime(tmp_path, capsys):
 def test_profile_predicts_unseen_resnet20_candidates(tmp_path):
     """A profile of this machine predicts candidates it has not seen: median absolute error at
     most 10% and Spearman rank correlation at least 0.9 against their measured latency."""
-    opts = ProfileOptions(model="resnet20", input_shape=(3, 32, 32), modes=("none",),
-                          threads=1, models=10, holdout=4, layer_seconds=0.3,
-                          model_seconds=1.0)
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(build_profile(opts)))
-    profile = load_profile(path)
     base = build_model("resnet20", 3, 10).eval()
     example = torch.zeros(1, 3, 32, 32)
     groups = prunable_groups(base, example, 10, 8)
     rng = np.random.default_rng(1234)  # not the profile's seed: other candidates
-    predicted, measured = [], []
-    for i in range(10):
+    paths = []
+    for i in range(16):
         model = copy.deepcopy(base)
         ratios = {g.name: float(rng.choice(np.arange(0, 0.85, 0.05))) for g in groups}
         apply_pruning(model, example, ratios, "l1", 8)
-        onnx_path = write_onnx(model, example, tmp_path / f"c{i}.onnx")
-        predicted.append(profile.predict_ms(onnx.load(str(onnx_path))))
-        measured.append(measure_latency(onnx_path, None, 1, max_seconds=1.0).median_ms)
+        paths.append((write_onnx(model, example, tmp_path / f"c{i}.onnx"), (3, 32, 32)))
+    # The candidates are timed as the profile's models are: together, one run of each in turn,
+    # in two windows (before and after the profile is made), each keeping its fastest. On a
+    # shared host a spell of other work can cover a whole window.
+    before = time_interleaved(paths, 1, seconds=4.0)
+    opts = ProfileOptions(model="resnet20", input_shape=(3, 32, 32), modes=("none",),
+                          threads=1, models=10, holdout=4, layer_seconds=0.3,
+                          model_seconds=1.0)
+    (tmp_path / "profile.json").write_text(json.dumps(build_profile(opts)))
+    profile = load_profile(tmp_path / "profile.json")
+    after = time_interleaved(paths, 1, seconds=4.0)
+    measured = np.minimum([t.latency_ms for t in before], [t.latency_ms for t in after])
+    predicted = [profile.predict_ms(onnx.load(str(p))) for p, _ in paths]
     errors = np.abs(np.array(predicted) - measured) / np.array(measured)
     rho = spearmanr(predicted, measured).statistic
-    assert np.median(errors) <= 0.10, f"median error {np.median(errors):.3f}"
-    assert rho >= 0.9, f"Spearman {rho:.3f}"
+    detail = f"predicted {np.round(predicted, 3)}, measured {np.round(measured, 3)}"
+    assert np.median(errors) <= 0.10, f"median error {np.median(errors):.3f}: {detail}"
+    assert rho >= 0.9, f"Spearman {rho:.3f}: {detail}"
 
 
 def test_search_predicts_latency_from_a_matching_profile(plain_profile, tmp_path):

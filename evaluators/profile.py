@@ -113,7 +113,7 @@ class LatencyProfile:
     num_classes: int
     round_to: int
     max_ratio: float
-    layers: dict[str, dict[str, float]]  # mode -> signature -> median ms
+    layers: dict[str, dict[str, float]]  # mode -> signature -> latency ms
     fit: dict[str, dict[str, float]]  # mode -> {"intercept_ms", "slope"}
     error: dict[str, dict[str, Any]]  # mode -> held-out error summary
 

@@ -28,7 +28,7 @@ from edgeslim.evaluators.screening import recalibrated_accuracy
 from edgeslim.models import build_model
 from edgeslim.search.config import default_storage
 from edgeslim.search.screening import CALIBRATION_IMAGES, VAL_IMAGES
-from edgeslim.search.storage import SCREEN_SUFFIX
+from edgeslim.search.storage import SCREEN_SUFFIX, open_storage
 from edgeslim.spaces import Candidate
 
 ROOT = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "screening_fidelity.md")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = default_storage(args.workdir)
+    storage = open_storage(default_storage(args.workdir))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)
              if not s.study_name.endswith(SCREEN_SUFFIX)]
     rows, bases = [], {}

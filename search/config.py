@@ -46,7 +46,7 @@ class SearchConfig:
     storage: str | None = None  # any Optuna storage URL; default: a journal file in ``workdir``
     workdir: Path = Path("edgeslim-runs")
     seed: int = 0
-    sampler: SamplerName = "tpe"
+    sampler: SamplerName = "gp"
     base_recipe: TrainRecipe = field(default_factory=TrainRecipe)
     finetune: TrainRecipe = field(default_factory=TrainRecipe)
     space: SpaceOptions = field(default_factory=SpaceOptions)

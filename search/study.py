@@ -85,9 +85,10 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of a study. TPE (the default) is multivariate and constraint-aware: Optuna 5
-    reads ``Trial.set_constraint``, and so do NSGA-II and the Gaussian-process sampler (``gp``);
-    random ignores the constraints. ``benchmarks/search_vs_rules.py`` compares them."""
+    """The sampler of a study. The Gaussian-process sampler (``gp``, the default), multivariate
+    TPE and NSGA-II are constraint-aware: Optuna 5 reads ``Trial.set_constraint``; random
+    ignores the constraints. ``benchmarks/search_vs_rules.py`` compares them and chose the
+    default."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                           constant_liar=True)

@@ -278,7 +278,7 @@ def test_a_candidate_that_cannot_be_built_is_recorded_and_the_study_goes_on(eval
 
 def test_the_command_records_failed_candidates_and_finishes(model_file, tmp_path, capsys):
     """The whole command on digits with the narrow model: under a size limit every candidate's
-    artifact is checked before training. With seed 3 the sampler draws, in order, a model the
+    artifact is checked before training. With seed 3, TPE draws, in order, a model the
     exporter refuses, one that completes, one whose loss becomes nan, one that completes, one
     onnxruntime refuses; the command ends normally and its summary counts three failures."""
     budget = tmp_path / "board.yaml"
@@ -287,7 +287,7 @@ def test_the_command_records_failed_candidates_and_finishes(model_file, tmp_path
     code = main(["--budget", str(budget), "--model", f"{model_file}:make", "--trials", "5",
                  "--finetune-steps", "2", "--no-references", "--finalists", "0", "--screen",
                  "0", "--base-epochs", "2", "--order", "prune", "--seed", "3",
-                 "--workdir", str(workdir)])
+                 "--sampler", "tpe", "--workdir", str(workdir)])
     assert code == 0
     study = load_study(None, default_storage(workdir))
     trials = study.trials

@@ -30,7 +30,8 @@ export, measurement, storage).
 CPU-sized, stated in the output: the first --per-class training images of each class (10% of
 them carved out for validation) and the next --test-per-class as the test split, base models
 trained for --base-epochs, VGG-11-BN at half width (benchmarks/narrow_models.py). Writes
-benchmarks/results/search_vs_rules.md, .json and .png; rerunning resumes from the .json.
+benchmarks/results/search_vs_rules.md and .json, and the plot docs/search_vs_rules.png;
+rerunning resumes from the .json.
 """
 
 from __future__ import annotations
@@ -304,7 +305,7 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
               "fine-tuning.", "",
               summary(rows)]
     atomic_write(args.out, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
-    plot(rows, args.out.with_suffix(".png"))
+    plot(rows, ROOT.parent / "docs" / f"{args.out.stem}.png")
 
 
 def _rule_means(group: list[dict]) -> dict[str, float]:
@@ -330,6 +331,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -294,7 +294,7 @@ def _bytes_or_none(value: Any, key: str, fail: Any, bad: Any) -> int | None:
     if value is None:
         return None
     amount, relative = _quantity(value, "bytes", key, fail, bad)
-    if relative or amount <= 0:
+    if relative or amount < 1:  # int() of a fraction of a byte would be 0
         raise fail(key, "must be an absolute size > 0 bytes (e.g. 4GB)", value)
     return int(amount)
 

@@ -3,8 +3,8 @@ not seen.
 
 Builds a latency profile of this machine (`optimize profile`'s code), then draws pruned
 candidates with random per-group ratios (another seed than the profile's), exports each in every
-quantization mode, times them in onnxruntime (together, one run of each in turn, before and
-after the profile is made: `time_interleaved`) and compares with the profile's prediction, and
+quantization mode, times them in onnxruntime (together, in turns: `time_interleaved`; in windows
+before, during and after the profile is made) and compares with the profile's prediction, and
 with MACs as a predictor (Spearman rank correlation only: MACs have no unit of time; and the
 error of the best line through them, fitted on these very candidates, which flatters MACs).
 
@@ -36,7 +36,7 @@ from edgeslim.compress.quantize import quantize_onnx
 from edgeslim.evaluators import count_macs
 from edgeslim.evaluators.latency import time_interleaved
 from edgeslim.evaluators.profile import load_profile
-from edgeslim.evaluators.profile_build import ProfileOptions, build_profile
+from edgeslim.evaluators.profile_build import ROUNDS, ProfileOptions, build_profile
 from edgeslim.export import write_onnx
 from edgeslim.fsutil import atomic_write_json
 from edgeslim.models import build_model
@@ -83,18 +83,30 @@ def main() -> None:
                                      iter(calib) if mode == "int8_static" else None)
                 files.append((path, shape))
                 rows.append({"candidate": i, "mode": mode, "macs": macs})
-        # Measured latency: all candidate files timed together, one run of each in turn, in a
-        # window before and one after the profile is made, each file keeping its fastest; on a
-        # shared host a spell of other work can cover a whole timing of one file.
+        # Measured latency: all candidate files timed together, in turns, in a window before
+        # the profile is made, one after each of its passes over its own models and one after
+        # it, each file keeping its fastest: candidates and profile are timed in the same
+        # spells of other work on a shared host.
         seconds = WINDOW_SECONDS * len(files)
-        before = time_interleaved(files, args.threads, seconds)
+        windows = [time_interleaved(files, args.threads, seconds)]
+        window_seconds = 0.0
+
+        def window_after_each_model_pass(phase: str, done: int, total: int) -> None:
+            nonlocal window_seconds
+            if phase == "models":
+                t0 = time.perf_counter()
+                windows.append(time_interleaved(files, args.threads, seconds))
+                window_seconds += time.perf_counter() - t0
+
         start = time.perf_counter()
-        (tmp / "profile.json").write_text(json.dumps(build_profile(opts)))
-        profile_seconds = time.perf_counter() - start
+        built = build_profile(opts, progress=window_after_each_model_pass)
+        profile_seconds = time.perf_counter() - start - window_seconds  # the profile's own
+        (tmp / "profile.json").write_text(json.dumps(built))
         profile = load_profile(tmp / "profile.json")
-        after = time_interleaved(files, args.threads, seconds)
-        for row, (path, _), b, a in zip(rows, files, before, after, strict=True):
-            row["measured_ms"] = min(b.latency_ms, a.latency_ms)
+        windows.append(time_interleaved(files, args.threads, seconds))
+        measured = np.min([[t.latency_ms for t in w] for w in windows], axis=0)
+        for row, (path, _), ms in zip(rows, files, measured, strict=True):
+            row["measured_ms"] = float(ms)
             row["predicted_ms"] = profile.predict_ms(onnx.load(str(path)))
     summary = {}
     for mode in modes:
@@ -121,9 +133,10 @@ def main() -> None:
         f"{onnxruntime.__version__}. Profile: {len(next(iter(profile.layers.values())))} layer "
         f"configurations per mode, built in {profile_seconds / 60:.1f} min. "
         f"{args.candidates} candidates pruned with random per-group ratios (seed {args.seed}, "
-        "not the profile's), predicted from the profile and timed together (one run of each in "
-        f"turn, {WINDOW_SECONDS:g} s per file, in a window before and one after the profile "
-        "is made, fastest kept; latency is the 10th percentile of a file's run times).",
+        "not the profile's), predicted from the profile and timed together (in turns of one "
+        f"untimed and five timed runs, {WINDOW_SECONDS:g} s per file, in a window before the "
+        f"profile is made, one after each of its {ROUNDS} passes over its models and one after "
+        "it, fastest kept; latency is the 10th percentile of a file's run times).",
         "", "| mode | profile: median error | max error | Spearman | MACs: Spearman | "
         "best MACs line: median error |", "|---|---|---|---|---|---|",
     ]

@@ -109,12 +109,15 @@ def time_once(onnx_path: Path, input_shape: tuple[int, ...], threads: int, warmu
 
 
 def time_interleaved(files: list[tuple[Path, tuple[int, ...]]], threads: int, seconds: float,
-                     warmup: int = 5, min_runs: int = 30, seed: int = 0,
+                     warmup: int = 5, min_runs: int = 30, burst: int = 5, seed: int = 0,
                      ) -> list[LatencyResult]:
-    """Several files timed together: one run of each in turn, for ``seconds`` in all and at
-    least ``min_runs`` runs each. Spells of other work on the machine then fall on every file
-    alike, so their latencies compare even on a busy shared host, where files timed one after
-    another can each land in a different spell."""
+    """Several files timed together, in turns: each file's turn is one untimed run, which
+    brings its weights back into the caches the other files used, then ``burst`` timed runs;
+    for ``seconds`` in all and at least ``min_runs`` timed runs each. Spells of other work on
+    the machine then fall on every file alike, so their latencies compare even on a busy
+    shared host, where files timed one after another can each land in a different spell; and
+    each file is timed warm, as it runs on a device that runs only it (one run of each in
+    turn would time every run with cold caches, slower the more files are timed together)."""
     used = max(1, min(threads, available_cores()))
     opened = []
     for path, shape in files:
@@ -127,9 +130,11 @@ def time_interleaved(files: list[tuple[Path, tuple[int, ...]]], threads: int, se
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(times[-1]) < min_runs:
         for (session, feed), runs in zip(opened, times, strict=True):
-            t0 = time.perf_counter()
             session.run(None, feed)
-            runs.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                session.run(None, feed)
+                runs.append((time.perf_counter() - t0) * 1e3)
     return [_result(runs, used, threads) for runs in times]
 
 

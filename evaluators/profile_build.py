@@ -247,9 +247,9 @@ def _time_in_passes(opts: ProfileOptions, layer_files: list[tuple[Path, tuple[in
     shared machine comes and goes in spells of seconds, some long enough to cover a whole pass
     over the layers. So the timing goes in ``ROUNDS`` passes, each timing every layer file one
     after another (``layer_seconds / ROUNDS`` each, at least half of it) and then the whole
-    models together, one run of each in turn (``time_interleaved``, ``model_seconds / ROUNDS``
-    per model); each file keeps its fastest pass. Layers and models are then timed in the same
-    spells, and each has several chances to be timed outside one."""
+    models together, in turns (``time_interleaved``, ``model_seconds / ROUNDS`` per model);
+    each file keeps its fastest pass. Layers and models are then timed in the same spells, and
+    each has several chances to be timed outside one."""
     layer_ms = [float("inf")] * len(layer_files)
     model_ms = [float("inf")] * len(model_files)
     share = opts.layer_seconds / ROUNDS

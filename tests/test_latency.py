@@ -23,6 +23,7 @@ from edgeslim.evaluators.latency import (
 )
 from edgeslim.evaluators.profile import graph_mode, layer_signatures, load_profile
 from edgeslim.evaluators.profile_build import (
+    ROUNDS,
     ProfileOptions,
     build_profile,
     layer_configurations,
@@ -185,17 +186,25 @@ def test_profile_predicts_unseen_resnet20_candidates(tmp_path):
         ratios = {g.name: float(rng.choice(np.arange(0, 0.85, 0.05))) for g in groups}
         apply_pruning(model, example, ratios, "l1", 8)
         paths.append((write_onnx(model, example, tmp_path / f"c{i}.onnx"), (3, 32, 32)))
-    # The candidates are timed as the profile's models are: together, one run of each in turn,
-    # in two windows (before and after the profile is made), each keeping its fastest. On a
-    # shared host a spell of other work can cover a whole window.
-    before = time_interleaved(paths, 1, seconds=4.0)
+    # The candidates are timed as the profile's models are: together, in turns, in several
+    # windows, each keeping its fastest. A window follows each of the profile's own passes over
+    # its models, so candidates and profile are timed in the same spells of other work on a
+    # shared host, with one more window before and one after.
+    windows = [time_interleaved(paths, 1, seconds=3.0)]
+
+    def window_after_each_model_pass(phase: str, done: int, total: int) -> None:
+        if phase == "models":
+            windows.append(time_interleaved(paths, 1, seconds=3.0))
+
     opts = ProfileOptions(model="resnet20", input_shape=(3, 32, 32), modes=("none",),
                           threads=1, models=10, holdout=4, layer_seconds=0.3,
                           model_seconds=1.0)
-    (tmp_path / "profile.json").write_text(json.dumps(build_profile(opts)))
+    built = build_profile(opts, progress=window_after_each_model_pass)
+    (tmp_path / "profile.json").write_text(json.dumps(built))
     profile = load_profile(tmp_path / "profile.json")
-    after = time_interleaved(paths, 1, seconds=4.0)
-    measured = np.minimum([t.latency_ms for t in before], [t.latency_ms for t in after])
+    windows.append(time_interleaved(paths, 1, seconds=3.0))
+    assert len(windows) == 2 + ROUNDS
+    measured = np.min([[t.latency_ms for t in w] for w in windows], axis=0)
     predicted = [profile.predict_ms(onnx.load(str(p))) for p, _ in paths]
     errors = np.abs(np.array(predicted) - measured) / np.array(measured)
     rho = spearmanr(predicted, measured).statistic

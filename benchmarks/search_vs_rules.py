@@ -258,7 +258,8 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
                "../shared/data/cifar10-train-jpeg.tar.gz" +
                "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                        if k in ("per_class", "test_per_class", "base_epochs", "finetune_epochs",
-                                "trials", "models", "reductions")))
+                                "trials", "models", "reductions", "methods",
+                                "extra_methods")))
     n_val = args.per_class // 10
     lines = [
         "# Searched per-layer pruning against hand-picked rules, CIFAR-10", "",
@@ -278,7 +279,8 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         "by validation accuracy. Lift: searched minus the best rule, on test accuracy. "
         "Methods: search = TPE with screening (4 x trials allocations screened by recalibrated "
         "accuracy, the best fine-tuned); random = random search without screening; nsga2, gp "
-        "= those samplers with screening; tpe-no-screen = TPE alone.", "",
+        "= those samplers with screening (gp is optimize's default); tpe-no-screen = TPE "
+        "alone.", "",
         "| model | MACs | method | uniform | PA | FA | MA | searched | lift (test) | wall "
         "| screening | measuring | other |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

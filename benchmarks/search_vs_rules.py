@@ -209,7 +209,9 @@ def main() -> None:
     storage = default_storage(args.workdir)
     models = args.models.split(",")
     reductions = [int(r) for r in args.reductions.split(",")]
-    jobs = [(m, r, s) for m in models for r in reductions for s in args.methods.split(",")]
+    # Each method over every reduction before the next method: an interrupted run has whole
+    # rows of the first methods.
+    jobs = [(m, r, s) for m in models for s in args.methods.split(",") for r in reductions]
     jobs += [(models[0], 3, s) for s in args.extra_methods.split(",") if s]
     done = args.out.with_suffix(".json")
     log = io.StringIO()

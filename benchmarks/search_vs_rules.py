@@ -342,6 +342,9 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in rows})
+    # One colour per rule and method across the panels.
+    colours = dict(zip([*RULES.values(), *METHODS], plt.rcParams["axes.prop_cycle"].by_key()
+                       ["color"] * 2, strict=False))
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
         group = [r for r in rows if r["model"] == model]
@@ -350,12 +353,12 @@ def plot(rows: list[dict], path: Path) -> None:
             ys = [_rule_means([r for r in group if r["reduction"] == red]).get(label)
                   for red in reductions]
             ax.plot(reductions, [100 * y if y is not None else float("nan") for y in ys],
-                    "--o", label=label, alpha=0.7)
+                    "--o", label=label, alpha=0.7, color=colours[label])
         for method in METHODS:
             pts = sorted((r["reduction"], 100 * r["searched"]["test"]) for r in group
                          if r["method"] == method and r["searched"])
             if pts:
-                ax.plot(*zip(*pts), "-s", label=method, linewidth=2)
+                ax.plot(*zip(*pts), "-s", label=method, linewidth=2, color=colours[method])
         ax.set_title(f"{model}, CIFAR-10")
         ax.set_xlabel("MACs reduction (x)")
         ax.set_ylabel("test accuracy (%)")

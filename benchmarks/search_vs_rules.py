@@ -198,9 +198,12 @@ def main() -> None:
         rows = _read(args.out.with_suffix(".json"))
         for row in rows:
             model = next((k for k, v in MODELS.items() if v == row["model"]), row["model"])
-            name = f"{model.rpartition(':')[2]}-{row['reduction']}x-{row['method']}"
+            name = _study_name(model, row["reduction"], row["method"])
             row.update(timing(load_study(name, storage), storage))
-        write(rows, args)
+        # The table keeps the command that ran the studies, not this one's.
+        made_by = next(line for line in args.out.read_text().splitlines()
+                       if line.startswith("Command: "))
+        write(rows, args, made_by.removeprefix("Command: ").strip("`"))
         return
     root = cifar_split(args.archive, args.per_class, args.test_per_class)
     dataset = f"imagefolder:{root}"
@@ -220,7 +223,7 @@ def main() -> None:
             continue
         budget = args.workdir / f"macs-{r}x.yaml"
         budget.write_text(BUDGET.format(r=r, pct=100 / r))
-        name = f"{model.rpartition(':')[2]}-{r}x-{method}"
+        name = _study_name(model, r, method)
         run(["--budget", str(budget), "--model", model, "--dataset", dataset,
              "--stages", "prune", "--trials", str(args.trials), *METHODS[method],
              "--finalists", "0", "--base-epochs", f"{args.base_epochs:g}",
@@ -231,6 +234,10 @@ def main() -> None:
         # Another process may run other models into the same table: merge with what it wrote.
         rows = [x for x in _read(done) if _key(x) != _key(row)] + [row]
         write(rows, args)
+
+
+def _study_name(model: str, reduction: int, method: str) -> str:
+    return f"{model.rpartition(':')[2]}-{reduction}x-{method}"
 
 
 def _read(path: Path) -> list[dict]:
@@ -249,14 +256,14 @@ def _share(row: dict, key: str) -> str:
     return f"{100 * row[key] / row['wall_s']:.1f}%"
 
 
-def write(rows: list[dict], args: argparse.Namespace) -> None:
+def write(rows: list[dict], args: argparse.Namespace, command: str | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     order = {m: i for i, m in enumerate([*MODELS.values(), *METHODS])}
     rows = sorted(rows, key=lambda x: (order.get(x["model"], 99), x["reduction"],
                                        order.get(x["method"], 99)))
     atomic_write(args.out.with_suffix(".json"),
                  lambda tmp: tmp.write_text(json.dumps(rows, indent=1) + "\n"))
-    command = ("nice -n 10 uv run python benchmarks/search_vs_rules.py --archive "
+    command = command or ("nice -n 10 uv run python benchmarks/search_vs_rules.py --archive "
                "../shared/data/cifar10-train-jpeg.tar.gz" +
                "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                        if k in ("per_class", "test_per_class", "base_epochs", "finetune_epochs",

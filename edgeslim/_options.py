@@ -18,8 +18,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     """The search's typed configuration from the parsed command line; every option is
     checked here, so that a mistake costs nothing."""
     from edgeslim.budget import load_budget
-    from edgeslim.compress import IMPORTANCES, order_name
-    from edgeslim.compress.prune import UNRANKED
+    from edgeslim.compress import order_name
+    from edgeslim.compress.prune import CRITERIA
     from edgeslim.data import dataset_entry
     from edgeslim.models import resolve_factory
     from edgeslim.spaces.presets import preset
@@ -29,9 +29,9 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     entry = dataset_entry(args.dataset)
     resolve_factory(args.model)  # an unknown model fails here, before anything is written
     importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())
-    unknown = [i for i in importances if i not in (*IMPORTANCES, UNRANKED)]
+    unknown = [i for i in importances if i not in CRITERIA]
     if unknown or not importances:
-        raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, {UNRANKED}, "
+        raise ConfigError(f"--importance: must be among {', '.join(CRITERIA)}, "
                           f"got {args.importance!r}")
     if not 0 < args.max_ratio < 1:
         raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")

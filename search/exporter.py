@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from torch import nn
 
 from edgeslim.compress import apply_pruning
+from edgeslim.compress.prune import UNRANKED
 from edgeslim.data import load_dataset
 from edgeslim.errors import ConfigError, StudyError
 from edgeslim.evaluators import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, DEPLOYABLE
@@ -80,8 +81,10 @@ def rebuild_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, state_pa
     candidate = Candidate.from_dict(trial.user_attrs["candidate"])
     kept: dict[str, int] = {}
     if "prune" in candidate.order:
-        kept = apply_pruning(model, torch.zeros(1, *shape), candidate.ratios,
-                             candidate.importance, candidate.round_to)
+        # Only the channel counts matter here (the weights are loaded next), so the channels
+        # are not ranked: a criterion that reads gradients would need training images.
+        kept = apply_pruning(model, torch.zeros(1, *shape), candidate.ratios, UNRANKED,
+                             candidate.round_to)
     recorded = {k.removeprefix("channels/"): v for k, v in trial.user_attrs.items()
                 if k.startswith("channels/")}
     if recorded and kept != recorded:

@@ -31,7 +31,9 @@ from optuna.trial import TrialState
 from torch import nn
 
 from edgeslim.compress import apply_pruning
+from edgeslim.compress.prune import GRADIENT_IMAGES, criterion
 from edgeslim.data import DataBundle
+from edgeslim.evaluators.recovery import labelled_batches
 from edgeslim.evaluators.screening import recalibrated_accuracy
 from edgeslim.search.objective import BUILT_AS_ATTR
 from edgeslim.search.repair import STRUCTURAL, StaticCheck, repair
@@ -77,8 +79,10 @@ class ScreenObjective:
             trial.set_user_attr(name, value)
         if key not in self._scores:  # the sampler often lands on a structure it has seen
             model = copy.deepcopy(self.base).cpu().eval()
+            batches = labelled_batches(self.data, GRADIENT_IMAGES, self.seed) \
+                if criterion(candidate.importance).needs_gradients else None
             apply_pruning(model, self.example, candidate.ratios, candidate.importance,
-                          candidate.round_to)
+                          candidate.round_to, batches=batches)
             self._scores[key] = recalibrated_accuracy(model, self.data, CALIBRATION_IMAGES,
                                                       VAL_IMAGES, self.seed)
         trial.set_user_attr(SCORE_ATTR, self._scores[key])

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from edgeslim.compress.prune import (
+    CRITERIA,
     IMPORTANCES,
-    UNRANKED,
     PrunableGroup,
     kept_channels,
     prunable_groups,
@@ -49,10 +49,9 @@ class PruningSpace:
             raise ConfigError(f"ratio step: must be > 0 and <= max ratio, got {self.step}")
         if self.round_to < 1:
             raise ConfigError(f"--round-to: must be >= 1 channel, got {self.round_to}")
-        unknown = [i for i in self.importances if i not in (*IMPORTANCES, UNRANKED)]
+        unknown = [i for i in self.importances if i not in CRITERIA]
         if unknown or not self.importances:
-            raise ConfigError(f"--importance: must be among {', '.join(IMPORTANCES)}, "
-                              f"{UNRANKED}, "
+            raise ConfigError(f"--importance: must be among {', '.join(CRITERIA)}, "
                               f"got {', '.join(unknown) or 'none'}")
 
     @classmethod

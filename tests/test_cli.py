@@ -163,7 +163,8 @@ def test_export_of_a_missing_storage_creates_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--model", "resnet21"], "unknown model 'resnet21'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["--importance", "taylor"], "--importance: must be among l1, l2, bn_scale, lamp"),
+    (["--importance", "fisher"], "--importance: must be among l1, l2, bn_scale, lamp, "
+                                 "taylor, hessian, none, got 'fisher'"),
     (["--max-ratio", "1.5"], "--max-ratio: must be > 0 and < 1, got 1.5"),
     (["--checkpoint", "missing.pt"], "--checkpoint: no such file missing.pt"),
     (["--cluster-counts", "1,16"], "--cluster-counts: each count must be >= 2, got '1,16'"),

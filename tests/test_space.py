@@ -59,8 +59,8 @@ def test_space_uses_optuna_distributions():
 @pytest.mark.parametrize("options, message", [
     ({"max_ratio": 1.0}, "--max-ratio: must be > 0 and < 1, got 1.0"),
     ({"round_to": 0}, "--round-to: must be >= 1 channel, got 0"),
-    ({"importances": ("taylor",)}, "--importance: must be among l1, l2, bn_scale, lamp, none, "
-                                   "got taylor"),
+    ({"importances": ("fisher",)}, "--importance: must be among l1, l2, bn_scale, lamp, "
+                                   "taylor, hessian, none, got fisher"),
 ])
 def test_space_options_are_validated(options, message):
     with pytest.raises(ConfigError) as info:

@@ -12,15 +12,17 @@ model despite fewer MACs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import CandidateError
 
+# The criteria the search chooses from by default (``CRITERIA`` lists every one).
 IMPORTANCES = ("l1", "l2", "bn_scale", "lamp")
 # Not ranked: the first channels of each group are kept. Offered to presets of methods that
 # prune without ranking filters; not among the criteria the search chooses from by default.
@@ -124,19 +126,45 @@ def kept_channels(channels: int, ratio: float, round_to: int = 8) -> int:
     return int(min(channels, snapped))
 
 
-def _importance(name: str) -> tp.importance.Importance:
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    if name == "lamp":
-        return tp.importance.LAMPImportance(p=2)
-    if name == UNRANKED:
-        return _first_channels
-    raise ValueError(f"unknown importance {name!r}; valid: {', '.join(IMPORTANCES)}, "
-                     f"{UNRANKED}")
+@dataclass(frozen=True)
+class Criterion:
+    """A channel importance criterion: how torch-pruning scores the channels of a group.
+
+    ``needs_gradients``: the scorer reads gradients of the loss on training images, which
+    ``apply_pruning`` computes on the unpruned model from its ``batches`` first.
+    """
+
+    make: Callable[[], Callable[[tp.Group], torch.Tensor | None]]
+    needs_gradients: bool = False
+    per_sample: bool = False  # squared gradients accumulated sample by sample (Hessian)
+
+
+CRITERIA: dict[str, Criterion] = {
+    "l1": Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=1)),
+    # The group norm (Fang et al., DepGraph, CVPR 2023): the L2 norm of every parameter the
+    # group removes, across all its layers.
+    "l2": Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=2)),
+    "bn_scale": Criterion(lambda: tp.importance.BNScaleImportance()),
+    "lamp": Criterion(lambda: tp.importance.LAMPImportance(p=2)),
+    # First-order Taylor expansion of the loss (Molchanov et al., CVPR 2019): |w * dL/dw|.
+    "taylor": Criterion(lambda: tp.importance.GroupTaylorImportance(), needs_gradients=True),
+    # Optimal Brain Damage's diagonal Hessian, from squared per-sample gradients.
+    "hessian": Criterion(lambda: tp.importance.GroupHessianImportance(), needs_gradients=True,
+                         per_sample=True),
+    UNRANKED: Criterion(lambda: _first_channels),
+}
+# Images whose loss gradients the gradient criteria read (Taylor: summed over batches; Hessian:
+# squared per image, so it sees fewer).
+GRADIENT_IMAGES = 512
+HESSIAN_IMAGES = 64
+
+
+def criterion(name: str) -> Criterion:
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise ValueError(f"unknown importance {name!r}; valid: {', '.join(CRITERIA)}") \
+            from None
 
 
 def _first_channels(group: tp.Group) -> torch.Tensor:
@@ -145,10 +173,51 @@ def _first_channels(group: tp.Group) -> torch.Tensor:
     return torch.arange(n, 0, -1, dtype=torch.float32)
 
 
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (normalised inputs, labels)
+
+
+def _scorer(name: str, model: nn.Module, batches: Batches | None):
+    """The criterion's scorer, its gradients computed on ``model`` when it reads them."""
+    crit = criterion(name)
+    scorer = crit.make()
+    if not crit.needs_gradients:
+        return scorer
+    if not batches:
+        raise ValueError(f"importance {name!r} reads loss gradients: give training batches")
+    was_training = model.training
+    model.eval()  # batch-norm statistics stay the base model's
+    model.zero_grad(set_to_none=True)
+    try:
+        with torch.enable_grad():
+            if crit.per_sample:
+                scorer.zero_grad()
+                seen = 0
+                for x, y in batches:
+                    for xi, yi in zip(x, y):
+                        if seen >= HESSIAN_IMAGES:
+                            break
+                        model.zero_grad(set_to_none=True)
+                        F.cross_entropy(model(xi[None]), yi[None]).backward()
+                        scorer.accumulate_grad(model)
+                        seen += 1
+            else:
+                for x, y in batches:
+                    F.cross_entropy(model(x), y, reduction="sum").backward()
+    finally:
+        model.train(was_training)
+    return scorer
+
+
 def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping[str, float],
-                  importance: str = "l2", round_to: int = 8) -> dict[str, int]:
+                  importance: str = "l2", round_to: int = 8, batches: Batches | None = None,
+                  kept_indices: dict[str, KeptIndices] | None = None) -> dict[str, int]:
     """Removes channels from ``model`` in place: for each group root named in ``ratios``, the
     least important channels (by ``importance``) until ``kept_channels`` remain.
+
+    Every group is scored on the unpruned model, then pruned. ``batches`` (training images and
+    labels) feed the criteria that read loss gradients (``taylor``, ``hessian``). When
+    ``kept_indices`` is given, it receives, for every layer that lost channels, the indices of
+    the unpruned layer's output and input channels it keeps (``KeptIndices``).
 
     Returns:
         The kept output channels of every group root named in ``ratios``.
@@ -157,9 +226,10 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
         CandidateError: when a name is not a prunable layer or the graph rejects the pruning.
     """
     graph = dependency_graph(model, example_input)
-    scorer = _importance(importance)
-    fallback = _importance("l2")
+    modules = {m: n for n, m in model.named_modules()}
+    plan: list[tuple[str, nn.Module, list[int]]] = []
     kept = {}
+    scorer = None
     for name, ratio in ratios.items():
         try:
             module = model.get_submodule(name)
@@ -172,14 +242,45 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
         kept[name] = keep
         if keep >= current:
             continue
-        fn = _prune_fn(module)
-        group = graph.get_pruning_group(module, fn, idxs=list(range(current)))
+        scorer = scorer or _scorer(importance, model, batches)
+        group = graph.get_pruning_group(module, _prune_fn(module), idxs=list(range(current)))
         scores = scorer(group)
         if scores is None:  # e.g. bn_scale on a group without batch norm
-            scores = fallback(group)
-        drop = torch.argsort(scores)[: current - keep].tolist()
-        group = graph.get_pruning_group(module, fn, idxs=sorted(drop))
+            scores = criterion("l2").make()(group)
+        plan.append((name, module, sorted(torch.argsort(scores)[: current - keep].tolist())))
+    model.zero_grad(set_to_none=True)
+    for name, module, drop in plan:
+        group = graph.get_pruning_group(module, _prune_fn(module), idxs=drop)
         if not graph.check_pruning_group(group):
-            raise CandidateError(f"pruning {name!r} to {keep} channels would empty a layer")
+            raise CandidateError(f"pruning {name!r} to {kept[name]} channels would empty a layer")
+        if kept_indices is not None:
+            _record(group, modules, kept_indices)
         group.prune()
     return kept
+
+
+@dataclass
+class KeptIndices:
+    """Which channels of the unpruned layer a pruned layer keeps, in order (``None``: all)."""
+
+    out: list[int] | None = None
+    inp: list[int] | None = None
+
+
+def _record(group: tp.Group, modules: dict[nn.Module, str],
+            kept: dict[str, KeptIndices]) -> None:
+    """Notes, before ``group`` prunes, which channels each of its conv and linear layers
+    keeps; indices compose over groups that prune the same layer in turn."""
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, _ROOT_TYPES) or module not in modules:
+            continue
+        entry = kept.setdefault(modules[module], KeptIndices())
+        drop = set(item.idxs)
+        if _is_out_pruning(item):
+            current = entry.out if entry.out is not None else list(range(_out_dim(module)))
+            entry.out = [c for i, c in enumerate(current) if i not in drop]
+        elif getattr(item.dep.handler, "__name__", "") == "prune_in_channels":
+            size = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            current = entry.inp if entry.inp is not None else list(range(size))
+            entry.inp = [c for i, c in enumerate(current) if i not in drop]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.data import DataBundle, Split, augment_batch
+from edgeslim.distill import BlockAttention
 from edgeslim.errors import CandidateError
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -35,7 +36,8 @@ class TrainRecipe:
     SGD with Nesterov momentum; the learning rate rises linearly for the first
     ``warmup_fraction`` of the steps, then falls linearly to zero (a one-cycle schedule, which
     makes short runs converge). With ``distill_alpha`` > 0 and a teacher, the loss is
-    ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * cross_entropy``.
+    ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * cross_entropy``, plus
+    ``distill_features`` times the attention-transfer loss of the block outputs.
     """
 
     epochs: float = 15.0  # passes over the training split; fractions allowed
@@ -48,14 +50,19 @@ class TrainRecipe:
     label_smoothing: float = 0.1
     distill_alpha: float = 0.0  # weight of the distillation term; 0 turns it off
     distill_temperature: float = 4.0
+    # Weight of attention transfer on the block outputs (``edgeslim.distill``); 0 turns it off.
+    distill_features: float = 0.0
     precision: Precision = "auto"
     channels_last: bool = True
     seed: int = 0
     subset: float = 1.0  # fraction of the training split drawn from (a fixed one per seed)
 
     def total_steps(self, n_train: int) -> int:
+        """Optimizer steps: ``steps``, or ``epochs`` passes (0 epochs: no step at all)."""
         if self.steps is not None:
             return max(1, self.steps)
+        if self.epochs == 0:
+            return 0
         per_epoch = max(1, self.subset_size(n_train) // self.batch_size)
         return max(1, math.ceil(self.epochs * per_epoch))
 
@@ -177,6 +184,8 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(recipe.precision, device))
     ctx, _ = autocast_for(recipe.precision, device)
+    features = BlockAttention(model, teacher) \
+        if teacher is not None and recipe.distill_features > 0 else None
     x_all, y_all = data.train.x, data.train.y
     perm, pos, loss_value = torch.randperm(n, generator=gen), 0, float("nan")
     start = time.perf_counter()
@@ -196,6 +205,8 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
                     t_logits = teacher(xb).float()
                 loss = (1 - recipe.distill_alpha) * loss + recipe.distill_alpha * \
                     _distill_loss(logits.float(), t_logits, recipe.distill_temperature)
+                if features is not None:
+                    loss = loss + recipe.distill_features * features.loss()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -206,6 +217,8 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
             raise CandidateError(f"training loss became {loss_value} at step {step + 1}/{total}")
         if on_step is not None:
             on_step(step + 1, total)
+    if features is not None:
+        features.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ from torch import nn
 
 from edgeslim.budget import Runtime
 from edgeslim.compress import quantize_onnx, tied
+from edgeslim.compress.prune import GRADIENT_IMAGES
 from edgeslim.data import DataBundle
 from edgeslim.evaluators._base import STATIC_MEASURES, Caps, Evaluator, Measurement
 from edgeslim.evaluators.accuracy import onnx_accuracy
@@ -27,7 +28,8 @@ from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
-from edgeslim.evaluators.stages import model_stage
+from edgeslim.evaluators.recovery import Recovery, labelled_batches, recover
+from edgeslim.evaluators.stages import StageContext, model_stage
 from edgeslim.export import write_onnx
 from edgeslim.fsutil import atomic_torch_save
 from edgeslim.packing import SUFFIX, restore_onnx, write_packed
@@ -84,6 +86,7 @@ class StagedEvaluator(Evaluator):
     calibration_images: int = 256
     seed: int = 0
     meter: LatencyMeter | None = None  # where latency comes from; default: timed on this host
+    recovery: Recovery = field(default_factory=Recovery)  # between each stage and its fine-tune
 
     def __post_init__(self) -> None:
         self.base = self.base.cpu().eval().to(memory_format=torch.contiguous_format)
@@ -111,10 +114,18 @@ class StagedEvaluator(Evaluator):
             if name == "quantize":
                 continue
             stage = model_stage(name)
-            info.update(stage.apply(model, candidate, self.example, self.seed))
+            context = StageContext(self.seed, batches=lambda: labelled_batches(
+                self.data, GRADIENT_IMAGES, self.seed))
+            before = copy.deepcopy(model) if finetune and self.recovery.reconstruct else None
+            start = time.perf_counter()
+            info.update(stage.apply(model, candidate, self.example, self.seed, context))
+            info[f"{name}_seconds"] = round(time.perf_counter() - start, 3)
             clustered |= stage.clustered(model, candidate)
             masked |= stage.masked(model, candidate)
             if finetune:
+                # Layers already clustered or sparsified keep their values: not refitted.
+                kept = {k: v for k, v in context.kept.items() if k not in clustered | masked}
+                info.update(recover(model, before, kept, self.recovery, self.data, self.seed))
                 with tied(model, clustered, masked):
                     finetunes.append(train(model, self.data, self.recipe, teacher=teacher))
         model = model.cpu().eval()

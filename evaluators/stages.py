@@ -7,13 +7,25 @@ Quantization is not among them: it works on the exported ONNX file
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from edgeslim.compress import apply_pruning, cluster_weights, sparsify, weight_layers
+from edgeslim.compress.prune import Batches, KeptIndices, criterion
 from edgeslim.spaces import Candidate
+
+
+@dataclass
+class StageContext:
+    """What a stage may read beyond the model and the candidate, and what it reports back."""
+
+    seed: int = 0
+    batches: Callable[[], Batches] | None = None  # labelled training batches, made on demand
+    kept: dict[str, KeptIndices] = field(default_factory=dict)  # filled by pruning
 
 
 class Stage(ABC):
@@ -24,7 +36,7 @@ class Stage(ABC):
 
     @abstractmethod
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         """Applies the stage; returns facts for the trial's user attributes."""
 
     def masked(self, model: nn.Module, candidate: Candidate) -> set[str]:
@@ -42,9 +54,15 @@ class PruneStage(Stage):
     name = "prune"
 
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
+        context = context or StageContext(seed)
+        batches = None
+        if criterion(candidate.importance).needs_gradients:
+            if context.batches is None:
+                raise ValueError(f"importance {candidate.importance!r} needs training batches")
+            batches = context.batches()
         kept = apply_pruning(model, example, candidate.ratios, candidate.importance,
-                             candidate.round_to)
+                             candidate.round_to, batches=batches, kept_indices=context.kept)
         return {f"channels/{name}": n for name, n in kept.items()}
 
 
@@ -54,7 +72,7 @@ class SparsifyStage(Stage):
     name = "sparsify"
 
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         sparsify(model, candidate.sparsity)
         return {}
 
@@ -68,7 +86,7 @@ class ClusterStage(Stage):
     name = "cluster"
 
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         distinct = cluster_weights(model, candidate.counts, candidate.cluster_method, seed)
         return {f"clusters/{name}": n for name, n in distinct.items()}
 

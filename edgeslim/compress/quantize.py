@@ -20,6 +20,8 @@ Whether int8 runs faster depends on the CPU: measure the artifact, never assume.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -33,6 +35,10 @@ from edgeslim.errors import CandidateError
 from edgeslim.export import INPUT_NAME, ORT_ERRORS, one_line, ort_reason
 
 QUANT_MODES = ("none", "int8_static", "int8_dynamic", "fp16")
+# How int8_static sets each activation's range from the calibration images (onnxruntime's
+# calibrators): the extremes seen, a percentile of the magnitudes (99.999th), or the range that
+# minimises the KL divergence between the float and the quantized histograms (entropy).
+CALIBRATIONS = ("minmax", "percentile", "entropy")
 # How quantization fails on a graph it cannot handle, a property of that candidate: the
 # quantizer (Python code) raises ValueError, NotImplementedError or RuntimeError, or fails one
 # of its many asserts, for a node pattern it does not support; its calibration runs the graph
@@ -47,10 +53,12 @@ _WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
 def quantize_onnx(src: Path, dst: Path, mode: str,
-                  calibration: Iterator[np.ndarray] | None = None) -> Path:
+                  calibration: Iterator[np.ndarray] | None = None,
+                  calibrate: str = "minmax") -> Path:
     """Writes ``src`` quantized with ``mode`` to ``dst`` and returns ``dst``.
 
-    ``calibration`` yields float32 input batches (already normalised) for ``int8_static``.
+    ``calibration`` yields float32 input batches (already normalised) for ``int8_static``;
+    ``calibrate`` is how their activation ranges are set (``CALIBRATIONS``).
 
     Raises:
         CandidateError: when the quantizer fails on the model (``QUANT_ERRORS``).
@@ -59,6 +67,8 @@ def quantize_onnx(src: Path, dst: Path, mode: str,
         raise ValueError(f"unknown quantization mode {mode!r}; valid: {', '.join(QUANT_MODES)}")
     if mode == "int8_static" and calibration is None:
         raise ValueError("int8_static needs calibration batches")
+    if calibrate not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATIONS)}")
     src, dst = Path(src), Path(dst)
     if mode == "none":
         dst.write_bytes(src.read_bytes())
@@ -67,7 +77,7 @@ def quantize_onnx(src: Path, dst: Path, mode: str,
         if mode == "fp16":
             onnx.save(fp16_weights(onnx.load(str(src))), str(dst))
         else:
-            _int8(src, dst, mode, calibration)
+            _int8(src, dst, mode, calibration, calibrate)
     except QUANT_ERRORS as exc:
         detail = f" in onnxruntime: {ort_reason(exc)}" if isinstance(exc, ORT_ERRORS) \
             else f": {type(exc).__name__}: {one_line(exc)}"
@@ -75,7 +85,8 @@ def quantize_onnx(src: Path, dst: Path, mode: str,
     return dst
 
 
-def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | None) -> None:
+def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | None,
+          calibrate: str = "minmax") -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -86,7 +97,9 @@ def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | N
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    # The histogram calibrators print their progress to stdout: kept off the terminal.
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
@@ -104,7 +117,10 @@ def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | N
 
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        weight_type=QuantType.QInt8, calibrate_method={
+                            "minmax": CalibrationMethod.MinMax,
+                            "percentile": CalibrationMethod.Percentile,
+                            "entropy": CalibrationMethod.Entropy}[calibrate])
 
 
 def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,75 @@
+"""What a candidate gets between a stage and its fine-tune, so that the fine-tune starts close
+to the base model: cheap next to an epoch of training (seconds for ResNet-20 on CPU).
+
+- ``reconstruct``: after pruning, least-squares weights for every layer whose inputs lost
+  channels, so its outputs match the unpruned model's on ``images`` training images
+  (``edgeslim.compress.reconstruct``).
+- ``recalibrate_bn``: after each stage, every batch norm's running statistics re-estimated on
+  ``bn_images`` training images (``edgeslim.evaluators.screening.recalibrate_batch_norm``);
+  pruning and clustering change what each batch norm sees, and its stale statistics are what
+  the fine-tune's first steps would otherwise spend correcting.
+
+``benchmarks/recovery.py`` measures each step on and off; the defaults follow its table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from edgeslim.compress.prune import KeptIndices
+from edgeslim.compress.reconstruct import reconstruct
+from edgeslim.data import DataBundle
+from edgeslim.evaluators.screening import recalibrate_batch_norm
+
+
+@dataclass(frozen=True)
+class Recovery:
+    reconstruct: bool = False
+    recalibrate_bn: bool = False
+    images: int = 256  # training images the reconstruction fits on (no augmentation)
+    bn_images: int = 2048  # training images the batch-norm statistics are averaged over
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def calibration_images(data: DataBundle, images: int, seed: int) -> torch.Tensor:
+    """``images`` normalised training images drawn with ``seed`` (no augmentation)."""
+    return data.normalize(data.train.x[_draw(data, images, seed)])
+
+
+def labelled_batches(data: DataBundle, images: int, seed: int, batch: int = 128,
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``images`` normalised training images with their labels, in batches: what the
+    gradient criteria of pruning (``taylor``, ``hessian``) read."""
+    idx = _draw(data, images, seed)
+    return [(data.normalize(data.train.x[idx[i:i + batch]]), data.train.y[idx[i:i + batch]])
+            for i in range(0, len(idx), batch)]
+
+
+def _draw(data: DataBundle, images: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.randperm(len(data.train), generator=gen)[:images]
+
+
+def recover(model: nn.Module, before: nn.Module | None, kept: dict[str, KeptIndices],
+            recovery: Recovery, data: DataBundle, seed: int) -> dict[str, object]:
+    """Applies ``recovery`` to ``model`` after a stage, in place. ``before`` is the model as it
+    was before the stage and ``kept`` the channels pruning kept (empty when it did not
+    prune). Returns facts for the trial's attributes."""
+    info: dict[str, object] = {}
+    if recovery.reconstruct and kept and before is not None:
+        start = time.perf_counter()
+        layers = reconstruct(model, before, kept,
+                             calibration_images(data, recovery.images, seed), seed)
+        info.update(reconstructed_layers=len(layers),
+                    reconstruct_seconds=round(time.perf_counter() - start, 3))
+    if recovery.recalibrate_bn:
+        start = time.perf_counter()
+        recalibrate_batch_norm(model, data, recovery.bn_images, seed)
+        info["recalibrate_bn_seconds"] = round(time.perf_counter() - start, 3)
+    return info

@@ -21,6 +21,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     from edgeslim.compress import order_name
     from edgeslim.compress.prune import CRITERIA
     from edgeslim.data import dataset_entry
+    from edgeslim.evaluators.recovery import Recovery
     from edgeslim.models import resolve_factory
     from edgeslim.spaces.presets import preset
     from edgeslim.training import TrainRecipe
@@ -49,6 +50,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         lr=FINETUNE_LR, warmup_fraction=0.1,
         distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
         subset=args.finetune_subset)
+    recovery = Recovery() if args.recovery is None else Recovery.parse(args.recovery)
     finalists = entry.finalists if args.finalists is None else args.finalists
     if finalists < 0:
         raise ConfigError(f"--finalists: must be >= 0, got {finalists}")
@@ -74,6 +76,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         base_recipe=base, finetune=finetune, references=not args.no_references,
         preset=args.preset, repair=not args.no_repair, workers=args.workers,
         finalists=finalists, final=final if finalists else None, screen=screen,
+        recovery=recovery,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
                            round_to=args.round_to, **stage_options))
 

@@ -45,6 +45,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
+def _default_recovery() -> str:
+    from edgeslim.evaluators.recovery import Recovery
+
+    return Recovery().describe()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimize", description="Search per-layer compression of a CNN under a device "
@@ -99,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-subset", type=float, default=1.0,
                    help="fraction of the training images the search's fine-tunes draw from "
                    "(a fixed subset; the finalists use all) (default: %(default)s)")
+    s.add_argument("--recovery", default=None,
+                   help="steps between each stage and its fine-tune, comma-separated: "
+                   "reconstruct (least-squares weights after pruning), recalibrate_bn "
+                   "(batch-norm statistics re-estimated), or none (default: "
+                   f"{_default_recovery()})")
     s.add_argument("--no-distill", action="store_true",
                    help="fine-tune on labels only, without distilling from the base model")
     s.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,

@@ -23,6 +23,7 @@ from torch import nn
 from edgeslim.compress.prune import KeptIndices
 from edgeslim.compress.reconstruct import reconstruct
 from edgeslim.data import DataBundle
+from edgeslim.errors import ConfigError
 from edgeslim.evaluators.screening import recalibrate_batch_norm
 
 
@@ -35,6 +36,27 @@ class Recovery:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def describe(self) -> str:
+        """The steps on, as ``--recovery`` names them."""
+        return ",".join(s for s in STEPS if getattr(self, s)) or "none"
+
+    @classmethod
+    def parse(cls, text: str) -> Recovery:
+        """``--recovery``: step names separated by commas, or ``none``.
+
+        Raises:
+            ConfigError: for an unknown step.
+        """
+        names = {n.strip() for n in text.split(",") if n.strip()}
+        unknown = sorted(names - set(STEPS) - {"none"})
+        if unknown or not names or ("none" in names and len(names) > 1):
+            raise ConfigError(f"--recovery: must be none or among {', '.join(STEPS)}, "
+                              f"got {text!r}")
+        return cls(**{s: s in names for s in STEPS})
+
+
+STEPS = ("reconstruct", "recalibrate_bn")
 
 
 def calibration_images(data: DataBundle, images: int, seed: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from edgeslim.budget import Budget
 from edgeslim.compress import IMPORTANCES
+from edgeslim.evaluators.recovery import Recovery
 from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
 
@@ -57,6 +58,7 @@ class SearchConfig:
     finalists: int = 0  # Pareto trials fine-tuned again with ``final`` once the search is done
     final: TrainRecipe | None = None  # the finalists' long fine-tune (default: ``finetune``)
     screen: int = 0  # allocations ranked by recalibrated accuracy before fine-tuning (0: off)
+    recovery: Recovery = field(default_factory=Recovery)  # between each stage and its fine-tune
 
     @property
     def name(self) -> str:

@@ -78,6 +78,7 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
         "budget": config.budget.to_dict(),
         "base_recipe": config.base_recipe.to_dict(),
         "finetune": config.finetune.to_dict(),
+        "recovery": config.recovery.to_dict(),
         "space": json.loads(json.dumps(asdict(config.space))),
         "seed": config.seed,
         "preset": config.preset,
@@ -177,7 +178,7 @@ def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMete
     def evaluator(recipe: TrainRecipe) -> StagedEvaluator:
         return StagedEvaluator(prepared.base.model, prepared.data, recipe,
                                config.budget.runtime, prepared.caps, seed=config.seed,
-                               meter=meter)
+                               meter=meter, recovery=config.recovery)
 
     search, final = evaluator(config.finetune), evaluator(config.final or config.finetune)
     scratch = config.workdir / "trials"

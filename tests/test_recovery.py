@@ -194,3 +194,23 @@ def test_unknown_calibration_is_refused(tmp_path):
 def test_pruning_errors_are_still_candidate_errors():
     with pytest.raises(CandidateError, match="no layer named 'nope'"):
         apply_pruning(PlainNet(), X, {"nope": 0.5}, "taylor", batches=[])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("none", Recovery(reconstruct=False, recalibrate_bn=False)),
+    ("reconstruct", Recovery(reconstruct=True, recalibrate_bn=False)),
+    ("recalibrate_bn, reconstruct", Recovery(reconstruct=True, recalibrate_bn=True)),
+])
+def test_recovery_option_parses(text, expected):
+    assert Recovery.parse(text) == expected
+    assert Recovery.parse(expected.describe()) == expected
+
+
+@pytest.mark.parametrize("text", ["", "none,reconstruct", "bn"])
+def test_recovery_option_refuses(text):
+    from edgeslim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Recovery.parse(text)
+    assert str(info.value) == ("--recovery: must be none or among reconstruct, recalibrate_bn, "
+                               f"got {text!r}")

@@ -24,6 +24,7 @@ from torch import nn
 
 from edgeslim.data import DataBundle, Split, augment_batch
 from edgeslim.errors import CandidateError
+from edgeslim.timing import timed
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -146,6 +147,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, objec
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+@timed("training")
 def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
           teacher: nn.Module | None = None, device: torch.device | None = None,
           on_step: Callable[[int, int], None] | None = None) -> TrainStats:

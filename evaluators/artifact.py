@@ -12,8 +12,10 @@ from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.memory import memory_bytes
 from edgeslim.evaluators.meters import HostMeter, LatencyMeter
 from edgeslim.export import runtime_errors
+from edgeslim.timing import timed
 
 
+@timed("measuring")
 def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
                       split: Split | None = None, split_name: str = "val_acc",
                       meter: LatencyMeter | None = None,

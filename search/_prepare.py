@@ -4,6 +4,7 @@ the budget's caps. Everything the user can get wrong is checked here, before tra
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,14 @@ def prepare(config: SearchConfig, console: Console,
     with _Progress(console) as progress:
         update: Callable[..., None] | None = None
 
+        epochs = config.base_recipe.epochs
+
         def on_step(step: int, total: int) -> None:
             nonlocal update
             if update is None:
                 update = progress.task("training the base model", total)
-            update(completed=step)
+            epoch = min(epochs, math.ceil(step * epochs / total))
+            update(completed=step, status=f"epoch {epoch:g}/{epochs:g}")
 
         base = obtain_base_model(config.model, data, config.base_recipe, config.cache_dir / "base",
                                  config.checkpoint, on_step=on_step)

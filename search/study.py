@@ -61,6 +61,7 @@ from edgeslim.search.storage import (
 )
 from edgeslim.search.workers import counted, run_finalists, run_trials, spawn_workers
 from edgeslim.spaces import Candidate
+from edgeslim.timing import STOPWATCH, timed
 from edgeslim.training import TrainRecipe
 
 __all__ = ["Prepared", "build_space", "feasible_orders", "latency_meter", "load_inputs",
@@ -85,20 +86,34 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of a study. The Gaussian-process sampler (``gp``, the default), multivariate
-    TPE and NSGA-II are constraint-aware: Optuna 5 reads ``Trial.set_constraint``; random
-    ignores the constraints. ``benchmarks/search_vs_rules.py`` compares them and chose the
-    default."""
+    """The sampler of a study, its time counted as sampling (``edgeslim.timing``). The
+    Gaussian-process sampler (``gp``, the default), multivariate TPE and NSGA-II are
+    constraint-aware: Optuna 5 reads ``Trial.set_constraint``; random ignores the constraints.
+    ``benchmarks/search_vs_rules.py`` compares them and chose the default."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise StudyError(f"--sampler: must be one of tpe, nsga2, gp, random, got {name!r}")
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True)
+    elif name == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    elif name == "gp":
+        sampler = optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    elif name == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise StudyError(f"--sampler: must be one of tpe, nsga2, gp, random, got {name!r}")
+    return timed_sampler(sampler)
+
+
+# The calls through which Optuna asks a sampler for parameters and tells it results.
+SAMPLER_CALLS = ("infer_relative_search_space", "sample_relative", "sample_independent",
+                 "before_trial", "after_trial")
+
+
+def timed_sampler(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """``sampler`` itself (same type, same behaviour), its calls timed as sampling."""
+    for name in SAMPLER_CALLS:
+        setattr(sampler, name, timed("sampling")(getattr(sampler, name)))
+    return sampler
 
 
 def refuse_other_setup(config: SearchConfig, data: DataBundle) -> None:
@@ -198,6 +213,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     recipe and prints the Pareto table. Candidates that fail are recorded as failed trials
     with their reason; trials whose process died are failed and run again."""
     console = console or Console()
+    STOPWATCH.reset()
     check_storage_url(config.storage_url)  # a bad URL fails before any training
     inputs = load_inputs(config)
     refuse_other_setup(config, inputs[0])
@@ -229,6 +245,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
         run_finalists(study, objective, config.finalists, config.workdir, console)
     annotate(study, config.storage_url)  # the study's note in optuna-dashboard
     print_report(study, console)
+    console.print(STOPWATCH.breakdown(), highlight=False)
     return study
 
 
@@ -248,7 +265,7 @@ def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: 
     objective = ScreenObjective(prepared.space, prepared.base.model, prepared.data,
                                 check.with_limits(caps), config.seed)
     start = time.perf_counter()
-    with _Progress(console) as progress:
+    with _Progress(console) as progress, STOPWATCH("screening"):
         update = progress.task("screening", config.screen)
         ran = run_screening(screening, objective, config.screen,
                             lambda n: update(completed=n))

@@ -8,7 +8,6 @@ peak memory come from the ONNX model restored from it, run in onnxruntime.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeslim.budget import Runtime
-from edgeslim.compress import quantize_onnx, tied
+from edgeslim.compress import prunable_copy, quantize_onnx, tied
 from edgeslim.data import DataBundle
 from edgeslim.evaluators._base import STATIC_MEASURES, Caps, Evaluator, Measurement
 from edgeslim.evaluators.accuracy import onnx_accuracy
@@ -100,7 +99,7 @@ class StagedEvaluator(Evaluator):
         """Runs the candidate's stages on a copy of the base model and writes its files into
         ``workdir``."""
         workdir.mkdir(parents=True, exist_ok=True)
-        model = copy.deepcopy(self.base)
+        model = prunable_copy(self.base, self.example)  # its graph traced once per study
         info: dict[str, Any] = {"stage_order": candidate.order_name,
                                 "quantize": candidate.quantize}
         clustered: set[str] = set()

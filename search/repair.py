@@ -21,7 +21,6 @@ The trial records both: ``sampled`` (the candidate as the sampler drew it, only 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeslim.compress import apply_pruning
+from edgeslim.compress import apply_pruning, prunable_copy
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import MODEL_MEASURES
 from edgeslim.evaluators._base import STATIC_MEASURES
@@ -44,7 +43,7 @@ LADDER_STEPS = 16
 def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
                        importance: str = "l2", round_to: int = 8) -> dict[str, float]:
     """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
-    pruned = copy.deepcopy(model).cpu().eval()
+    pruned = prunable_copy(model, example).cpu().eval()
     if ratios:
         apply_pruning(pruned, example, ratios, importance, round_to)
     return {name: float(MODEL_MEASURES[name](pruned, example).value) for name in STRUCTURAL}

@@ -19,7 +19,6 @@ structure is always the unpruned one.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from edgeslim.compress import apply_pruning
+from edgeslim.compress import apply_pruning, prunable_copy
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.screening import recalibrated_accuracy
 from edgeslim.search.objective import BUILT_AS_ATTR
@@ -76,7 +75,7 @@ class ScreenObjective:
         for name, value in self.check.structure(candidate).items():
             trial.set_user_attr(name, value)
         if key not in self._scores:  # the sampler often lands on a structure it has seen
-            model = copy.deepcopy(self.base).cpu().eval()
+            model = prunable_copy(self.base, self.example).cpu().eval()
             apply_pruning(model, self.example, candidate.ratios, candidate.importance,
                           candidate.round_to)
             self._scores[key] = recalibrated_accuracy(model, self.data, CALIBRATION_IMAGES,

@@ -15,6 +15,7 @@ from edgeslim.compress.prune import (
     PrunableGroup,
     apply_pruning,
     kept_channels,
+    prunable_copy,
     prunable_groups,
 )
 from edgeslim.compress.quantize import QUANT_MODES, quantize_onnx
@@ -24,6 +25,6 @@ from edgeslim.compress.ties import tied
 __all__ = [
     "CLUSTER_METHODS", "IMPORTANCES", "QUANT_MODES", "STAGES", "TRAINED_STAGES", "PrunableGroup",
     "apply_pruning", "buildable_orders", "cluster_weights", "kept_channels", "order_name",
-    "order_problem", "parse_order", "prunable_groups", "quantize_onnx", "sparsify", "tied",
-    "weight_layers",
+    "order_problem", "parse_order", "prunable_copy", "prunable_groups", "quantize_onnx",
+    "sparsify", "tied", "weight_layers",
 ]

@@ -12,7 +12,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from edgeslim.compress import apply_pruning, cluster_weights, sparsify, weight_layers
+from edgeslim.compress import (
+    apply_pruning,
+    cluster_weights,
+    sparsify,
+    spread_weights,
+    weight_layers,
+)
 from edgeslim.spaces import Candidate
 
 
@@ -26,6 +32,13 @@ class Stage(ABC):
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0) -> dict[str, Any]:
         """Applies the stage; returns facts for the trial's user attributes."""
+
+    def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+                        seed: int = 0) -> dict[str, Any]:
+        """What the stage changes in the deployed file's size, memory and latency, as cheaply
+        as that can be had (the limits checked before training look at this); by default the
+        stage itself."""
+        return self.apply(model, candidate, example, seed)
 
     def masked(self, model: nn.Module, candidate: Candidate) -> set[str]:
         """Layers whose zeros must stay zero from now on."""
@@ -70,6 +83,14 @@ class ClusterStage(Stage):
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0) -> dict[str, Any]:
         distinct = cluster_weights(model, candidate.counts, candidate.cluster_method, seed)
+        return {f"clusters/{name}": n for name, n in distinct.items()}
+
+    def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+                        seed: int = 0) -> dict[str, Any]:
+        """The cluster counts without k-means (``spread_weights``): as many distinct values
+        per row as the clustered model can hold, which is what the packed file's size
+        depends on."""
+        distinct = spread_weights(model, candidate.counts)
         return {f"clusters/{name}": n for name, n in distinct.items()}
 
     def clustered(self, model: nn.Module, candidate: Candidate) -> set[str]:

@@ -54,12 +54,14 @@ def resolve_caps(budget: Budget, base_values: dict[str, float]) -> Caps:
 def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Path,
                  meter: LatencyMeter | None = None) -> dict[str, float]:
     """The base model measured exactly like a candidate: counted in PyTorch, then exported to
-    ONNX and measured on that file (size, peak memory, latency, validation and test accuracy)."""
+    ONNX and measured on that file (size, peak memory, validation and test accuracy, and
+    latency when the budget asks for it)."""
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(base.model, example).value) for name, m in MODEL_MEASURES.items()}
     try:
         path = write_onnx(base.model, example, out_dir / "base.onnx")
-        measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter)
+        measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter,
+                                        latency=budget.asks_for("latency_ms"))
     except CandidateError as exc:  # every candidate would fail the same way
         raise ModelError(f"the base model cannot be deployed: {exc}; every candidate is "
                          "measured as an ONNX file in onnxruntime") from None

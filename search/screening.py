@@ -64,7 +64,7 @@ class ScreenObjective:
         fixed = repair(sampled, self.space, self.check)
         for key, value in fixed.attrs().items():
             trial.set_user_attr(key, value)
-        if not fixed.checked:
+        if not fixed.fits:
             reason = "; ".join(self.check.violations(fixed.candidate))
             trial.set_user_attr("infeasible_reason", reason)
             raise optuna.TrialPruned(reason)

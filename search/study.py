@@ -188,11 +188,12 @@ def open_or_create_study(config: SearchConfig, prepared: Prepared,
 def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMeter,
                     ) -> tuple[StagedEvaluator, StagedEvaluator, StaticCheck]:
     """The search's evaluator (short fine-tune), the finalists' (long fine-tune), and the check
-    of the limits that need no training, which measures untrained artifacts with the first."""
+    of the limits that need no training, which measures candidates' structures with the
+    first."""
     def evaluator(recipe: TrainRecipe) -> StagedEvaluator:
         return StagedEvaluator(prepared.base.model, prepared.data, recipe,
                                config.budget.runtime, prepared.caps, seed=config.seed,
-                               meter=meter)
+                               meter=meter, timed=config.budget.asks_for("latency_ms"))
 
     search, final = evaluator(config.finetune), evaluator(config.final or config.finetune)
     scratch = config.workdir / "trials"
@@ -224,7 +225,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     recover_interrupted(study, config.workdir)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials",
-                          check=check if config.repair else None, final_evaluator=final)
+                          check=check, final_evaluator=final, repair=config.repair)
     done = counted(study.trials)
     remaining = max(0, config.trials - done)
     console.print(f"study {study.study_name!r} in {config.storage_url}: {done} finished, "
@@ -286,5 +287,5 @@ def worker_main(config: SearchConfig, threads: int) -> None:
     study = open_or_create_study(config, prepared, check)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials",
-                          check=check if config.repair else None, final_evaluator=final)
+                          check=check, final_evaluator=final, repair=config.repair)
     run_trials(study, objective, config.trials, config.workdir)

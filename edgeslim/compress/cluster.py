@@ -105,6 +105,33 @@ def cluster_tensor(weight: torch.Tensor, k: int, method: str, seed: int = 0) -> 
 
 
 @torch.no_grad()
+def spread_weights(model: nn.Module, counts: Mapping[str, int]) -> dict[str, int]:
+    """What ``cluster_weights`` leaves in the artifact's size, without k-means: in place, the
+    nonzero weights of each row (output channel) of each layer named in ``counts`` cycle
+    through ``k`` distinct nonzero values, so each row holds ``min(k, its nonzeros)`` of them,
+    as many as a ``k``-value codebook can leave in a row after batch-norm folding and
+    per-channel int8 quantization. A packed file of this model is at least as large as one of
+    the clustered model; zeros stay zero. Returns the distinct values per layer, and raises
+    for the layers and counts ``cluster_weights`` refuses."""
+    layers = weight_layers(model)
+    distinct = {}
+    for name, k in counts.items():
+        if name not in layers:
+            raise CandidateError(f"cannot cluster {name!r}: not a convolution or linear layer")
+        if k < 2:
+            raise CandidateError(f"cannot cluster {name!r} into {k} clusters (need k >= 2)")
+        weight = layers[name].weight
+        rows = weight.reshape(weight.shape[0], -1)
+        # Evenly spaced in [-1, 1] and never zero; int8's 255 levels keep them apart.
+        levels = torch.linspace(-1.0, 1.0, int(k) + int(k) % 2)[:int(k)].to(weight.dtype)
+        nonzero = rows != 0
+        rank = torch.cumsum(nonzero, dim=1) - 1
+        weight.copy_((levels[rank % int(k)] * nonzero).reshape(weight.shape))
+        distinct[name] = int(torch.unique(weight).numel())
+    return distinct
+
+
+@torch.no_grad()
 def cluster_weights(model: nn.Module, counts: Mapping[str, int], method: str = "kmeans",
                     seed: int = 0) -> dict[str, int]:
     """Clusters, in place, the weights of each layer named in ``counts`` to at most that many

@@ -25,9 +25,11 @@ import torch
 from rich.console import Console
 
 from edgeslim import __version__
+from edgeslim.cores import training_threads
 from edgeslim.data import DataBundle
 from edgeslim.errors import StudyError
 from edgeslim.evaluators import StagedEvaluator
+from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.search._prepare import (
     Prepared,
@@ -218,6 +220,12 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     check_storage_url(config.storage_url)  # a bad URL fails before any training
     inputs = load_inputs(config)
     refuse_other_setup(config, inputs[0])
+    if config.workers == 1:
+        threads, cores = training_threads(), available_cores()
+        torch.set_num_threads(threads)
+        if threads < cores:
+            console.print(f"training with {threads} thread{'s' * (threads > 1)}: "
+                          f"{cores - threads} of this machine's {cores} cores are busy")
     meter = latency_meter(config, inputs[0])
     prepared = prepare(config, console, inputs, meter)
     search, final, check = make_evaluators(config, prepared, meter)

@@ -61,3 +61,22 @@ def test_training_runs_on_cuda_when_present(digits, monkeypatch):
     model = PlainNet()
     train(model, digits, TrainRecipe(steps=2, batch_size=16))
     assert set(seen) == {"cuda"} and next(model.parameters()).device.type == "cpu"
+
+
+def test_training_takes_the_idle_cores_and_at_least_one(monkeypatch):
+    from edgeslim import cores
+
+    def counters(*samples):
+        it = iter(samples)
+        monkeypatch.setattr(cores, "_cpu_times", lambda: next(it))
+
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    counters((0, 0), (100, 100))  # both cores idle
+    assert cores.training_threads(0.0) == 2
+    counters((0, 0), (50, 100))  # another process kept one core busy
+    assert cores.training_threads(0.0) == 1
+    counters((0, 0), (10, 100))  # both busy: one thread all the same
+    assert cores.training_threads(0.0) == 1
+    counters(None)  # no counters to read: every core
+    assert cores.training_threads(0.0) == 2

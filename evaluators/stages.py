@@ -90,7 +90,7 @@ class ClusterStage(Stage):
         """The cluster counts without k-means (``spread_weights``): as many distinct values
         per row as the clustered model can hold, which is what the packed file's size
         depends on."""
-        distinct = spread_weights(model, candidate.counts)
+        distinct = spread_weights(model, candidate.counts, seed)
         return {f"clusters/{name}": n for name, n in distinct.items()}
 
     def clustered(self, model: nn.Module, candidate: Candidate) -> set[str]:

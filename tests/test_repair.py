@@ -97,3 +97,25 @@ def test_size_limit_is_checked_on_the_untrained_artifact(digits, tmp_path: Path,
     assert m.finetuned and m.values["size_bytes"] <= cap
     assert sorted(p.name for p in (tmp_path / "trial").iterdir()) == ["final", "model_state.pt"]
     assert Caps({"size_bytes": cap}).violations(m.values, ("size_bytes",)) == []
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8_static", "fp16"])
+def test_a_clustered_structure_is_checked_at_no_less_than_its_trained_size(digits, tmp_path,
+                                                                           quantize):
+    """The static check clusters without k-means (as many values per row as each count
+    allows): the packed file it measures is the trained candidate's size within 2% (its
+    packed tensors no smaller; the small ones the file zips differ in their digits)."""
+    torch.manual_seed(0)
+    base = PlainNet()
+    for bn in (base.bn1, base.bn2):  # batch norms as training leaves them, not the identity
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t.data = torch.rand_like(t) + 0.5
+    evaluator = StagedEvaluator(base, digits, TrainRecipe(steps=2, batch_size=32),
+                                Runtime(threads=1), timed=False)
+    order = ("prune", "cluster") + (("quantize",) if quantize != "none" else ())
+    for counts in ((8, 16, 8), (2, 4, 16), (64, 256, 32)):
+        cand = _candidate(0.5, 0.25, order=order, quantize=quantize, cluster_counts=tuple(
+            zip(("conv1", "conv2", "fc"), counts)))
+        checked = evaluator.static_values(cand, tmp_path / f"static-{counts}")["size_bytes"]
+        trained = evaluator.evaluate(cand, tmp_path / f"trial-{counts}").values["size_bytes"]
+        assert abs(checked - trained) <= 0.02 * trained

@@ -12,6 +12,14 @@ import torch
 warnings.filterwarnings("ignore", module="torch.onnx")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Train with the idle cores, as a search does (``edgeslim.cores``): the fixtures and unit
+    tests that train call the training loop directly, outside a search."""
+    from edgeslim.cores import training_threads
+
+    torch.set_num_threads(training_threads())
+
+
 @pytest.fixture(scope="session")
 def digits():
     from edgeslim.data import load_dataset

@@ -19,7 +19,7 @@ from edgeslim.models import build_model
 from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 from edgeslim.search.workers import counts, pick_finalists, retried
-from toys import PI4, REPO
+from toys import PI4, REPO, UNTIMED
 
 FAST: list[str] = []  # the digits defaults: 30 base epochs (~10 s), 5 fine-tune epochs
 
@@ -203,7 +203,7 @@ def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(workdir,
     card's accuracy and size describe."""
     from edgeslim.packing import read_packed
 
-    assert main(["--budget", str(PI4), "--trials", "2", "--workdir", str(workdir),
+    assert main(["--budget", str(UNTIMED), "--trials", "2", "--workdir", str(workdir),
                  "--order", "prune,cluster,quantize", "--quantize", "int8_static"]) == 0
     study = load_study(None, default_storage(workdir))
     assert study.trials[0].user_attrs["reference"] == "prune-cluster-int8"

@@ -10,10 +10,11 @@ seconds of ``study.ask()`` plus ``study.tell()`` per trial, as the search's stop
 sampling. The table gives the mean over the study and the last tenth of it (a proposal grows
 costlier as trials accumulate), per sampler and size.
 
-    nice -n 5 uv run python benchmarks/sampler_cost.py
+    nice -n 5 uv run --with optunahub python benchmarks/sampler_cost.py
 
-Writes benchmarks/results/sampler_cost.md and .json. optunahub's AutoSampler is listed when
-``optunahub`` can load it (it downloads the sampler's code from GitHub at run time).
+Writes benchmarks/results/sampler_cost.md and .json. optunahub's AutoSampler is measured when
+``optunahub`` (not a dependency; ``--with`` adds it for the run) can load it: it downloads the
+sampler's code from GitHub at run time.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def main() -> None:
                              statistics.mean(tail), "total_s": sum(seconds)})
                 print(json.dumps(rows[-1]), flush=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    command = "nice -n 5 uv run python benchmarks/sampler_cost.py " + " ".join(sys.argv[1:])
+    command = ("nice -n 5 uv run --with optunahub python benchmarks/sampler_cost.py "
+               + " ".join(sys.argv[1:]))
     lines = ["# Seconds per proposal of each sampler on ResNet-20's spaces", "",
              f"Command: `{command.strip()}`", "",
              f"Machine: {platform.machine()}, {threads} thread(s) of a shared 2-core host "

@@ -203,8 +203,10 @@ def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(workdir,
     card's accuracy and size describe."""
     from edgeslim.packing import read_packed
 
+    # No finalists and one fine-tune epoch per stage: the export and card are what is checked.
     assert main(["--budget", str(UNTIMED), "--trials", "2", "--workdir", str(workdir),
-                 "--order", "prune,cluster,quantize", "--quantize", "int8_static"]) == 0
+                 "--order", "prune,cluster,quantize", "--quantize", "int8_static",
+                 "--finalists", "0", "--finetune-epochs", "1"]) == 0
     study = load_study(None, default_storage(workdir))
     assert study.trials[0].user_attrs["reference"] == "prune-cluster-int8"
     trial = max((t for t in study.trials if t.user_attrs["finetuned"]),
@@ -240,7 +242,8 @@ def test_sparsity_shrinks_the_file_and_the_card_says_it_does_not_save_macs(workd
                       "objectives: [size]\n")
     out = tmp_path / "out"
     assert main(["--budget", str(budget), "--trials", "1", "--workdir", str(workdir),
-                 "--order", "sparsify", "--sparsity", "0.8:0.8", "--no-references"]) == 0
+                 "--order", "sparsify", "--sparsity", "0.8:0.8", "--no-references",
+                 "--finalists", "0"]) == 0
     assert main(["export", "--workdir", str(workdir), "--out", str(out), "--trial", "0"]) == 0
     card = json.loads((out / "model_card.json").read_text())
     assert card["compression"]["stage_order"] == ["sparsify"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgeslim.budget import Runtime
 from edgeslim.data import DataBundle, Split
 from edgeslim.evaluators.accuracy import onnx_accuracy
-from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.memory import memory_bytes
 from edgeslim.evaluators.meters import HostMeter, LatencyMeter
 from edgeslim.export import runtime_errors
@@ -57,5 +58,7 @@ def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
             "latency_unstable": timing.unstable,
         }
     if split is not None:
-        values[split_name] = onnx_accuracy(path, split, data, threads=available_cores())
+        # With the threads training runs with: the idle cores (``edgeslim.cores``), as
+        # onnxruntime's threads, like PyTorch's, wait for one that shares a busy core.
+        values[split_name] = onnx_accuracy(path, split, data, threads=torch.get_num_threads())
     return values, info

@@ -18,7 +18,6 @@ from edgeslim.compress import weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
-from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model, load_checkpoint
@@ -67,7 +66,8 @@ def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Pat
                          "measured as an ONNX file in onnxruntime") from None
     values.update(measured)
     if data.test is not None:
-        values["test_acc"] = onnx_accuracy(path, data.test, data, threads=available_cores())
+        values["test_acc"] = onnx_accuracy(path, data.test, data,
+                                           threads=torch.get_num_threads())
     return values
 
 

@@ -26,6 +26,7 @@ import torch
 from scipy.stats import spearmanr
 
 from edgeslim.compress import apply_pruning
+from edgeslim.cores import training_threads
 from edgeslim.data import load_dataset
 from edgeslim.evaluators.screening import recalibrated_accuracy
 from edgeslim.models import build_model
@@ -45,6 +46,7 @@ def main() -> None:
                    help="calibration image counts to compare, comma-separated")
     args = p.parse_args()
     sizes = [int(n) for n in args.images.split(",")]
+    torch.set_num_threads(training_threads())  # the idle cores, as a search does
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(default_storage(args.workdir))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)
@@ -81,6 +83,27 @@ def main() -> None:
             row["spearman"][images] = float(rho)
             row["seconds_per_trial"][images] = (time.perf_counter() - start) / len(points)
             row["points"][images] = points
+        # The same screening, with each number of images, over the allocations the study
+        # screened: how far fewer images move the ranking screening makes.
+        try:
+            screen = optuna.load_study(study_name=name + SCREEN_SUFFIX, storage=storage)
+        except KeyError:
+            screen = None
+        done = [] if screen is None else [
+            t for t in screen.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(done) >= 3:
+            scores = {}
+            for images in sizes:
+                scores[images] = []
+                for t in done:
+                    cand = Candidate.from_dict(t.user_attrs["candidate"])
+                    pruned = copy.deepcopy(base)
+                    apply_pruning(pruned, example, cand.ratios, cand.importance, cand.round_to)
+                    scores[images].append(recalibrated_accuracy(pruned, data, images,
+                                                                VAL_IMAGES))
+            row["screened"] = len(done)
+            row["against_most"] = {n: float(spearmanr(scores[n], scores[max(sizes)]).statistic)
+                                   for n in sizes}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "points"}), flush=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -103,6 +126,16 @@ def main() -> None:
     lines += ["", "Median Spearman: " + ", ".join(
         f"{statistics.median(r['spearman'][n] for r in rows):.2f} with {n} images"
         for n in sizes)]
+    ranked = [r for r in rows if "against_most" in r]
+    if ranked:
+        lines += ["", f"The allocations each study screened, scored again with each number of "
+                  f"images: Spearman of those scores against the scores with {max(sizes)} "
+                  "images (how far fewer images move the ranking screening makes).", "",
+                  "| study | allocations | " + " | ".join(f"{n} images" for n in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        lines += [f"| {r['study']} | {r['screened']} | "
+                  + " | ".join(f"{r['against_most'][n]:.2f}" for n in sizes) + " |"
+                  for r in ranked]
     args.out.write_text("\n".join(lines) + "\n")
 
 

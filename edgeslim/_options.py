@@ -72,7 +72,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(
         budget=budget, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
         checkpoint=args.checkpoint, trials=trials, study_name=args.study_name,
-        storage=args.storage, workdir=args.workdir, seed=args.seed, sampler=args.sampler,
+        storage=args.storage, workdir=args.workdir, seed=args.seed,
+        sampler=args.sampler or entry.sampler,
         base_recipe=base, finetune=finetune, references=not args.no_references,
         preset=args.preset, repair=not args.no_repair, workers=args.workers,
         finalists=finalists, final=final if finalists else None, screen=screen,

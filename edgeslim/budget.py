@@ -123,6 +123,11 @@ class Budget:
     def limit(self, measure: str) -> Limit | None:
         return next((lim for lim in self.limits if lim.measure == measure), None)
 
+    def asks_for(self, measure: str) -> bool:
+        """Whether the search needs ``measure`` of every candidate: the budget limits it or
+        trades it off. Others are measured once, for the card, at export."""
+        return self.limit(measure) is not None or measure in self.objectives
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary, stored on the study and in model cards."""
         return {

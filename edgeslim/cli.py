@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-name", help="default: <model>-<dataset>-<budget>; an existing "
                    "study of that name is resumed")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sampler", choices=("tpe", "nsga2", "gp", "random"), default="gp",
+    s.add_argument("--sampler", choices=("tpe", "nsga2", "gp", "random"),
                    help="gp (Gaussian process), tpe (multivariate), nsga2 or random; all "
-                   "constraint-aware but random (default: %(default)s, chosen by "
-                   "benchmarks/search_vs_rules.py)")
+                   "constraint-aware but random (default: per dataset, tpe on digits and gp "
+                   "elsewhere; see benchmarks/results/sampler_cost.md)")
     s.add_argument("--workers", type=_positive(int, "--workers"), default=1,
                    help="processes on this machine running trials at once, sharing the cores "
                    "(default: %(default)s); other machines join with the same command and a "

@@ -25,6 +25,7 @@ from torch import nn
 from edgeslim.data import DataBundle, Split, augment_batch
 from edgeslim.distill import BlockAttention
 from edgeslim.errors import CandidateError
+from edgeslim.timing import timed
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -153,14 +154,32 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, objec
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+@timed("training")
 def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
           teacher: nn.Module | None = None, device: torch.device | None = None,
           on_step: Callable[[int, int], None] | None = None) -> TrainStats:
-    """Trains ``model`` in place on ``data.train`` following ``recipe``.
+    """Trains ``model`` in place on ``data.train`` following ``recipe``, on ``device`` (default:
+    CUDA when present). ``model`` and ``teacher`` go back to the device they came on, also when
+    training fails, so that the stages, exports and trials that follow find them on the CPU.
 
     Raises:
         CandidateError: when the loss becomes NaN or infinite.
     """
+    homes = [(m, _device_of(m)) for m in (model, teacher) if m is not None]
+    try:
+        return _train_on(model, data, recipe, teacher, device, on_step)
+    finally:
+        for m, home in homes:
+            m.to(device=home, memory_format=torch.contiguous_format)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
+              teacher: nn.Module | None, device: torch.device | None,
+              on_step: Callable[[int, int], None] | None) -> TrainStats:
     device = device or default_device()
     fmt = torch.channels_last if recipe.channels_last and data.train.x.dim() == 4 \
         else torch.contiguous_format

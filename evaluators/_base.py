@@ -77,7 +77,13 @@ class Evaluator(ABC):
     ``edgeslim.errors.CandidateError`` for a candidate that cannot be built or trained."""
 
     @abstractmethod
-    def evaluate(self, candidate: Candidate, workdir: Path, checked: bool = False,
-                 ) -> Measurement:
-        """Applies ``candidate``, trains, measures; files go under ``workdir``. ``checked``
-        says the limits checkable before training are known to be met."""
+    def evaluate(self, candidate: Candidate, workdir: Path) -> Measurement:
+        """Applies ``candidate``, trains, measures; files go under ``workdir``. The search
+        has checked the limits checkable before training already."""
+
+    @abstractmethod
+    def static_values(self, candidate: Candidate, workdir: Path, accuracy: bool = False,
+                      ) -> dict[str, float]:
+        """The measures of ``candidate``'s untrained structure that the limits checked before
+        training need, besides params and MACs (size, memory, latency), and its untrained
+        validation accuracy with ``accuracy``; files go under ``workdir``."""

@@ -8,8 +8,10 @@ import numpy as np
 
 from edgeslim.data import DataBundle, Split
 from edgeslim.export import INPUT_NAME, ort_session, runtime_errors
+from edgeslim.timing import timed
 
 
+@timed("measuring")
 def onnx_accuracy(onnx_path: Path, split: Split, data: DataBundle, threads: int = 2,
                   batch_size: int = 256) -> float:
     """val_acc / test_acc: top-1 accuracy (fraction correct) of the ONNX file run in

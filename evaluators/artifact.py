@@ -5,22 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgeslim.budget import Runtime
 from edgeslim.data import DataBundle, Split
 from edgeslim.evaluators.accuracy import onnx_accuracy
-from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.memory import memory_bytes
 from edgeslim.evaluators.meters import HostMeter, LatencyMeter
 from edgeslim.export import runtime_errors
+from edgeslim.timing import timed
 
 
+@timed("measuring")
 def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
                       split: Split | None = None, split_name: str = "val_acc",
-                      meter: LatencyMeter | None = None,
+                      meter: LatencyMeter | None = None, latency: bool = True,
+                      latency_below_ms: float | None = None,
                       ) -> tuple[dict[str, float], dict[str, Any]]:
     """size_bytes (file length), peak_memory_bytes and activation_bytes, latency_ms (from
-    ``meter``; default: timed on this machine with the runtime's threads) and, when ``split``
-    is given, the accuracy of the file in onnxruntime under the key ``split_name``.
+    ``meter``; default: timed on this machine with the runtime's threads; not with
+    ``latency`` False, and only as precise as telling that it is below ``latency_below_ms``
+    needs when that is given) and, when ``split`` is given, the accuracy of the file in
+    onnxruntime under the key ``split_name``.
 
     Returns:
         ``(values, info)``: the measures, and latency details for user attributes.
@@ -32,23 +38,27 @@ def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
     # the runtime refuses is found.
     with runtime_errors(path, "rejected"):
         weights, activations = memory_bytes(path)
-    latency = (meter or HostMeter(runtime.threads)).measure(path)
     values: dict[str, float] = {
         "size_bytes": float(Path(path).stat().st_size),
         "peak_memory_bytes": float(weights + activations),
         "activation_bytes": float(activations),
-        "latency_ms": latency.latency_ms,
     }
-    info = {
-        "latency_median_ms": latency.median_ms,
-        "latency_p90_ms": latency.p90_ms,
-        "latency_runs": latency.runs,
-        "latency_threads": latency.threads,
-        "latency_threads_capped": latency.capped,
-        "latency_source": latency.source,
-        "latency_spread": round(latency.spread, 4),
-        "latency_unstable": latency.unstable,
-    }
+    info: dict[str, Any] = {}
+    if latency:
+        timing = (meter or HostMeter(runtime.threads)).measure(path, latency_below_ms)
+        values["latency_ms"] = timing.latency_ms
+        info = {
+            "latency_median_ms": timing.median_ms,
+            "latency_p90_ms": timing.p90_ms,
+            "latency_runs": timing.runs,
+            "latency_threads": timing.threads,
+            "latency_threads_capped": timing.capped,
+            "latency_source": timing.source,
+            "latency_spread": round(timing.spread, 4),
+            "latency_unstable": timing.unstable,
+        }
     if split is not None:
-        values[split_name] = onnx_accuracy(path, split, data, threads=available_cores())
+        # With the threads training runs with: the idle cores (``edgeslim.cores``), as
+        # onnxruntime's threads, like PyTorch's, wait for one that shares a busy core.
+        values[split_name] = onnx_accuracy(path, split, data, threads=torch.get_num_threads())
     return values, info

@@ -87,7 +87,7 @@ class SshMeter:
             raise ConfigError(f"latency.host: cannot time artifacts on {self.spec.host} "
                               f"port {self.spec.port} with {self.spec.python}: {exc}") from None
 
-    def measure(self, onnx_path: Path) -> LatencyResult:
+    def measure(self, onnx_path: Path, below_ms: float | None = None) -> LatencyResult:
         digest = sha256(onnx_path)
         key = f"{self.spec.host}:{self.spec.port}|{self.threads}|{digest}"
         cached = self._cached().get(key)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgeslim.timing import timed
+
 
 @dataclass(frozen=True)
 class Count:
@@ -18,12 +20,14 @@ class Count:
     uncounted_ops: tuple[tuple[str, int], ...] = ()  # (operator, occurrences)
 
 
+@timed("measuring")
 def count_params(model: nn.Module, example_input: torch.Tensor) -> Count:  # noqa: ARG001
     """params: number of scalar elements in all parameters (weights, biases, norm scales and
     shifts). Buffers such as batch-norm running statistics are not counted."""
     return Count(sum(p.numel() for p in model.parameters()))
 
 
+@timed("measuring")
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> Count:
     """macs: multiply-accumulates for one input of the model's input shape, batch 1, as counted
     by fvcore (one multiply-add = 1 in convolutions, linear layers, matmul and einsum; batch norm

@@ -15,8 +15,15 @@ from edgeslim.evaluators.latency import LatencyResult, measure_latency
 class LatencyMeter(Protocol):
     source: str
 
-    def measure(self, onnx_path: Path) -> LatencyResult:
-        """The latency of the ONNX file in the deployment runtime at batch 1."""
+    def measure(self, onnx_path: Path, below_ms: float | None = None) -> LatencyResult:
+        """The latency of the ONNX file in the deployment runtime at batch 1. ``below_ms``: the
+        caller only needs to know whether it is below that (a limit checked before training);
+        a meter may then answer from a quick look when it is far below."""
+
+
+# A quick look at a file's latency: enough to tell that it is far below a limit.
+QUICK = {"warmup": 3, "min_runs": 20, "min_seconds": 0.0, "max_seconds": 0.2}
+QUICK_MARGIN = 0.5
 
 
 @dataclass
@@ -27,7 +34,16 @@ class HostMeter:
     max_spread: float = 0.25
     source: str = "host"
 
-    def measure(self, onnx_path: Path) -> LatencyResult:
+    def measure(self, onnx_path: Path, below_ms: float | None = None) -> LatencyResult:
+        """With ``below_ms``, a quick look first (``QUICK``: a few dozen runs, no minimum
+        time): when even that, which other work on the host can only slow down, is under
+        ``QUICK_MARGIN`` of the limit, the file is below it and that look is the answer;
+        otherwise, and without ``below_ms``, the full timing of ``measure_latency``."""
+        if below_ms is not None:
+            quick = measure_latency(onnx_path, None, self.threads, max_spread=float("inf"),
+                                    **QUICK)
+            if quick.latency_ms <= QUICK_MARGIN * below_ms:
+                return quick
         return measure_latency(onnx_path, None, self.threads, max_spread=self.max_spread)
 
 

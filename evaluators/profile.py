@@ -206,7 +206,7 @@ class ProfileMeter:
     threads_requested: int
     source: str = "profile"
 
-    def measure(self, onnx_path: Path) -> LatencyResult:
+    def measure(self, onnx_path: Path, below_ms: float | None = None) -> LatencyResult:
         ms = self.profile.predict_ms(onnx.load(str(onnx_path)))
         return LatencyResult(ms, ms, ms, runs=0, threads=self.profile.threads,
                              threads_requested=self.threads_requested, source="profile")

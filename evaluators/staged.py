@@ -19,13 +19,11 @@ import torch
 from torch import nn
 
 from edgeslim.budget import Runtime
-from edgeslim.compress import quantize_onnx, tied
+from edgeslim.compress import prunable_copy, quantize_onnx, tied
 from edgeslim.compress.prune import GRADIENT_IMAGES
 from edgeslim.data import DataBundle
-from edgeslim.evaluators._base import STATIC_MEASURES, Caps, Evaluator, Measurement
-from edgeslim.evaluators.accuracy import onnx_accuracy
+from edgeslim.evaluators._base import Caps, Evaluator, Measurement
 from edgeslim.evaluators.artifact import measure_onnx_file
-from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import Recovery, labelled_batches, recover
@@ -65,13 +63,14 @@ def calibration_batches(data: DataBundle, images: int, seed: int, batch: int = 6
 
 @dataclass
 class StagedEvaluator(Evaluator):
-    """Builds a candidate twice when the budget has limits checkable before training: first
-    without fine-tuning, to measure the artifact's structure (params, MACs, size, peak memory,
-    latency); a candidate that breaks one of those limits is scored by that artifact's accuracy
-    and reported infeasible, with no training spent. Otherwise the stages run again, each
-    followed by a fine-tune with ``recipe`` (distilled from the base model when
-    ``recipe.distill_alpha`` > 0, with pruned zeros and clustered values kept), and every
-    measure is taken on the final artifact.
+    """Builds a candidate once: its stages run on a copy of the base model, each followed by
+    a fine-tune with ``recipe`` (distilled from the base model when ``recipe.distill_alpha``
+    > 0, with pruned zeros and clustered values kept), and every measure is taken on the final
+    artifact (latency only when ``timed``).
+
+    The limits checkable before training are checked by the search's one static check
+    (``edgeslim.search.repair.StaticCheck``), on what ``static_values`` measures: the
+    candidate's structure as the file it deploys to, built without k-means or fine-tunes.
 
     Example:
         >>> evaluator = StagedEvaluator(base, data, TrainRecipe(epochs=1), Runtime())
@@ -86,6 +85,9 @@ class StagedEvaluator(Evaluator):
     calibration_images: int = 256
     seed: int = 0
     meter: LatencyMeter | None = None  # where latency comes from; default: timed on this host
+    # Whether each candidate's latency is timed: the budget limits it or trades it off
+    # (``Budget.asks_for``). Otherwise it is timed once, for the card, at export.
+    timed: bool = True
     recovery: Recovery = field(default_factory=Recovery)  # between each stage and its fine-tune
 
     def __post_init__(self) -> None:
@@ -101,9 +103,12 @@ class StagedEvaluator(Evaluator):
 
     def build(self, candidate: Candidate, workdir: Path, finetune: bool = True) -> Built:
         """Runs the candidate's stages on a copy of the base model and writes its files into
-        ``workdir``."""
+        ``workdir``. ``finetune`` False builds the candidate's structure alone, for the limits
+        checked before training: each stage's ``apply_structure`` (clustering without
+        k-means), no fine-tune, and int8 static calibrated on one batch (the file's size,
+        memory and latency do not depend on the ranges)."""
         workdir.mkdir(parents=True, exist_ok=True)
-        model = copy.deepcopy(self.base)
+        model = prunable_copy(self.base, self.example)  # its graph traced once per study
         info: dict[str, Any] = {"stage_order": candidate.order_name,
                                 "quantize": candidate.quantize}
         clustered: set[str] = set()
@@ -118,7 +123,10 @@ class StagedEvaluator(Evaluator):
                 self.data, GRADIENT_IMAGES, self.seed))
             before = copy.deepcopy(model) if finetune and self.recovery.reconstruct else None
             start = time.perf_counter()
-            info.update(stage.apply(model, candidate, self.example, self.seed, context))
+            if finetune:
+                info.update(stage.apply(model, candidate, self.example, self.seed, context))
+            else:
+                info.update(stage.apply_structure(model, candidate, self.example, self.seed))
             info[f"{name}_seconds"] = round(time.perf_counter() - start, 3)
             clustered |= stage.clustered(model, candidate)
             masked |= stage.masked(model, candidate)
@@ -135,6 +143,8 @@ class StagedEvaluator(Evaluator):
         # ``measure``); any other exception is a bug and stops the search.
         float_onnx = write_onnx(model, self.example, workdir / "float.onnx")
         calibration = self.calibration() if candidate.quantize == "int8_static" else None
+        if calibration and not finetune:
+            calibration = calibration[:1]
         runnable = quantize_onnx(float_onnx, workdir / ARTIFACT_ONNX, candidate.quantize,
                                  iter(calibration) if calibration else None)
         deployable = runnable
@@ -154,7 +164,8 @@ class StagedEvaluator(Evaluator):
 
     def measure(self, built: Built, with_accuracy: bool) -> tuple[dict[str, float],
                                                                   dict[str, Any]]:
-        """Every measure of a built candidate (see the module docstring)."""
+        """Every measure of a built candidate (see the module docstring); latency when
+        ``timed``."""
         values: dict[str, float] = {}
         info: dict[str, Any] = {}
         for name, measure in MODEL_MEASURES.items():
@@ -164,32 +175,30 @@ class StagedEvaluator(Evaluator):
                 info[f"{name}_uncounted_ops"] = dict(count.uncounted_ops)
         measured, latency_info = measure_onnx_file(
             built.runnable, self.data, self.runtime, self.data.val if with_accuracy else None,
-            meter=self.meter)
+            meter=self.meter, latency=self.timed)
         values.update(measured)
         values["size_bytes"] = float(built.deployable.stat().st_size)
         info.update(latency_info)
         return values, info
 
-    def static_values(self, candidate: Candidate, workdir: Path) -> dict[str, float]:
-        """The measures of ``candidate``'s untrained artifact that need no accuracy (params,
-        MACs, size, peak memory, latency): what the limits checkable before training see."""
-        values, _ = self.measure(self.build(candidate, workdir, finetune=False),
-                                 with_accuracy=False)
+    def static_values(self, candidate: Candidate, workdir: Path, accuracy: bool = False,
+                      ) -> dict[str, float]:
+        """Size, peak memory and activation memory of the file ``candidate``'s structure
+        deploys to (``build`` with ``finetune`` False), and its latency when the budget
+        limits it, timed only as closely as telling it from the limit needs; with
+        ``accuracy``, that file's validation accuracy too (what a candidate that breaks a
+        limit is recorded with, untrained)."""
+        built = self.build(candidate, workdir, finetune=False)
+        cap = self.caps.limits.get("latency_ms")
+        # Recorded (``accuracy``): timed in full when the budget asks for latency at all.
+        values, _ = measure_onnx_file(built.runnable, self.data, self.runtime,
+                                      self.data.val if accuracy else None, meter=self.meter,
+                                      latency=cap is not None or (accuracy and self.timed),
+                                      latency_below_ms=None if accuracy else cap)
+        values["size_bytes"] = float(built.deployable.stat().st_size)
         return values
 
-    def evaluate(self, candidate: Candidate, workdir: Path, checked: bool = False,
-                 ) -> Measurement:
-        """``checked``: the caller has already found that ``candidate`` meets every limit
-        checkable before training (``edgeslim.search.repair``), so it is not built twice."""
-        if not checked and any(m in self.caps.limits for m in STATIC_MEASURES):
-            dry = self.build(candidate, workdir / "untrained", finetune=False)
-            values, info = self.measure(dry, with_accuracy=False)
-            broken = self.caps.violations(values, STATIC_MEASURES)
-            if broken:
-                # Not worth training: record what the untrained artifact scores as it is.
-                values["val_acc"] = onnx_accuracy(dry.runnable, self.data.val, self.data,
-                                                  threads=available_cores())
-                return Measurement(values, {**dry.info, **info}, infeasible=tuple(broken))
+    def evaluate(self, candidate: Candidate, workdir: Path) -> Measurement:
         built = self.build(candidate, workdir / "final", finetune=True)
         start = time.perf_counter()
         values, info = self.measure(built, with_accuracy=True)

@@ -14,8 +14,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from edgeslim.compress import apply_pruning, cluster_weights, sparsify, weight_layers
-from edgeslim.compress.prune import Batches, KeptIndices, criterion
+from edgeslim.compress import (
+    apply_pruning,
+    cluster_weights,
+    sparsify,
+    spread_weights,
+    weight_layers,
+)
+from edgeslim.compress.prune import UNRANKED, Batches, KeptIndices, criterion
 from edgeslim.spaces import Candidate
 
 
@@ -38,6 +44,13 @@ class Stage(ABC):
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         """Applies the stage; returns facts for the trial's user attributes."""
+
+    def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+                        seed: int = 0) -> dict[str, Any]:
+        """What the stage changes in the deployed file's size, memory and latency, as cheaply
+        as that can be had (the limits checked before training look at this); by default the
+        stage itself."""
+        return self.apply(model, candidate, example, seed)
 
     def masked(self, model: nn.Module, candidate: Candidate) -> set[str]:
         """Layers whose zeros must stay zero from now on."""
@@ -65,6 +78,16 @@ class PruneStage(Stage):
                              candidate.round_to, batches=batches, kept_indices=context.kept)
         return {f"channels/{name}": n for name, n in kept.items()}
 
+    def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+                        seed: int = 0) -> dict[str, Any]:
+        """The same channel counts; a criterion that reads gradients is replaced by no
+        ranking (it would need training images), since which channels go does not change the
+        file's size, memory or latency."""
+        importance = UNRANKED if criterion(candidate.importance).needs_gradients \
+            else candidate.importance
+        kept = apply_pruning(model, example, candidate.ratios, importance, candidate.round_to)
+        return {f"channels/{name}": n for name, n in kept.items()}
+
 
 class SparsifyStage(Stage):
     """Zeros the smallest weights of every convolution and linear layer."""
@@ -88,6 +111,14 @@ class ClusterStage(Stage):
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         distinct = cluster_weights(model, candidate.counts, candidate.cluster_method, seed)
+        return {f"clusters/{name}": n for name, n in distinct.items()}
+
+    def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
+                        seed: int = 0) -> dict[str, Any]:
+        """The cluster counts without k-means (``spread_weights``): as many distinct values
+        per row as the clustered model can hold, which is what the packed file's size
+        depends on."""
+        distinct = spread_weights(model, candidate.counts, seed)
         return {f"clusters/{name}": n for name, n in distinct.items()}
 
     def clustered(self, model: nn.Module, candidate: Candidate) -> set[str]:

@@ -4,6 +4,7 @@ the budget's caps. Everything the user can get wrong is checked here, before tra
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ from edgeslim.compress import weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
-from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model, load_checkpoint
@@ -53,18 +53,21 @@ def resolve_caps(budget: Budget, base_values: dict[str, float]) -> Caps:
 def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Path,
                  meter: LatencyMeter | None = None) -> dict[str, float]:
     """The base model measured exactly like a candidate: counted in PyTorch, then exported to
-    ONNX and measured on that file (size, peak memory, latency, validation and test accuracy)."""
+    ONNX and measured on that file (size, peak memory, validation and test accuracy, and
+    latency when the budget asks for it)."""
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(base.model, example).value) for name, m in MODEL_MEASURES.items()}
     try:
         path = write_onnx(base.model, example, out_dir / "base.onnx")
-        measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter)
+        measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter,
+                                        latency=budget.asks_for("latency_ms"))
     except CandidateError as exc:  # every candidate would fail the same way
         raise ModelError(f"the base model cannot be deployed: {exc}; every candidate is "
                          "measured as an ONNX file in onnxruntime") from None
     values.update(measured)
     if data.test is not None:
-        values["test_acc"] = onnx_accuracy(path, data.test, data, threads=available_cores())
+        values["test_acc"] = onnx_accuracy(path, data.test, data,
+                                           threads=torch.get_num_threads())
     return values
 
 
@@ -119,11 +122,14 @@ def prepare(config: SearchConfig, console: Console,
     with _Progress(console) as progress:
         update: Callable[..., None] | None = None
 
+        epochs = config.base_recipe.epochs
+
         def on_step(step: int, total: int) -> None:
             nonlocal update
             if update is None:
                 update = progress.task("training the base model", total)
-            update(completed=step)
+            epoch = min(epochs, math.ceil(step * epochs / total))
+            update(completed=step, status=f"epoch {epoch:g}/{epochs:g}")
 
         base = obtain_base_model(config.model, data, config.base_recipe, config.cache_dir / "base",
                                  config.checkpoint, on_step=on_step)

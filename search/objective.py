@@ -16,7 +16,7 @@ from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
 from edgeslim.search.references import REFERENCE_ATTR, reference_note
 from edgeslim.search.repair import StaticCheck, repair
-from edgeslim.spaces import Candidate, Space, StagedSpace
+from edgeslim.spaces import Candidate, StagedSpace
 
 ACCURACY = "val_acc"
 # A finalist trial re-runs the candidate of the search trial it names with the long fine-tune.
@@ -48,14 +48,16 @@ class Objective:
     a dashboard note naming its preset.
     """
 
-    def __init__(self, space: Space, evaluator: Evaluator, caps: Caps,
+    def __init__(self, space: StagedSpace, evaluator: Evaluator, caps: Caps,
                  objectives: Sequence[str], store: ArtifactStore, workdir: Path,
                  check: StaticCheck | None = None,
-                 final_evaluator: Evaluator | None = None) -> None:
+                 final_evaluator: Evaluator | None = None, repair: bool = True) -> None:
         self.space, self.evaluator, self.caps = space, evaluator, caps
         self.objectives = tuple(objectives)
         self.store, self.workdir = store, Path(workdir)
-        self.check = check  # repairs sampled candidates when given (a StagedSpace's)
+        # The limits checked before training (none without it); with ``repair``, a sampled
+        # candidate that breaks one is moved to the nearest that fits.
+        self.check, self.repair = check, repair
         self.final_evaluator = final_evaluator or evaluator  # the finalists' long fine-tune
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -63,41 +65,63 @@ class Objective:
         if REFERENCE_ATTR in attrs:  # labelled in the dashboard
             save_note(trial, reference_note(attrs[REFERENCE_ATTR]))
         sampled = self.space(trial)
-        evaluator, checked = self.evaluator, False
+        evaluator, broken = self.evaluator, []
         if FINALIST_ATTR in attrs:
             # A finalist rebuilds the candidate its search trial built (after repair), with
             # the long fine-tune; its parameters are that trial's, for the sampler.
             candidate = Candidate.from_dict(attrs["candidate"])
-            evaluator, checked = self.final_evaluator, True
-        elif self.check is not None and isinstance(self.space, StagedSpace):
-            try:
-                repaired = repair(sampled, self.space, self.check)
-            except CandidateError as exc:
-                # Checking the limits builds the candidate (pruned, exported, loaded in
-                # onnxruntime, untrained): one that cannot be built fails here, before the
-                # evaluator sees it, and is recorded the same way.
-                trial.set_user_attr("candidate", sampled.to_dict())
-                trial.set_user_attr("fail_reason", str(exc))
-                raise
-            for key, value in repaired.attrs().items():
-                trial.set_user_attr(key, value)
-            candidate, checked = repaired.candidate, repaired.checked
+            evaluator = self.final_evaluator
         else:
-            candidate = sampled
+            candidate, broken = self._checked(trial, sampled)
         trial.set_user_attr("candidate", candidate.to_dict())
-        if isinstance(self.space, StagedSpace):
-            trial.set_user_attr(BUILT_AS_ATTR, self.space.built_as(candidate))
-            prior = None if FINALIST_ATTR in attrs else self._built_before(trial)
-            if prior is not None:
-                return self._repeat(trial, prior)
+        trial.set_user_attr(BUILT_AS_ATTR, self.space.built_as(candidate))
+        prior = None if FINALIST_ATTR in attrs else self._built_before(trial)
+        if prior is not None:
+            return self._repeat(trial, prior)
         self.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"trial-{trial.number}-", dir=self.workdir) as t:
             try:
-                measurement = evaluator.evaluate(candidate, Path(t), checked=checked)
+                if broken:
+                    measurement = self._untrained(candidate, Path(t), broken)
+                else:
+                    measurement = evaluator.evaluate(candidate, Path(t))
             except CandidateError as exc:
                 trial.set_user_attr("fail_reason", str(exc))
                 raise
             return self.record(trial, measurement)
+
+    def _checked(self, trial: optuna.Trial, sampled: Candidate) -> tuple[Candidate, list[str]]:
+        """The candidate to build (``sampled``, or its repair) and the static limits it
+        breaks. Checking builds the candidate's structure (pruned, exported, loaded in
+        onnxruntime, untrained): one that cannot be built fails here, with its reason."""
+        if self.check is None:
+            return sampled, []
+        candidate = sampled
+        try:
+            if self.repair:
+                repaired = repair(sampled, self.space, self.check)
+                for key, value in repaired.attrs().items():
+                    trial.set_user_attr(key, value)
+                candidate = repaired.candidate
+            broken = self.check.violations(candidate)
+        except CandidateError as exc:
+            trial.set_user_attr("candidate", sampled.to_dict())
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        error = self.check.failure(candidate)
+        if error is not None:
+            trial.set_user_attr("candidate", candidate.to_dict())
+            trial.set_user_attr("fail_reason", error)
+            raise CandidateError(error)
+        return candidate, broken
+
+    def _untrained(self, candidate: Candidate, workdir: Path, broken: list[str]) -> Measurement:
+        """A candidate that breaks a static limit, recorded as it is, without training: its
+        counted structure and the measures of its untrained file."""
+        values = {**self.check.structure(candidate),
+                  **self.evaluator.static_values(candidate, workdir, accuracy=True)}
+        info = {"stage_order": candidate.order_name, "quantize": candidate.quantize}
+        return Measurement(values, info, infeasible=tuple(broken))
 
     @staticmethod
     def _built_before(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:

@@ -1,10 +1,14 @@
-"""Repair: a sampled candidate that breaks a limit computable without training is moved to the
-nearest candidate that meets it, before any training.
+"""The static check and repair: whether a candidate meets the limits computable without
+training (``StaticCheck``, the one check the search makes before a candidate is trained), and
+moving a sampled candidate that breaks one to the nearest candidate that meets it.
 
 The limits computable without training are those of ``STATIC_MEASURES``: params and MACs,
 counted on the pruned structure (cheap: a pruned copy of the model, no export), and the size,
-peak memory, activation memory and latency of the untrained artifact (an export and a
-measurement, a second or two), taken only when the budget limits them and the counts fit.
+peak memory, activation memory and latency of the file the candidate's structure deploys to
+(``StagedEvaluator.static_values``: its stages without k-means or fine-tunes, exported,
+quantized and loaded in onnxruntime; latency timed only as closely as telling it from the
+limit needs), taken only when the budget limits them and the counts fit. The candidate is then
+built once, trained, and measured in full.
 
 How a candidate is moved (``ladder``): every pruning ratio ``r`` becomes
 ``r + t * (max_ratio - r)`` on the space's ratio grid, for ``t`` in ``0, 1/16, ..., 1``: each
@@ -21,7 +25,6 @@ The trial records both: ``sampled`` (the candidate as the sampler drew it, only 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeslim.compress import apply_pruning
+from edgeslim.compress import apply_pruning, kept_channels, prunable_copy
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import MODEL_MEASURES
 from edgeslim.evaluators._base import STATIC_MEASURES
@@ -44,7 +47,7 @@ LADDER_STEPS = 16
 def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
                        importance: str = "l2", round_to: int = 8) -> dict[str, float]:
     """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
-    pruned = copy.deepcopy(model).cpu().eval()
+    pruned = prunable_copy(model, example).cpu().eval()
     if ratios:
         apply_pruning(pruned, example, ratios, importance, round_to)
     return {name: float(MODEL_MEASURES[name](pruned, example).value) for name in STRUCTURAL}
@@ -65,7 +68,7 @@ class StaticCheck:
     limits: Mapping[str, float]
     artifact: Callable[[Candidate], dict[str, float]] | None = None
     _structure: dict[Any, dict[str, float]] = field(default_factory=dict, repr=False)
-    _artifact: dict[Candidate, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _artifact: dict[Any, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def with_limits(self, limits: Mapping[str, float]) -> StaticCheck:
         """The same check against other limits, sharing what was measured."""
@@ -75,14 +78,35 @@ class StaticCheck:
     def caps(self) -> dict[str, float]:
         return {m: v for m, v in self.limits.items() if m in STATIC_MEASURES}
 
+    def _channels(self, candidate: Candidate) -> tuple[tuple[str, int], ...]:
+        """The channels each pruned group keeps: what the structure's measures depend on
+        (ratios that snap to the same counts build the same shapes; the criterion only picks
+        which channels)."""
+        if "prune" not in candidate.order:
+            return ()
+        out = []
+        for name, ratio in sorted(candidate.prune_ratios):
+            try:
+                module = self.model.get_submodule(name)
+                channels = module.out_features if isinstance(module, nn.Linear) \
+                    else module.out_channels
+            except AttributeError:  # not a prunable layer: apply_pruning says so
+                return tuple(sorted(candidate.prune_ratios))  # type: ignore[return-value]
+            out.append((name, kept_channels(channels, ratio, candidate.round_to)))
+        return tuple(out)
+
     def structure(self, candidate: Candidate) -> dict[str, float]:
         ratios = candidate.ratios if "prune" in candidate.order else {}
-        key = (tuple(sorted(ratios.items())), candidate.round_to)
+        key = self._channels(candidate)
         if key not in self._structure:
             # params and MACs depend on how many channels a group keeps, not on which.
             self._structure[key] = structure_measures(self.model, self.example, ratios,
                                                       "l2", candidate.round_to)
         return self._structure[key]
+
+    def _artifact_key(self, candidate: Candidate) -> tuple[Any, ...]:
+        return (self._channels(candidate), dataclasses.replace(
+            candidate, prune_ratios=(), importance="l2"))
 
     def violations(self, candidate: Candidate) -> list[str]:
         """The static limits ``candidate`` breaks (empty when it fits), as ``measure value >
@@ -92,20 +116,27 @@ class StaticCheck:
         broken = _broken(values, caps)
         if broken or self.artifact is None or not set(caps) - set(STRUCTURAL):
             return broken
-        if candidate not in self._artifact:
+        key = self._artifact_key(candidate)
+        if key not in self._artifact:
             try:
-                self._artifact[candidate] = self.artifact(candidate)
+                self._artifact[key] = self.artifact(candidate)
             except CandidateError as exc:
                 # Not buildable (export or runtime refused it) counts as not fitting: a repair
                 # or a reference's fit moves on, and a trial of it fails with the reason.
-                self._artifact[candidate] = {"error": str(exc)}
-        values = self._artifact[candidate]
+                self._artifact[key] = {"error": str(exc)}
+        values = self._artifact[key]
         if "error" in values:
             return [f"cannot be built: {values['error']}"]
         return _broken(values, caps)
 
     def fits(self, candidate: Candidate) -> bool:
         return not self.violations(candidate)
+
+    def failure(self, candidate: Candidate) -> str | None:
+        """Why ``candidate``'s structure could not be built when it was checked (None when it
+        was, or when checking it needed no build)."""
+        error = self._artifact.get(self._artifact_key(candidate), {}).get("error")
+        return None if error is None else str(error)
 
 
 def _broken(values: Mapping[str, float], caps: Mapping[str, float]) -> list[str]:
@@ -149,7 +180,7 @@ class Repaired:
     candidate: Candidate
     sampled: Candidate
     step: int | None  # t in sixteenths; None when no step fits
-    checked: bool  # every static limit was checked on ``candidate`` and is met
+    fits: bool  # ``candidate`` meets every static limit
 
     @property
     def repaired(self) -> bool:
@@ -167,15 +198,15 @@ class Repaired:
 
 def repair(candidate: Candidate, space: StagedSpace, check: StaticCheck) -> Repaired:
     """``candidate`` when it meets the static limits, else the least compressed step of its
-    ladder that does; unchanged (``checked`` False) when none does or the order cannot prune."""
+    ladder that does; unchanged (``fits`` False) when none does or the order cannot prune."""
     if not check.caps:
-        return Repaired(candidate, candidate, None, checked=True)
+        return Repaired(candidate, candidate, None, fits=True)
     if check.fits(candidate):
-        return Repaired(candidate, candidate, 0, checked=True)
+        return Repaired(candidate, candidate, 0, fits=True)
     if "prune" not in candidate.order:
-        return Repaired(candidate, candidate, None, checked=False)
+        return Repaired(candidate, candidate, None, fits=False)
     steps = ladder(candidate, space)
     index = first_fitting(steps, check)
     if index is None:
-        return Repaired(candidate, candidate, None, checked=False)
-    return Repaired(steps[index], candidate, index, checked=True)
+        return Repaired(candidate, candidate, None, fits=False)
+    return Repaired(steps[index], candidate, index, fits=True)

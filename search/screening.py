@@ -19,7 +19,6 @@ structure is always the unpruned one.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from edgeslim.compress import apply_pruning
+from edgeslim.compress import apply_pruning, prunable_copy
 from edgeslim.compress.prune import GRADIENT_IMAGES, criterion
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.recovery import labelled_batches
@@ -44,7 +43,9 @@ from edgeslim.spaces.pruning import IMPORTANCE_PARAM, PARAM_PREFIX
 SCREENED_ATTR = "screened"  # on a study trial: {"trial": n, "acc": score} of its screening
 SCORE_ATTR = "screen_acc"
 SCREENED_SHARE = 0.75  # of the search trials to run; the sampler proposes the others
-CALIBRATION_IMAGES = 1024
+# One batch: the ranking of 24 screened CIFAR-10 allocations of ResNet-20 recalibrated on 256
+# images agreed with the ranking on 1,024 at Spearman 0.996 (screening_fidelity.md).
+CALIBRATION_IMAGES = 256
 VAL_IMAGES = 2000
 
 
@@ -67,7 +68,7 @@ class ScreenObjective:
         fixed = repair(sampled, self.space, self.check)
         for key, value in fixed.attrs().items():
             trial.set_user_attr(key, value)
-        if not fixed.checked:
+        if not fixed.fits:
             reason = "; ".join(self.check.violations(fixed.candidate))
             trial.set_user_attr("infeasible_reason", reason)
             raise optuna.TrialPruned(reason)
@@ -78,7 +79,7 @@ class ScreenObjective:
         for name, value in self.check.structure(candidate).items():
             trial.set_user_attr(name, value)
         if key not in self._scores:  # the sampler often lands on a structure it has seen
-            model = copy.deepcopy(self.base).cpu().eval()
+            model = prunable_copy(self.base, self.example).cpu().eval()
             batches = labelled_batches(self.data, GRADIENT_IMAGES, self.seed) \
                 if criterion(candidate.importance).needs_gradients else None
             apply_pruning(model, self.example, candidate.ratios, candidate.importance,

@@ -25,9 +25,11 @@ import torch
 from rich.console import Console
 
 from edgeslim import __version__
+from edgeslim.cores import training_threads
 from edgeslim.data import DataBundle
 from edgeslim.errors import StudyError
 from edgeslim.evaluators import StagedEvaluator
+from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.search._prepare import (
     Prepared,
@@ -61,6 +63,7 @@ from edgeslim.search.storage import (
 )
 from edgeslim.search.workers import counted, run_finalists, run_trials, spawn_workers
 from edgeslim.spaces import Candidate
+from edgeslim.timing import STOPWATCH, timed
 from edgeslim.training import TrainRecipe
 
 __all__ = ["Prepared", "build_space", "feasible_orders", "latency_meter", "load_inputs",
@@ -86,20 +89,42 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of a study. The Gaussian-process sampler (``gp``, the default), multivariate
-    TPE and NSGA-II are constraint-aware: Optuna 5 reads ``Trial.set_constraint``; random
-    ignores the constraints. ``benchmarks/search_vs_rules.py`` compares them and chose the
-    default."""
+    """The sampler of a study, its time counted as sampling (``edgeslim.timing``). The
+    Gaussian-process sampler (``gp``, the default), multivariate TPE and NSGA-II are
+    constraint-aware: Optuna 5 reads ``Trial.set_constraint``; random ignores the constraints.
+    ``benchmarks/search_vs_rules.py`` compares them and chose the default."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise StudyError(f"--sampler: must be one of tpe, nsga2, gp, random, got {name!r}")
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True)
+    elif name == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    elif name == "gp":
+        sampler = optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    elif name == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise StudyError(f"--sampler: must be one of tpe, nsga2, gp, random, got {name!r}")
+    return timed_sampler(sampler)
+
+
+# The calls through which Optuna asks a sampler for parameters and tells it results.
+SAMPLER_CALLS = ("infer_relative_search_space", "sample_relative", "sample_independent",
+                 "before_trial", "after_trial")
+
+
+def timed_sampler(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """``sampler`` itself (same type, same behaviour), its calls timed as sampling."""
+    for name in SAMPLER_CALLS:
+        setattr(sampler, name, timed("sampling")(getattr(sampler, name)))
+    return sampler
+
+
+def screening_sampler(name: str) -> str:
+    """The sampler of the screening study: the search's, but TPE for GP. A screening score
+    takes about a second, and a Gaussian-process proposal over the pruning ratios took 4 to 20
+    s at 40 allocations against 0.03 s for TPE (benchmarks/results/sampler_cost.md): GP would
+    spend most of screening's time choosing what to score."""
+    return "tpe" if name == "gp" else name
 
 
 def refuse_other_setup(config: SearchConfig, data: DataBundle) -> None:
@@ -174,11 +199,13 @@ def open_or_create_study(config: SearchConfig, prepared: Prepared,
 def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMeter,
                     ) -> tuple[StagedEvaluator, StagedEvaluator, StaticCheck]:
     """The search's evaluator (short fine-tune), the finalists' (long fine-tune), and the check
-    of the limits that need no training, which measures untrained artifacts with the first."""
+    of the limits that need no training, which measures candidates' structures with the
+    first."""
     def evaluator(recipe: TrainRecipe) -> StagedEvaluator:
         return StagedEvaluator(prepared.base.model, prepared.data, recipe,
                                config.budget.runtime, prepared.caps, seed=config.seed,
-                               meter=meter, recovery=config.recovery)
+                               meter=meter, timed=config.budget.asks_for("latency_ms"),
+                               recovery=config.recovery)
 
     search, final = evaluator(config.finetune), evaluator(config.final or config.finetune)
     scratch = config.workdir / "trials"
@@ -199,9 +226,16 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     recipe and prints the Pareto table. Candidates that fail are recorded as failed trials
     with their reason; trials whose process died are failed and run again."""
     console = console or Console()
+    STOPWATCH.reset()
     check_storage_url(config.storage_url)  # a bad URL fails before any training
     inputs = load_inputs(config)
     refuse_other_setup(config, inputs[0])
+    if config.workers == 1:
+        threads, cores = training_threads(), available_cores()
+        torch.set_num_threads(threads)
+        if threads < cores:
+            console.print(f"training with {threads} thread{'s' * (threads > 1)}: "
+                          f"{cores - threads} of this machine's {cores} cores are busy")
     meter = latency_meter(config, inputs[0])
     prepared = prepare(config, console, inputs, meter)
     search, final, check = make_evaluators(config, prepared, meter)
@@ -209,7 +243,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     recover_interrupted(study, config.workdir)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials",
-                          check=check if config.repair else None, final_evaluator=final)
+                          check=check, final_evaluator=final, repair=config.repair)
     done = counted(study.trials)
     remaining = max(0, config.trials - done)
     console.print(f"study {study.study_name!r} in {config.storage_url}: {done} finished, "
@@ -230,6 +264,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
         run_finalists(study, objective, config.finalists, config.workdir, console)
     annotate(study, config.storage_url)  # the study's note in optuna-dashboard
     print_report(study, console)
+    console.print(STOPWATCH.breakdown(), highlight=False)
     return study
 
 
@@ -245,11 +280,11 @@ def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: 
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
     if remaining <= waiting:
         return  # the reference trials fill the count
-    screening = screen_study(study, make_sampler(config.sampler, config.seed))
+    screening = screen_study(study, make_sampler(screening_sampler(config.sampler), config.seed))
     objective = ScreenObjective(prepared.space, prepared.base.model, prepared.data,
                                 check.with_limits(caps), config.seed)
     start = time.perf_counter()
-    with _Progress(console) as progress:
+    with _Progress(console) as progress, STOPWATCH("screening"):
         update = progress.task("screening", config.screen)
         ran = run_screening(screening, objective, config.screen,
                             lambda n: update(completed=n))
@@ -270,5 +305,5 @@ def worker_main(config: SearchConfig, threads: int) -> None:
     study = open_or_create_study(config, prepared, check)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials",
-                          check=check if config.repair else None, final_evaluator=final)
+                          check=check, final_evaluator=final, repair=config.repair)
     run_trials(study, objective, config.trials, config.workdir)

@@ -19,7 +19,7 @@ from edgeslim.models import build_model
 from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 from edgeslim.search.workers import counts, pick_finalists, retried
-from toys import PI4, REPO
+from toys import PI4, REPO, UNTIMED
 
 FAST: list[str] = []  # the digits defaults: 30 base epochs (~10 s), 5 fine-tune epochs
 
@@ -198,14 +198,16 @@ def test_bad_budget_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(tmp_path, capsys):
+def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(workdir, tmp_path,
+                                                                         capsys):
     """prune > cluster > int8 static on digits: the exported packed file, restored, is what the
     card's accuracy and size describe."""
     from edgeslim.packing import read_packed
 
-    workdir = tmp_path / "w"
-    assert main(["--budget", str(PI4), "--trials", "2", "--workdir", str(workdir),
-                 "--order", "prune,cluster,quantize", "--quantize", "int8_static"]) == 0
+    # No finalists and one fine-tune epoch per stage: the export and card are what is checked.
+    assert main(["--budget", str(UNTIMED), "--trials", "2", "--workdir", str(workdir),
+                 "--order", "prune,cluster,quantize", "--quantize", "int8_static",
+                 "--finalists", "0", "--finetune-epochs", "1"]) == 0
     study = load_study(None, default_storage(workdir))
     assert study.trials[0].user_attrs["reference"] == "prune-cluster-int8"
     trial = max((t for t in study.trials if t.user_attrs["finetuned"]),
@@ -235,13 +237,14 @@ def test_all_stages_export_an_int8_clustered_artifact_the_card_measures(tmp_path
     assert card["measures"]["val_acc"]["value"] == trial.user_attrs["val_acc"]
 
 
-def test_sparsity_shrinks_the_file_and_the_card_says_it_does_not_save_macs(tmp_path):
+def test_sparsity_shrinks_the_file_and_the_card_says_it_does_not_save_macs(workdir, tmp_path):
     budget = tmp_path / "flash.yaml"
     budget.write_text("device: {name: a board with little flash}\nlimits: {size: 2MB}\n"
                       "objectives: [size]\n")
-    workdir, out = tmp_path / "w", tmp_path / "out"
+    out = tmp_path / "out"
     assert main(["--budget", str(budget), "--trials", "1", "--workdir", str(workdir),
-                 "--order", "sparsify", "--sparsity", "0.8:0.8", "--no-references"]) == 0
+                 "--order", "sparsify", "--sparsity", "0.8:0.8", "--no-references",
+                 "--finalists", "0"]) == 0
     assert main(["export", "--workdir", str(workdir), "--out", str(out), "--trial", "0"]) == 0
     card = json.loads((out / "model_card.json").read_text())
     assert card["compression"]["stage_order"] == ["sparsify"]

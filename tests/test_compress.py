@@ -96,3 +96,30 @@ def test_unknown_layer_is_a_candidate_error():
         apply_pruning(PlainNet(), X, {"nope": 0.5})
     with pytest.raises(CandidateError, match="is a BatchNorm2d, not prunable"):
         apply_pruning(PlainNet(), X, {"bn1": 0.5})
+
+
+@pytest.mark.parametrize("net", [PlainNet, ResidualNet, DepthwiseNet])
+def test_a_prunable_copy_prunes_like_the_model_without_tracing_it_again(net, monkeypatch):
+    import copy
+
+    from edgeslim.compress import prunable_copy
+    from edgeslim.compress import prune as prune_module
+
+    torch.manual_seed(0)
+    base = net()
+    ratios = {g.name: 0.5 for g in prunable_groups(base, X, 10)}
+    traced = copy.deepcopy(base)
+    kept = apply_pruning(traced, X, ratios, "l1")
+    first = prunable_copy(base, X)  # traces the base model's graph once
+    calls = []
+    trace = prune_module.dependency_graph
+    monkeypatch.setattr(prune_module, "dependency_graph",
+                        lambda *a: calls.append(1) or trace(*a))
+    second = prunable_copy(base, X)
+    assert apply_pruning(first, X, ratios, "l1") == apply_pruning(second, X, ratios, "l1") \
+        == kept
+    assert calls == []  # neither copy was traced, nor the base model again
+    y = torch.randn(2, 1, 8, 8)
+    for pruned in (first, second):
+        assert torch.equal(pruned.eval()(y), traced.eval()(y))
+    assert count_params(base, X).value == count_params(net(), X).value  # base untouched

@@ -10,6 +10,7 @@ that onnxruntime refuses.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -260,13 +261,26 @@ def test_a_study_records_each_failure_and_goes_on(narrow, evaluator, tmp_path, r
     assert summary_line(study) == "5 trials: 2 complete (2 feasible), 3 failed"
 
 
-def test_a_candidate_that_cannot_be_built_is_recorded_and_the_study_goes_on(evaluator,
+@dataclasses.dataclass(frozen=True)
+class GivenCandidates(StagedSpace):
+    """A space whose trial ``n`` is ``candidates[n]``, built or not."""
+
+    candidates: tuple[Candidate, ...] = ()
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        return self.candidates[trial.number]
+
+
+def test_a_candidate_that_cannot_be_built_is_recorded_and_the_study_goes_on(narrow, evaluator,
                                                                             tmp_path):
-    candidates = [Candidate(prune_ratios=(("layer1.0.conv1", 0.5),)),
+    candidates = (Candidate(prune_ratios=(("layer1.0.conv1", 0.5),)),
                   Candidate(order=("cluster",), cluster_counts=(("bn1", 4),)),
-                  pruned(conv1=0.0)]
+                  pruned(conv1=0.0))
+    space = GivenCandidates.for_stages(PruningSpace.from_model(narrow, evaluator.example, 10),
+                                       (), order="prune")
     study = _study()
-    objective = _objective(lambda trial: candidates[trial.number], evaluator, tmp_path, Caps())
+    objective = _objective(dataclasses.replace(space, candidates=candidates), evaluator,
+                           tmp_path, Caps())
     run_trials(study, objective, 3, tmp_path)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL,
                                                TrialState.COMPLETE]

@@ -34,7 +34,7 @@ from edgeslim.search.study import feasible_orders
 from edgeslim.search.workers import counts, run_trials
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
 from edgeslim.training import TrainRecipe, autocast_for, default_device, train
-from toys import PI4, REPO, PlainNet
+from toys import REPO, UNTIMED, PlainNet
 
 X = torch.zeros(1, 1, 8, 8)
 LAYERS = (WeightLayer("conv1", 144), WeightLayer("conv2", 4608), WeightLayer("fc", 320))
@@ -132,7 +132,7 @@ def test_orders_that_cannot_meet_a_params_limit_are_left_out():
 
 def test_a_search_fine_tunes_the_best_screened_allocations_first(tmp_path, capsys):
     workdir = tmp_path / "w"
-    assert main(["--budget", str(PI4), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
+    assert main(["--budget", str(UNTIMED), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
                  "--stages", "prune", "--trials", "4", "--screen", "8", "--no-references",
                  "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
                  "--workdir", str(workdir), "--study-name", "s"]) == 0
@@ -151,7 +151,7 @@ def test_a_search_fine_tunes_the_best_screened_allocations_first(tmp_path, capsy
     assert SCREENED_ATTR not in study.trials[3].user_attrs  # the sampler's own
     before = len(study.trials)
     # Resuming with more trials screens more and enqueues the next best.
-    assert main(["--budget", str(PI4), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
+    assert main(["--budget", str(UNTIMED), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
                  "--stages", "prune", "--trials", "5", "--screen", "8", "--no-references",
                  "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
                  "--workdir", str(workdir), "--study-name", "s"]) == 0
@@ -206,3 +206,11 @@ def test_a_trial_that_repeats_a_built_model_takes_its_results_untrained(
     assert [counts(t) for t in study.trials] == [True, False, True]
     assert pareto_trials(study) and repeat not in pareto_trials(study)
     assert "duplicate_of" not in other.user_attrs
+
+
+def test_screening_samples_with_tpe_where_the_search_uses_gp():
+    from edgeslim.search.study import screening_sampler
+
+    # A GP proposal costs seconds, a screening score about one: TPE screens instead.
+    assert [screening_sampler(s) for s in ("gp", "tpe", "nsga2", "random")] == [
+        "tpe", "tpe", "nsga2", "random"]

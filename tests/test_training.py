@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from edgeslim.training import TrainRecipe, train
@@ -35,3 +36,47 @@ def test_training_on_a_subset_sees_only_its_images(digits):
     data = dataclasses.replace(digits, train=dataclasses.replace(digits.train, x=x))
     stats = train(PlainNet(), data, recipe)
     assert stats.steps == 30 and stats.final_loss == stats.final_loss  # not NaN
+
+
+def test_a_fine_tune_leaves_the_model_and_its_teacher_where_they_were(digits):
+    """On the CPU-only machines here this checks the CPU path; where CUDA is present, training
+    runs there and both models come back to the CPU for the stages and export after it."""
+    model, teacher = PlainNet(), PlainNet()
+    recipe = TrainRecipe(steps=2, batch_size=16, distill_alpha=0.5)
+    train(model, digits, recipe, teacher=teacher)
+    assert {p.device.type for p in [*model.parameters(), *teacher.parameters()]} == {"cpu"}
+    assert all(p.is_contiguous() for p in teacher.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_runs_on_cuda_when_present(digits, monkeypatch):
+    seen = []
+    forward = PlainNet.forward
+
+    def spy(self, x):
+        seen.append(x.device.type)
+        return forward(self, x)
+
+    monkeypatch.setattr(PlainNet, "forward", spy)
+    model = PlainNet()
+    train(model, digits, TrainRecipe(steps=2, batch_size=16))
+    assert set(seen) == {"cuda"} and next(model.parameters()).device.type == "cpu"
+
+
+def test_training_takes_the_idle_cores_and_at_least_one(monkeypatch):
+    from edgeslim import cores
+
+    def counters(*samples):
+        it = iter(samples)
+        monkeypatch.setattr(cores, "_cpu_times", lambda: next(it))
+
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    counters((0, 0), (100, 100))  # both cores idle
+    assert cores.training_threads(0.0) == 2
+    counters((0, 0), (50, 100))  # another process kept one core busy
+    assert cores.training_threads(0.0) == 1
+    counters((0, 0), (10, 100))  # both busy: one thread all the same
+    assert cores.training_threads(0.0) == 1
+    counters(None)  # no counters to read: every core
+    assert cores.training_threads(0.0) == 2

@@ -22,11 +22,11 @@ from edgeslim.cli import main
 from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study, recover_interrupted
 from edgeslim.search.workers import counts, retried
-from toys import PI4, REPO
+from toys import REPO, UNTIMED
 
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
-SEARCH = ["--budget", str(PI4), "--finalists", "0", "--base-epochs", "3", "--screen", "8"]
+SEARCH = ["--budget", str(UNTIMED), "--finalists", "0", "--base-epochs", "3", "--screen", "8"]
 FAST = [*SEARCH, "--finetune-steps", "5"]
 # Two processes on two cores: one thread each, as --workers 2 sets up.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,6 +9,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 PI4 = REPO / "budgets" / "pi4.yaml"
+UNTIMED = REPO / "tests" / "untimed.yaml"  # pi4.yaml without latency
 
 
 class PlainNet(nn.Module):

@@ -30,10 +30,11 @@ def register_dataset(name: str, entry: DatasetEntry) -> None:
 
 
 # Digits is tiny (1,437 training images, 11 steps an epoch), so its fine-tune takes several epochs.
-# Digits fine-tunes take a second or two, about as long as a few screenings: two per trial.
+# Digits fine-tunes take a second or two, about as long as a few screenings: two per trial;
+# and no longer than a Gaussian-process proposal, so TPE samples (sampler_cost.md).
 register_dataset("digits", DatasetEntry(load_digits, 0.2, 30,
                                         "scikit-learn's 8x8 handwritten digits (offline)",
-                                        finetune_epochs=5, screen_per_trial=2))
+                                        finetune_epochs=5, screen_per_trial=2, sampler="tpe"))
 # Three fine-tune epochs per stage: after pruning ResNet-20 to half its MACs, one epoch
 # recovered to 81.7% (base 85.1%) and missed a 2-point accuracy limit in every trial
 # (benchmarks/results/cifar10_resnet20_1epoch.md); three recover about 1.6 points more.

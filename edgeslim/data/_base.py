@@ -102,6 +102,9 @@ class DatasetEntry:
     final_epochs_per_stage: float | None = None
     # Pruning allocations screened (ranked without training) per search trial.
     screen_per_trial: int = 4
+    # The sampler a search uses by default: Gaussian-process proposals cost seconds, which pay
+    # where a trial's fine-tune takes minutes (benchmarks/results/sampler_cost.md).
+    sampler: str = "gp"
 
     @property
     def final_epochs(self) -> float:

@@ -33,7 +33,11 @@ class BaseModel:
 
 
 def cache_key(spec: str, data: DataBundle, recipe: TrainRecipe) -> str:
-    identity = {"model": spec, "data": data.fingerprint, "recipe": recipe.to_dict(),
+    # Whole epochs as an int: ``--base-epochs 15`` (15.0) is the same recipe as the default 15.
+    recipe_dict = recipe.to_dict()
+    if float(recipe_dict["epochs"]).is_integer():
+        recipe_dict["epochs"] = int(recipe_dict["epochs"])
+    identity = {"model": spec, "data": data.fingerprint, "recipe": recipe_dict,
                 "file": _spec_file_digest(spec)}
     blob = json.dumps(identity, sort_keys=True).encode()
     return hashlib.blake2b(blob, digest_size=10).hexdigest()

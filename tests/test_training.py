@@ -80,3 +80,12 @@ def test_training_takes_the_idle_cores_and_at_least_one(monkeypatch):
     assert cores.training_threads(0.0) == 1
     counters(None)  # no counters to read: every core
     assert cores.training_threads(0.0) == 2
+
+
+def test_base_cache_key_reads_whole_epochs_as_the_same_recipe(digits):
+    from edgeslim.basemodel import cache_key
+
+    assert cache_key("resnet20", digits, TrainRecipe(epochs=15.0)) == \
+        cache_key("resnet20", digits, TrainRecipe(epochs=15))
+    assert cache_key("resnet20", digits, TrainRecipe(epochs=15.5)) != \
+        cache_key("resnet20", digits, TrainRecipe(epochs=15))

@@ -20,3 +20,21 @@ def extract(archive: Path) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
     return target
+
+
+def cifar_split(archive: Path, per_class: int, test_per_class: int) -> Path:
+    """An image-folder tree of links: the first ``per_class`` images of each class as train/,
+    the next ``test_per_class`` as test/ (never used for a choice: only reported)."""
+    full = extract(archive)
+    root = Path(tempfile.gettempdir()) / f"edgeslim-cifar10-{per_class}-{test_per_class}"
+    for cls in sorted(p for p in (full / "train").iterdir() if p.is_dir()):
+        images = sorted(cls.iterdir())
+        for split, chosen in (("train", images[:per_class]),
+                              ("test", images[per_class:per_class + test_per_class])):
+            target = root / split / cls.name
+            if target.is_dir():
+                continue
+            target.mkdir(parents=True)
+            for image in chosen:
+                (target / image.name).symlink_to(image)
+    return root

@@ -48,7 +48,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from _cifar import extract  # benchmarks/_cifar.py, beside this script
+from _cifar import cifar_split  # benchmarks/_cifar.py, beside this script
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
 from edgeslim.cli import main as optimize
@@ -83,24 +83,6 @@ limits:
   flops: {pct:.4g}%
 objectives: []
 """
-
-
-def cifar_split(archive: Path, per_class: int, test_per_class: int) -> Path:
-    """An image-folder tree of links: the first ``per_class`` images of each class as train/,
-    the next ``test_per_class`` as test/."""
-    full = extract(archive)
-    root = Path(tempfile.gettempdir()) / f"edgeslim-cifar10-{per_class}-{test_per_class}"
-    for cls in sorted(p for p in (full / "train").iterdir() if p.is_dir()):
-        images = sorted(cls.iterdir())
-        for split, chosen in (("train", images[:per_class]),
-                              ("test", images[per_class:per_class + test_per_class])):
-            target = root / split / cls.name
-            if target.is_dir():
-                continue
-            target.mkdir(parents=True)
-            for image in chosen:
-                (target / image.name).symlink_to(image)
-    return root
 
 
 def test_accuracy(study, trial, data) -> float:

@@ -1,0 +1,317 @@
+"""How much accuracy a pruned ResNet-20 keeps on CIFAR-10, and which cheap steps recover it.
+
+Everything runs on fixed pruning allocations, so that only the method changes:
+
+- ``uniform-2x``: one ratio for every group, the smallest that meets budgets/pi4.yaml's params
+  and MACs limits (half of each);
+- ``searched-2x``: the best of ``--screen`` allocations the search's screening samples under the
+  same limits (GP sampler, ranked by accuracy after batch-norm recalibration, no training);
+- ``uniform-4x`` and ``searched-4x``: the same at a quarter of the MACs (no params limit).
+
+Each configuration prunes a copy of the base model, applies its recovery steps, fine-tunes it
+(``--epochs``) and exports it; accuracy is the float ONNX file's in onnxruntime, on the
+validation split (carved from the training images, used for every choice) and on the test
+split (10,000 images the search never sees, reported only). int8 static variants quantize that
+same float file with other calibration settings.
+
+    uv run python benchmarks/recovery.py --archive ../shared/data/cifar10-train-jpeg.tar.gz \\
+        --part ablation --seeds 0,1,2
+    uv run python benchmarks/recovery.py --archive ... --part curve --seeds 0,1,2
+    uv run python benchmarks/recovery.py --archive ... --part table
+
+Every run is appended to benchmarks/runs/recovery/rows.jsonl (a rerun skips what is there);
+``--part table`` writes benchmarks/results/recovery.md and .json from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from _cifar import cifar_split  # benchmarks/_cifar.py, beside this script
+
+from edgeslim.basemodel import obtain_base_model
+from edgeslim.budget import Runtime, load_budget
+from edgeslim.compress import quantize_onnx, weight_layers
+from edgeslim.data import load_dataset
+from edgeslim.evaluators import MODEL_MEASURES, StagedEvaluator, onnx_accuracy
+from edgeslim.evaluators.recovery import Recovery
+from edgeslim.evaluators.staged import calibration_batches
+from edgeslim.export import write_onnx
+from edgeslim.fsutil import atomic_torch_save
+from edgeslim.models import load_checkpoint
+from edgeslim.search.config import SearchConfig, SpaceOptions
+from edgeslim.search.references import fit_uniform_ratio
+from edgeslim.search.repair import StaticCheck
+from edgeslim.search.screening import ScreenObjective, run_screening
+from edgeslim.search.study import build_space, make_sampler
+from edgeslim.spaces import Candidate
+from edgeslim.training import TrainRecipe, train
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / "runs" / "recovery"
+ROWS = WORK / "rows.jsonl"
+MODEL = "resnet20"
+
+# The fine-tune the search used before this benchmark: one-cycle SGD peaking at 0.05 with a
+# tenth of warm-up, distilled from the base model (alpha 0.5, temperature 4), no recovery.
+TODAY = TrainRecipe(lr=0.05, warmup_fraction=0.1, distill_alpha=0.5)
+NO_RECOVERY = Recovery(reconstruct=False, recalibrate_bn=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way of pruning and recovering: the criterion, the steps before the fine-tune, and
+    the fine-tune's recipe (fields of ``TrainRecipe`` changed from ``TODAY``)."""
+
+    importance: str = "l2"
+    recovery: Recovery = NO_RECOVERY
+    recipe: dict[str, float] = field(default_factory=dict)
+    clusters: int | None = None  # prune > cluster (k per layer) > int8 static, when set
+
+    def candidate(self, ratios: dict[str, float], layers: list[str]) -> Candidate:
+        if self.clusters is None:
+            return Candidate(order=("prune",), prune_ratios=tuple(ratios.items()),
+                             importance=self.importance)
+        return Candidate(order=("prune", "cluster", "quantize"),
+                         prune_ratios=tuple(ratios.items()), importance=self.importance,
+                         cluster_counts=tuple((n, self.clusters) for n in layers),
+                         quantize="int8_static")
+
+    def train_recipe(self, epochs: float, seed: int) -> TrainRecipe:
+        return dataclasses.replace(TODAY, epochs=epochs, seed=seed, **self.recipe)
+
+
+RECON = Recovery(reconstruct=True, recalibrate_bn=False)
+BN = Recovery(reconstruct=False, recalibrate_bn=True)
+BOTH = Recovery(reconstruct=True, recalibrate_bn=True)
+# One change at a time from today's fine-tune (``today``).
+ABLATION: dict[str, Config] = {
+    "today": Config(),
+    "+bn": Config(recovery=BN),
+    "+reconstruct": Config(recovery=RECON),
+    "+reconstruct+bn": Config(recovery=BOTH),
+    "l1": Config(importance="l1"),
+    "lamp": Config(importance="lamp"),
+    "bn_scale": Config(importance="bn_scale"),
+    "taylor": Config(importance="taylor"),
+    "hessian": Config(importance="hessian"),
+    "kd 0": Config(recipe={"distill_alpha": 0.0}),
+    "kd 0.9": Config(recipe={"distill_alpha": 0.9}),
+    "kd 1.0": Config(recipe={"distill_alpha": 1.0}),
+    "kd 0.9 T2": Config(recipe={"distill_alpha": 0.9, "distill_temperature": 2.0}),
+    "+attention 1000": Config(recipe={"distill_features": 1000.0}),
+    "lr 0.02": Config(recipe={"lr": 0.02}),
+    "lr 0.1": Config(recipe={"lr": 0.1}),
+    "lr 0.2": Config(recipe={"lr": 0.2}),
+}
+CONFIGS: dict[str, Config] = {**ABLATION}
+# Calibration variants of int8 static, applied to every run's float file: (method, images).
+QUANT = {"minmax 256": ("minmax", 256), "minmax 1024": ("minmax", 1024),
+         "percentile 1024": ("percentile", 1024), "entropy 1024": ("entropy", 1024)}
+
+
+def setup(args: argparse.Namespace):
+    """The data and the base model: ``--base-epochs`` of the tool's own recipe (cached as the
+    search caches it), then, with ``--second-cycle E``, E more epochs of a second one-cycle
+    schedule peaking at ``--second-lr`` from those weights (cached beside it)."""
+    root = cifar_split(args.archive, 4000, 1000)
+    data = load_dataset(f"imagefolder:{root}", Path("."), WORK / "cache" / "data", 0)
+    recipe = TrainRecipe(epochs=args.base_epochs, seed=0)
+    start = time.perf_counter()
+    base = obtain_base_model(MODEL, data, recipe, WORK / "cache" / "base")
+    info_path = base.weights_path.with_suffix(".json")
+    if base.trained_here:
+        info_path.write_text(json.dumps({"seconds": time.perf_counter() - start}))
+    if not args.second_cycle:
+        return data, base, [info_path]
+    second = TrainRecipe(epochs=args.second_cycle, lr=args.second_lr, warmup_fraction=0.1,
+                         seed=1)
+    path = base.weights_path.with_name(
+        f"{base.weights_path.stem}-then-{args.second_cycle:g}ep-lr{args.second_lr:g}.pt")
+    if not path.is_file():
+        start = time.perf_counter()
+        train(base.model, data, second)
+        atomic_torch_save(base.model.cpu().eval().state_dict(), path)
+        path.with_suffix(".json").write_text(json.dumps(
+            {"seconds": time.perf_counter() - start}))
+    load_checkpoint(base.model, path, MODEL)
+    return (data, dataclasses.replace(base, weights_path=path),
+            [info_path, path.with_suffix(".json")])
+
+
+def base_row(data, base, info_paths: list[Path], base_epochs: str) -> dict:
+    path = WORK / "base.onnx"
+    write_onnx(base.model, torch.zeros(1, *data.input_shape), path)
+    seconds = sum(json.loads(p.read_text())["seconds"] for p in info_paths) \
+        if all(p.is_file() for p in info_paths) else None
+    example = torch.zeros(1, *data.input_shape)
+    return {"epochs": base_epochs, "weights": base.weights_path.name, "train_seconds": seconds,
+            "val": onnx_accuracy(path, data.val, data),
+            "test": onnx_accuracy(path, data.test, data),
+            "macs": MODEL_MEASURES["macs"](base.model, example).value,
+            "params": MODEL_MEASURES["params"](base.model, example).value}
+
+
+def allocations(data, base, screen: int) -> dict[str, dict[str, float]]:
+    """The fixed allocations (see the module docstring), computed once and kept in WORK."""
+    path = WORK / "allocations.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    example = torch.zeros(1, *data.input_shape)
+    counted = {m: float(MODEL_MEASURES[m](base.model, example).value) for m in ("params", "macs")}
+    config = SearchConfig(budget=load_budget(ROOT.parent / "budgets" / "pi4.yaml"), model=MODEL,
+                          space=SpaceOptions(stages=("prune",)))
+    space = build_space(config, base.model, data)
+    out = {}
+    for label, limits in (("2x", {"params": counted["params"] / 2, "macs": counted["macs"] / 2}),
+                          ("4x", {"macs": counted["macs"] / 4})):
+        ratio = fit_uniform_ratio(base.model, example, space, limits)
+        out[f"uniform-{label}"] = {g.name: ratio for g in space.pruning.groups}
+        study = optuna.create_study(direction="maximize", sampler=make_sampler("gp", 0))
+        objective = ScreenObjective(space, base.model, data, StaticCheck(base.model, example,
+                                                                         limits), seed=0)
+        run_screening(study, objective, screen)
+        best = Candidate.from_dict(study.best_trial.user_attrs["candidate"])
+        out[f"searched-{label}"] = best.ratios
+    path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def done_keys() -> set[str]:
+    if not ROWS.is_file():
+        return set()
+    return {json.loads(line)["key"] for line in ROWS.read_text().splitlines() if line.strip()}
+
+
+def run_one(data, base, alloc: str, ratios: dict[str, float], name: str, config: Config,
+            epochs: float, seed: int, quant: bool) -> dict:
+    """Prunes, recovers, fine-tunes and measures one configuration (see the module
+    docstring)."""
+    evaluator = StagedEvaluator(base.model, data, config.train_recipe(epochs, seed),
+                                Runtime(threads=2), seed=seed, recovery=config.recovery)
+    candidate = config.candidate(ratios, list(weight_layers(base.model)))
+    example = torch.zeros(1, *data.input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        built = evaluator.build(candidate, Path(tmp))
+        build_seconds = time.perf_counter() - start
+        row = {"alloc": alloc, "config": name, "epochs": epochs, "seed": seed,
+               "macs": MODEL_MEASURES["macs"](built.model, example).value,
+               "params": MODEL_MEASURES["params"](built.model, example).value,
+               "val": onnx_accuracy(built.runnable, data.val, data),
+               "test": onnx_accuracy(built.runnable, data.test, data),
+               "size_bytes": built.deployable.stat().st_size,
+               "build_seconds": round(build_seconds, 2),
+               "finetune_seconds": round(sum(s.seconds for s in built.finetunes), 2),
+               **{k: v for k, v in built.info.items() if k.endswith("_seconds")}}
+        if quant and candidate.quantize == "none":
+            for label, (method, images) in QUANT.items():
+                q = quantize_onnx(built.runnable, Path(tmp) / "int8.onnx", "int8_static",
+                                  iter(calibration_batches(data, images, seed)), method)
+                row[f"int8 {label}"] = {"val": onnx_accuracy(q, data.val, data),
+                                        "test": onnx_accuracy(q, data.test, data)}
+    return row
+
+
+def run_part(args, data, base, allocs, configs: dict[str, Config], epochs: list[float],
+             quant: bool) -> None:
+    have = done_keys()
+    for seed in args.seeds:
+        for e in epochs:
+            for alloc in args.allocs:
+                for name, config in configs.items():
+                    key = f"{alloc}|{name}|{e}|{seed}"
+                    if key in have:
+                        continue
+                    row = run_one(data, base, alloc, allocs[alloc], name, config, e, seed,
+                                  quant)
+                    row["key"] = key
+                    row["command"] = " ".join(sys.argv[1:])
+                    with ROWS.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{key}: val {100 * row['val']:.2f} test {100 * row['test']:.2f} "
+                          f"({row['build_seconds']:.0f} s)", flush=True)
+
+
+def sections(rows_path: Path) -> list[tuple[str, str, list[str]]]:
+    from _recovery_table import ablation_table, curve_table, quant_table
+
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    base = json.loads((WORK / "base.json").read_text())
+    pi4 = ["uniform-2x", "searched-2x"]
+    return [
+        ("One method at a time, 1 fine-tune epoch",
+         "Each row changes one thing from today's fine-tune (criterion l2, no recovery step, "
+         "distillation alpha 0.5 at temperature 4, peak learning rate 0.05); the columns vs "
+         "today are the mean difference in points.",
+         ablation_table(rows, pi4, list(ABLATION), 1.0, "today")),
+        ("Drop against the base by fine-tune epochs",
+         "Test accuracy of the float file minus the base's, in points.",
+         curve_table(rows, pi4 + ["uniform-4x", "searched-4x"], list(CONFIGS), base)),
+        ("What int8 static costs",
+         "int8 static (QDQ, per-channel weights) of the same float file, minus the float "
+         "file's accuracy, in points, by calibration method and images.",
+         quant_table(rows, pi4)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", type=Path, required=True)
+    parser.add_argument("--part", choices=("base", "run", "table"), required=True)
+    parser.add_argument("--base-epochs", type=float, default=60)
+    parser.add_argument("--second-cycle", type=float, default=0,
+                        help="epochs of a second one-cycle schedule after the base recipe")
+    parser.add_argument("--second-lr", type=float, default=0.05)
+    parser.add_argument("--screen", type=int, default=48)
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")],
+                        default=[0, 1, 2])
+    parser.add_argument("--allocs", type=lambda s: s.split(","),
+                        default=["uniform-2x", "searched-2x"])
+    parser.add_argument("--configs", type=lambda s: s.split(","), default=list(ABLATION))
+    parser.add_argument("--epochs", type=lambda s: [float(v) for v in s.split(",")],
+                        default=[1.0])
+    parser.add_argument("--quant", action="store_true",
+                        help="also measure the int8 static variants of each float file")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    WORK.mkdir(parents=True, exist_ok=True)
+    data, base, info_paths = setup(args)
+    epochs = f"{args.base_epochs:g}" + (f" + {args.second_cycle:g} (lr {args.second_lr:g})"
+                                        if args.second_cycle else "")
+    known = json.loads((WORK / "base.json").read_text()) if (WORK / "base.json").is_file() \
+        else {}
+    if known.get("weights") != base.weights_path.name:
+        (WORK / "base.json").write_text(json.dumps(base_row(data, base, info_paths, epochs)))
+    print(f"base: {(WORK / 'base.json').read_text()}", flush=True)
+    if args.part == "base":
+        return
+    allocs = allocations(data, base, args.screen)
+    if args.part == "run":
+        unknown = [c for c in args.configs if c not in CONFIGS]
+        if unknown:
+            sys.exit(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+        run_part(args, data, base, allocs, {c: CONFIGS[c] for c in args.configs},
+                 args.epochs, args.quant)
+    else:
+        from _recovery_table import write_tables
+
+        md = write_tables(ROWS, WORK, ROOT / "results", " ".join(sys.argv[1:]),
+                          sections(ROWS))
+        print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()

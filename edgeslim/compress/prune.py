@@ -5,6 +5,10 @@ its batch norm, the next layers' input channels and, through residual adds, ever
 to the same residual stream. Each group is named after its root layer's qualified module name
 (``layer2.0.conv1``), which is stable for a given architecture and readable in the dashboard.
 
+Modules whose forward torch-pruning cannot analyse (a channel shuffle, say) are hidden from the
+graph (``edgeslim.compress.untraced``): the layers inside them, and the groups that reach them,
+keep every channel.
+
 Channel counts are snapped to multiples of ``round_to`` (8 by default): CPU and GPU kernels are
 vectorised over channel blocks, and off-multiple counts (12/24/48) run slower than the unpruned
 model despite fewer MACs.
@@ -12,13 +16,24 @@ model despite fewer MACs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.compress.untraced import (
+    UNTRACED_PRUNER,
+    WHOLE_MODEL,
+    Untraced,
+    deadline,
+    hidden,
+    one_thread,
+    untraced_modules,
+)
 from edgeslim.errors import CandidateError
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "lamp")
@@ -26,6 +41,10 @@ IMPORTANCES = ("l1", "l2", "bn_scale", "lamp")
 # prune without ranking filters; not among the criteria the search chooses from by default.
 UNRANKED = "none"
 _ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+# Grouping a graph takes up to about 25 times as long as building it (DenseNet's concatenations);
+# one that takes far longer loops forever (see ``edgeslim.compress.untraced.deadline``).
+GROUPING_FACTOR = 100
+GROUPING_MIN_S = 5.0
 # torch-pruning pruners for modules it does not know, by module type (see ``register_pruner``).
 CUSTOM_PRUNERS: dict[type[nn.Module], tp.pruner.function.BasePruningFunc] = {}
 
@@ -64,13 +83,50 @@ def _output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, with the modules it cannot analyse hidden
+    (``untraced``).
+
+    Raises:
+        CandidateError: when nothing of the model can be analysed (``WHOLE_MODEL``).
+    """
+    names = untraced(model, example_input)
+    if WHOLE_MODEL in names:
+        raise CandidateError("torch-pruning cannot analyse this model: nothing can be pruned")
+    return _build(model, example_input, names)
+
+
+def untraced(model: nn.Module, example_input: torch.Tensor) -> tuple[str, ...]:
+    """The modules of ``model`` torch-pruning cannot analyse (found once per architecture)."""
+    return untraced_modules(model, example_input,
+                            lambda names: _builds(model, example_input, names))
+
+
+def _build(model: nn.Module, example_input: torch.Tensor,
+           names: tuple[str, ...] | list[str]) -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
+    pruners = {**CUSTOM_PRUNERS, Untraced: UNTRACED_PRUNER}
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                     customized_pruners=dict(CUSTOM_PRUNERS))
+        with hidden(model, names), torch.enable_grad(), one_thread():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, customized_pruners=pruners, verbose=False)
     finally:
         model.train(was_training)
+
+
+def _builds(model: nn.Module, example_input: torch.Tensor, names) -> bool:
+    """Whether the graph builds with ``names`` hidden and yields its groups, in at most
+    ``GROUPING_FACTOR`` times as long as the build took (``GROUPING_MIN_S`` at least)."""
+    try:
+        start = time.perf_counter()
+        graph = _build(model, example_input, names)
+        limit = max(GROUPING_MIN_S, GROUPING_FACTOR * (time.perf_counter() - start))
+        with deadline(limit), one_thread():
+            for _ in graph.get_all_groups(root_module_types=list(_ROOT_TYPES)):
+                pass
+        return True
+    except Exception:  # whatever torch-pruning raises on a forward it cannot follow
+        return False
 
 
 def prunable_groups(model: nn.Module, example_input: torch.Tensor, num_classes: int,
@@ -78,29 +134,50 @@ def prunable_groups(model: nn.Module, example_input: torch.Tensor, num_classes: 
     """The groups of ``model`` that can lose channels, in module order.
 
     A group qualifies when its root has more than ``round_to`` output channels (so at least one
-    aligned smaller count exists) and is not a depthwise conv (those follow their producer).
+    aligned smaller count exists), is not a depthwise conv (those follow their producer), and
+    reaches no module torch-pruning cannot analyse (see ``blocked_groups``).
     """
+    return _groups(model, example_input, num_classes, round_to)[0]
+
+
+def blocked_groups(model: nn.Module, example_input: torch.Tensor, num_classes: int,
+                   round_to: int = 8) -> dict[str, str]:
+    """The groups left out because their channels reach a module torch-pruning cannot analyse:
+    root layer -> that module."""
+    return _groups(model, example_input, num_classes, round_to)[1]
+
+
+def _groups(model: nn.Module, example_input: torch.Tensor, num_classes: int, round_to: int,
+            ) -> tuple[tuple[PrunableGroup, ...], dict[str, str]]:
+    if WHOLE_MODEL in untraced(model, example_input):
+        return (), {}
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     graph = dependency_graph(model, example_input)
-    groups = {}
+    groups: dict[str, PrunableGroup] = {}
+    blocked: dict[str, str] = {}
     for group in graph.get_all_groups(ignored_layers=_output_layers(model, num_classes),
                                       root_module_types=list(_ROOT_TYPES)):
-        touched = [it.dep.target.module for it in group
-                   if isinstance(it.dep.target.module, _ROOT_TYPES)
-                   and it.dep.target.module in names]
+        modules = [it.dep.target.module for it in group]
+        touched = [m for m in modules if isinstance(m, _ROOT_TYPES) and m in names]
         # Layers whose *output* channels this group removes; depthwise convs only follow.
         producers = [it.dep.target.module for it in group
                      if _is_out_pruning(it) and isinstance(it.dep.target.module, _ROOT_TYPES)
+                     and it.dep.target.module in names
                      and getattr(it.dep.target.module, "groups", 1) == 1]
         if not producers:
             continue
         root = min(producers, key=lambda m: order[names[m]])
-        if _out_dim(root) <= round_to or names[root] in groups:
+        if _out_dim(root) <= round_to or names[root] in groups or names[root] in blocked:
+            continue
+        stand_ins = [graph._module2name[m] for m in modules if isinstance(m, Untraced)]
+        if stand_ins:
+            blocked[names[root]] = stand_ins[0]
             continue
         layers = sorted({names[m] for m in touched}, key=order.__getitem__)
         groups[names[root]] = PrunableGroup(names[root], _out_dim(root), tuple(layers))
-    return tuple(sorted(groups.values(), key=lambda g: order[g.name]))
+    ordered = tuple(sorted(groups.values(), key=lambda g: order[g.name]))
+    return ordered, dict(sorted(blocked.items(), key=lambda kv: order[kv[0]]))
 
 
 def _is_out_pruning(item: object) -> bool:
@@ -154,12 +231,12 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
         The kept output channels of every group root named in ``ratios``.
 
     Raises:
-        CandidateError: when a name is not a prunable layer or the graph rejects the pruning.
+        CandidateError: when a name is not a prunable layer, or torch-pruning rejects or fails
+            on the pruning (any error it raises: a property of this model and candidate).
     """
-    graph = dependency_graph(model, example_input)
     scorer = _importance(importance)
     fallback = _importance("l2")
-    kept = {}
+    kept, todo = {}, []
     for name, ratio in ratios.items():
         try:
             module = model.get_submodule(name)
@@ -167,19 +244,59 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
             raise CandidateError(f"no layer named {name!r} in the model") from None
         if not isinstance(module, _ROOT_TYPES):
             raise CandidateError(f"layer {name!r} is a {type(module).__name__}, not prunable")
+        kept[name] = kept_channels(_out_dim(module), ratio, round_to)
+        if kept[name] < _out_dim(module):
+            todo.append((name, module))
+    if not todo:
+        return kept
+    graph = dependency_graph(model, example_input)
+    for name, module in todo:
         current = _out_dim(module)
-        keep = kept_channels(current, ratio, round_to)
-        kept[name] = keep
-        if keep >= current:
-            continue
-        fn = _prune_fn(module)
-        group = graph.get_pruning_group(module, fn, idxs=list(range(current)))
-        scores = scorer(group)
-        if scores is None:  # e.g. bn_scale on a group without batch norm
-            scores = fallback(group)
-        drop = torch.argsort(scores)[: current - keep].tolist()
-        group = graph.get_pruning_group(module, fn, idxs=sorted(drop))
+        with _pruning_errors(name, kept[name]):
+            group = _group(graph, module, list(range(current)), name)
+            scores = scorer(group)
+            if scores is None:  # e.g. bn_scale on a group without batch norm
+                scores = fallback(group)
+            drop = torch.argsort(scores)[: current - kept[name]].tolist()
+        prune_group(graph, module, drop, name, kept[name])
+    return kept
+
+
+def prune_group(graph: tp.DependencyGraph, module: nn.Module, drop: list[int], name: str,
+                keep: int) -> None:
+    """Removes the output channels ``drop`` of ``module`` (the root of group ``name``) and
+    every channel tied to them in ``graph``."""
+    with _pruning_errors(name, keep):
+        group = _group(graph, module, sorted(drop), name)
         if not graph.check_pruning_group(group):
             raise CandidateError(f"pruning {name!r} to {keep} channels would empty a layer")
         group.prune()
-    return kept
+
+
+def _group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int], name: str) -> tp.Group:
+    if module not in graph.module2node:
+        raise CandidateError(f"layer {name!r} is inside a module torch-pruning cannot analyse")
+    group = graph.get_pruning_group(module, _prune_fn(module), idxs=idxs)
+    hidden = [graph._module2name[it.dep.target.module] for it in group
+              if isinstance(it.dep.target.module, Untraced)]
+    if hidden:
+        raise CandidateError(f"pruning {name!r} reaches {hidden[0]}, which torch-pruning "
+                             "cannot analyse")
+    return group
+
+
+@contextlib.contextmanager
+def _pruning_errors(name: str, keep: int) -> Iterator[None]:
+    """Whatever torch-pruning raises while pruning one group, as the candidate's failure."""
+    try:
+        yield
+    except CandidateError:
+        raise
+    except Exception as exc:
+        raise CandidateError(f"torch-pruning failed to prune {name!r} to {keep} channels: "
+                             f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "(no message)"

@@ -21,6 +21,7 @@ from torch import nn
 from edgeslim.budget import Runtime
 from edgeslim.compress import quantize_onnx, tied
 from edgeslim.data import DataBundle
+from edgeslim.errors import CandidateError
 from edgeslim.evaluators._base import STATIC_MEASURES, Caps, Evaluator, Measurement
 from edgeslim.evaluators.accuracy import onnx_accuracy
 from edgeslim.evaluators.artifact import measure_onnx_file
@@ -28,7 +29,7 @@ from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.stages import model_stage
-from edgeslim.export import write_onnx
+from edgeslim.export import one_line, write_onnx
 from edgeslim.fsutil import atomic_torch_save
 from edgeslim.packing import SUFFIX, restore_onnx, write_packed
 from edgeslim.spaces import Candidate
@@ -111,7 +112,13 @@ class StagedEvaluator(Evaluator):
             if name == "quantize":
                 continue
             stage = model_stage(name)
-            info.update(stage.apply(model, candidate, self.example, self.seed))
+            try:
+                info.update(stage.apply(model, candidate, self.example, self.seed))
+            except CandidateError:
+                raise
+            except Exception as exc:  # a library's error on this candidate's model
+                raise CandidateError(f"{name} failed: {type(exc).__name__}: "
+                                     f"{one_line(exc)}") from exc
             clustered |= stage.clustered(model, candidate)
             masked |= stage.masked(model, candidate)
             if finetune:
@@ -121,7 +128,7 @@ class StagedEvaluator(Evaluator):
         # Every step of a build raises CandidateError, naming the step, for what is wrong with
         # this candidate (a stage it cannot take, a diverged fine-tune above; an operator the
         # exporter lacks, a graph the quantizer or onnxruntime refuses below and in
-        # ``measure``); any other exception is a bug and stops the search.
+        # ``measure``). Anything else fails the trial too (``Objective``), with its type.
         float_onnx = write_onnx(model, self.example, workdir / "float.onnx")
         calibration = self.calibration() if candidate.quantize == "int8_static" else None
         runnable = quantize_onnx(float_onnx, workdir / ARTIFACT_ONNX, candidate.quantize,

@@ -14,6 +14,7 @@ from optuna_dashboard import save_note
 
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
+from edgeslim.export import one_line
 from edgeslim.search.references import REFERENCE_ATTR, reference_note
 from edgeslim.search.repair import StaticCheck, repair
 from edgeslim.spaces import Candidate, Space, StagedSpace
@@ -59,6 +60,19 @@ class Objective:
         self.final_evaluator = final_evaluator or evaluator  # the finalists' long fine-tune
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        """Any error while building, training or measuring the candidate fails the trial with
+        the reason in ``fail_reason``, and the study goes on (Optuna's log, in the run's log
+        file, keeps the traceback)."""
+        try:
+            return self._run(trial)
+        except (CandidateError, optuna.TrialPruned):
+            raise
+        except Exception as exc:
+            reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+            trial.set_user_attr("fail_reason", reason)
+            raise CandidateError(reason) from exc
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
         attrs = trial.user_attrs
         if REFERENCE_ATTR in attrs:  # labelled in the dashboard
             save_note(trial, reference_note(attrs[REFERENCE_ATTR]))

@@ -21,6 +21,7 @@ from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model, load_checkpoint
+from edgeslim.models.check import check_model
 from edgeslim.search._progress import _Progress
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import ACCURACY
@@ -79,6 +80,8 @@ def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
                         config.checkpoint, config.model)
     data = load_dataset(config.dataset, config.data_dir, config.cache_dir / "data", config.seed)
     model = build_model(config.model, data.in_channels, data.num_classes)
+    # Seconds: a model that does not fit the data, train or export is refused before training.
+    check_model(model, config.model, data.name, tuple(data.input_shape), data.num_classes)
     space = build_space(config, model, data)
     # Params and MACs need no trained weights: a budget only pruning can meet is checked
     # against the stages now, before a base model is trained.

@@ -13,12 +13,12 @@ Errors the user can fix print one line and exit with status 2 (``--debug`` shows
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
+from edgeslim.logs import quiet_libraries, show_libraries
 
 COMMANDS = ("search", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
@@ -281,22 +281,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def quiet_libraries() -> None:
-    """Hides the libraries' warnings and info logs (``--debug`` keeps them)."""
-    warnings.filterwarnings("ignore")
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
-    if not args.debug:
+    if args.debug:
+        show_libraries()
+    else:
         quiet_libraries()
+    previous = stop_on_signals()
     try:
         return run(args)
     except EdgeslimError as exc:
@@ -304,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"optimize: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("optimize: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM (edgeslim.interrupts)
+        print(f"optimize: stopped by {interruption(exc)}; rerun the same command to resume",
+              file=sys.stderr)
+        return exit_status(exc)
+    finally:
+        restore_signals(previous)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from edgeslim.data import DataBundle
 from edgeslim.errors import StudyError
 from edgeslim.evaluators import StagedEvaluator
 from edgeslim.evaluators.meters import LatencyMeter
+from edgeslim.logs import LOG_NAME, attach
 from edgeslim.search._prepare import (
     Prepared,
     build_space,
@@ -202,6 +203,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     inputs = load_inputs(config)
     refuse_other_setup(config, inputs[0])
     meter = latency_meter(config, inputs[0])
+    attach(config.workdir / LOG_NAME)  # the input is good: the run's log has a home
     prepared = prepare(config, console, inputs, meter)
     search, final, check = make_evaluators(config, prepared, meter)
     study = open_or_create_study(config, prepared, check)

@@ -201,7 +201,7 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    from edgeslim.search.config import default_storage
+    from edgeslim.search.storage import default_storage
 
     return args.storage or default_storage(args.workdir)
 
@@ -263,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
         page = write_report(study, args.out, args.trial, _storage_url(args))
         console.print(f"report of {study.study_name} written to {page}", soft_wrap=True)
         return 0
+    from edgeslim.search.picking import choose_trial
+
+    # A trial with nothing to export is refused in seconds, before the model code loads.
+    choose_trial(study, args.trial)
     from edgeslim.search.exporter import export_trial, parse_formats
 
     formats = parse_formats(args.format)

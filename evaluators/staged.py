@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE
 from edgeslim.budget import Runtime
 from edgeslim.compress import quantize_onnx, tied
 from edgeslim.data import DataBundle
@@ -31,14 +32,9 @@ from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.stages import model_stage
 from edgeslim.export import one_line, write_onnx
 from edgeslim.fsutil import atomic_torch_save
-from edgeslim.packing import SUFFIX, restore_onnx, write_packed
+from edgeslim.packing import restore_onnx, write_packed
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, TrainStats, train
-
-ARTIFACT_ONNX = "model.onnx"
-ARTIFACT_PACKED = "model" + SUFFIX
-ARTIFACT_STATE = "model_state.pt"
-DEPLOYABLE = (ARTIFACT_PACKED, ARTIFACT_ONNX)  # the first a trial has is what a user deploys
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,12 @@ UNCLAIMED_S = 120
 CONNECT_TIMEOUT_S = 10
 
 
+def default_storage(workdir: Path) -> str:
+    """A journal file in ``workdir``: safe for several worker processes writing at once (it
+    appends under a lock), which an SQLite file is not."""
+    return f"journal:{(Path(workdir) / 'studies.journal').resolve()}"
+
+
 def _drop_torn_tail(path: Path, backend: Any) -> None:
     """Cuts a journal's last line when it has no line end: a process killed while appending
     (appends hold the journal's lock, so no live writer leaves one). Left in place, the next

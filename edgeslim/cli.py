@@ -38,8 +38,9 @@ def _positive(kind: type, name: str):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in --workdir); "
-                   "journal:PATH for a journal file")
+    p.add_argument("--storage", help="Optuna storage: journal:PATH (a journal file), "
+                   "sqlite:///PATH, postgresql://... or mysql://... (default: the journal file "
+                   "studies.journal in --workdir)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                    help="where studies, artifacts and caches live (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered name, torchvision:NAME, path/file.py:factory or "
                    "package.module:factory (default: %(default)s)")
     s.add_argument("--dataset", default="digits",
-                   help="digits, cifar10, mnist, fashion-mnist or imagefolder:PATH "
-                   "(default: %(default)s)")
+                   help="digits, cifar10, mnist, fashion-mnist, imagefolder:PATH or "
+                   "npz:PATH (arrays x_train, y_train; see README) (default: %(default)s)")
     s.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="where the dataset's files are (default: %(default)s)")
     s.add_argument("--checkpoint", type=Path, help="base model weights (a state dict); "

@@ -42,11 +42,11 @@ TOYS = REPO / "tests" / "toys.py"
 # ---------------------------------------------------------------------------------------------
 # Ctrl+C and SIGTERM in the middle of a trial
 
-# The command, on a toy model so that the base model trains in seconds; fine-tunes
-# long enough for the signal to land in one.
+# The command that lost a trial, on a toy model so that the base model trains in seconds;
+# fine-tunes long enough for the signal to land in one.
 INTERRUPTED = ["--budget", str(PI4), "--model", f"{TOYS}:plain_net", "--trials", "2",
                "--screen", "0", "--finalists", "0", "--no-references", "--sampler", "tpe",
-               "--base-epochs", "2", "--finetune-steps", "300"]
+               "--base-epochs", "2", "--finetune-steps", "50"]
 
 
 def _training(storage: str) -> optuna.trial.FrozenTrial | None:
@@ -100,10 +100,10 @@ def test_a_signal_in_the_middle_of_a_trial_loses_nothing(tmp_path, capsys, signu
     (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == running.number]
     assert retry.state == COMPLETE and retry.params == stopped.params
     assert counted(study.trials) == 2
-    assert [t.state for t in study.trials].count(COMPLETE) == 2
-    line = summary_line(study)
-    assert line.startswith("3 trials: 2 complete (") and \
-        line.endswith("1 failed (1 interrupted and run again)")
+    assert [t.state for t in study.trials].count(FAIL) == 1
+    line = summary_line(study)  # repeats of a model already built do not count, but show
+    assert line.startswith(f"{len(study.trials)} trials: {len(study.trials) - 1} complete (")
+    assert line.endswith(" 1 failed (1 interrupted and run again)")
     assert line in capsys.readouterr().out.splitlines()
 
 

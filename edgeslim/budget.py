@@ -17,8 +17,10 @@ points of validation accuracy below the base (``2%`` or ``2pp``: base 90.0% allo
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -263,6 +265,8 @@ def _latency_source(raw: dict[str, Any], folder: Path, fail: Any) -> LatencySour
         if key not in raw:
             return None
         text = os.path.expanduser(_string(raw[key], f"latency.{key}", fail, non_empty=True))
+        if key != "profile":  # handed to ssh: it must not read as one of its options
+            text = _argument(text, f"latency.{key}", fail)
         return str(folder / text) if key == "profile" and not os.path.isabs(text) else text
 
     spread = raw.get("max_spread", 0.25)
@@ -275,10 +279,43 @@ def _latency_source(raw: dict[str, Any], folder: Path, fail: Any) -> LatencySour
         raise fail("latency.port", "must be a TCP port (1 to 65535)", port)
     return LatencySource(
         source=source, profile=path("profile"),
-        host=_string(raw["host"], "latency.host", fail) if "host" in raw else None,
+        host=_ssh_host(raw["host"], fail) if "host" in raw else None,
         port=port, identity=path("identity"), known_hosts=path("known_hosts"),
-        python=_string(raw.get("python", "python3"), "latency.python", fail, non_empty=True),
+        python=_argument(_string(raw.get("python", "python3"), "latency.python", fail,
+                                 non_empty=True), "latency.python", fail),
         max_spread=float(spread))
+
+
+# A budget file is data that people share: what reaches ssh's command line must not read as
+# an option (``-oProxyCommand=...`` runs a command) or hold control characters.
+_USER = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _ssh_host(value: Any, fail: Any) -> str:
+    text = value.strip() if isinstance(value, str) else value
+    rule = ("must be user@name, a host name or an IP address (letters, digits, '.', '-' and "
+            "'_'; not starting with '-')")
+    if not isinstance(text, str):
+        raise fail("latency.host", rule, value)
+    user, at, host = text.rpartition("@")
+    if at and not re.fullmatch(_USER, user):
+        raise fail("latency.host", rule, value)
+    try:
+        ipaddress.ip_address(host)
+        return text
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise fail("latency.host", rule, value) from None
+    return text
+
+
+def _argument(text: str, key: str, fail: Any) -> str:
+    """``text`` as one argument of a command line: no leading '-', no control characters."""
+    if text.startswith("-") or not text.isprintable():
+        raise fail(key, "must be a path or command name (not starting with '-', no control "
+                   "characters)", text)
+    return text
 
 
 def _string(value: Any, key: str, fail: Any, non_empty: bool = False) -> str:

@@ -112,8 +112,18 @@ ABLATION: dict[str, Config] = {
     "lr 0.02": Config(recipe={"lr": 0.02}),
     "lr 0.1": Config(recipe={"lr": 0.1}),
     "lr 0.2": Config(recipe={"lr": 0.2}),
+    "lr 0.01": Config(recipe={"lr": 0.01}),
 }
-CONFIGS: dict[str, Config] = {**ABLATION}
+# Combinations of what the single changes above suggest: a reconstructed start kept by a
+# gentler fine-tune, and the criterion and distillation that helped.
+COMBINED: dict[str, Config] = {
+    "+reconstruct lr 0.01": Config(recovery=RECON, recipe={"lr": 0.01}),
+    "+reconstruct lr 0.02": Config(recovery=RECON, recipe={"lr": 0.02}),
+    "taylor kd 0.9": Config(importance="taylor", recipe={"distill_alpha": 0.9}),
+    "taylor kd 0.9 +reconstruct lr 0.02": Config(importance="taylor", recovery=RECON,
+                                                 recipe={"distill_alpha": 0.9, "lr": 0.02}),
+}
+CONFIGS: dict[str, Config] = {**ABLATION, **COMBINED}
 # Calibration variants of int8 static, applied to every run's float file: (method, images).
 QUANT = {"minmax 256": ("minmax", 256), "minmax 1024": ("minmax", 1024),
          "percentile 1024": ("percentile", 1024), "entropy 1024": ("entropy", 1024)}
@@ -254,6 +264,9 @@ def sections(rows_path: Path) -> list[tuple[str, str, list[str]]]:
          "distillation alpha 0.5 at temperature 4, peak learning rate 0.05); the columns vs "
          "today are the mean difference in points.",
          ablation_table(rows, pi4, list(ABLATION), 1.0, "today")),
+        ("Combinations, 1 fine-tune epoch",
+         "Several changes at once, against today's fine-tune.",
+         ablation_table(rows, pi4, ["today", *COMBINED], 1.0, "today")),
         ("Drop against the base by fine-tune epochs",
          "Test accuracy of the float file minus the base's, in points.",
          curve_table(rows, pi4 + ["uniform-4x", "searched-4x"], list(CONFIGS), base)),

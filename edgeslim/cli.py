@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kept channel counts are multiples of this (default: %(default)s)")
     s.add_argument("--max-ratio", type=float, default=0.8,
                    help="largest fraction of a group's channels removed (default: %(default)s)")
-    s.add_argument("--importance", default="l1,l2,bn_scale,lamp",
+    s.add_argument("--importance", default="taylor",  # compress.prune.IMPORTANCES
                    help="channel importance criteria the search chooses from, comma-separated; "
                    "none keeps the first channels unranked (default: %(default)s)")
     s.add_argument("--stages", default="prune,cluster,quantize",

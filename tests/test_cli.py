@@ -257,3 +257,16 @@ def test_sparsity_shrinks_the_file_and_the_card_says_it_does_not_save_macs(workd
     # 80% zeros: the packed file keeps a bitmap plus the nonzero values
     assert card["files"]["deployable"] == "model.eslim"
     assert (out / "model.eslim").stat().st_size < 0.35 * (out / "model.onnx").stat().st_size
+
+
+def test_the_command_line_defaults_are_the_search_defaults():
+    """The command line spells some defaults itself, to parse without loading PyTorch."""
+    from edgeslim.cli import build_parser
+    from edgeslim.compress import IMPORTANCES
+    from edgeslim.recovery import Recovery
+    from edgeslim.search.config import SpaceOptions
+
+    args = build_parser().parse_args(["search"])
+    assert tuple(args.importance.split(",")) == IMPORTANCES == SpaceOptions().importances
+    assert args.max_ratio == SpaceOptions().max_ratio
+    assert args.recovery is None and Recovery().describe() == "none"

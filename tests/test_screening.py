@@ -40,8 +40,12 @@ X = torch.zeros(1, 1, 8, 8)
 LAYERS = (WeightLayer("conv1", 144), WeightLayer("conv2", 4608), WeightLayer("fc", 320))
 
 
+# The criteria these tests pass by name (the default space offers Taylor alone).
+CRITERIA = ("l1", "l2", "bn_scale", "lamp")
+
+
 def _space(stages=("prune",)) -> StagedSpace:
-    return StagedSpace(PruningSpace.from_model(PlainNet(), X, 10), LAYERS,
+    return StagedSpace(PruningSpace.from_model(PlainNet(), X, 10, importances=CRITERIA), LAYERS,
                        buildable_orders(stages))
 
 
@@ -135,6 +139,8 @@ def test_a_search_fine_tunes_the_best_screened_allocations_first(tmp_path, capsy
     assert main(["--budget", str(UNTIMED), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
                  "--stages", "prune", "--trials", "4", "--screen", "8", "--no-references",
                  "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
+                 # PlainNet has 8 channel structures; four criteria make more models to rank.
+                 "--importance", ",".join(CRITERIA),
                  "--workdir", str(workdir), "--study-name", "s"]) == 0
     out = capsys.readouterr().out
     assert "screened 8 allocations in " in out and "the best 3 are fine-tuned first" in out
@@ -154,6 +160,7 @@ def test_a_search_fine_tunes_the_best_screened_allocations_first(tmp_path, capsy
     assert main(["--budget", str(UNTIMED), "--model", f"{REPO / 'tests' / 'toys.py'}:plain_net",
                  "--stages", "prune", "--trials", "5", "--screen", "8", "--no-references",
                  "--finalists", "0", "--base-epochs", "5", "--finetune-steps", "3",
+                 "--importance", ",".join(CRITERIA),
                  "--workdir", str(workdir), "--study-name", "s"]) == 0
     study = load_study("s", default_storage(workdir))
     (new,) = [t for t in study.trials[before:] if SCREENED_ATTR in t.user_attrs]

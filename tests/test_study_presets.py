@@ -50,7 +50,7 @@ def test_memory_allocation_prunes_the_larger_activations_more():
     cand = preset_candidate(preset("complexity-ma"), PlainNet(), X, _space(), {"params": 2500})
     assert cand.ratios == {"conv1": 0.3, "conv2": 0.2}
     assert cand.order == ("prune",)
-    assert cand.importance == "l1"  # "none" is not offered by this space: its first criterion
+    assert cand.importance == _space().pruning.importances[0]  # "none" is not offered
     assert structure_measures(PlainNet(), X, cand.ratios)["params"] == 2114
 
 
@@ -76,7 +76,10 @@ def test_kmeans_preset_clusters_to_80x_fewer_unique_weights():
 
 
 # On PlainNet under 2,500 params every complexity-driven allocation keeps 8 and 24 channels
-# (MA's 0.2 on conv2 snaps to the 24 that PA's and FA's 0.3 keep): one trial, named on PA.
+# (MA's 0.2 on conv2 snaps to the 24 that PA's and FA's 0.3 keep): one trial, named on PA. In a
+# space offering L1 and L2 it differs from the uniform preset's by its criterion (L1, the
+# space's first, for PA's unranked channels; L2 for uniform).
+CRITERIA = ("l1", "l2", "bn_scale", "lamp")
 GENERIC = ["prune-cluster-int8", "prune-dynamic-int8", "uniform", "complexity-pa"]
 
 
@@ -87,7 +90,8 @@ GENERIC = ["prune-cluster-int8", "prune-dynamic-int8", "uniform", "complexity-pa
 ])
 def test_a_studys_presets_are_enqueued_for_its_models(model, names):
     study = optuna.create_study(directions=["maximize"])
-    assert enqueue_references(study, _space(), PlainNet(), X, {"params": 2500},
+    assert enqueue_references(study, _space(importances=CRITERIA), PlainNet(), X,
+                              {"params": 2500},
                               model_name=model) == names
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs["reference"] for t in waiting] == names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 from collections import defaultdict
@@ -116,8 +117,10 @@ def write_tables(rows_path: Path, work: Path, out_dir: Path, command: str,
         "Commands (the runs, in the order they were made, then this table):", "",
         *[f"    uv run python benchmarks/recovery.py {c}" for c in commands],
         f"    uv run python benchmarks/recovery.py {command}", "",
-        f"Host: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}. Data: the 50,000 CIFAR-10 training images, 4,000 per class for "
+        f"Host: {platform.machine()}, {os.cpu_count()} cores (the threads each run used are "
+        f"in its command), torch {torch.__version__}. Times are wall seconds of runs that "
+        "shared the machine with other work, so compare them within a row's method only. "
+        "Data: the 50,000 CIFAR-10 training images, 4,000 per class for "
         "training (of which 10% carved out for validation with seed 0: 36,000 train, 4,000 "
         "validation) and the next 1,000 per class as the test split (10,000 images), which no "
         "choice here reads. Accuracy is the exported file's in onnxruntime; mean ± standard "

@@ -262,7 +262,10 @@ def sections(rows_path: Path) -> list[tuple[str, str, list[str]]]:
         ("One method at a time, 1 fine-tune epoch",
          "Each row changes one thing from today's fine-tune (criterion l2, no recovery step, "
          "distillation alpha 0.5 at temperature 4, peak learning rate 0.05); the columns vs "
-         "today are the mean difference in points.",
+         "today are the mean difference in points. Batch-norm recalibration (+bn) changes "
+         "nothing once a fine-tune runs: training normalises with each batch's own statistics "
+         "and its running averages replace the recalibrated ones, so +bn's seed-0 run equals "
+         "today's to the image, and +reconstruct+bn equals +reconstruct; both ran one seed.",
          ablation_table(rows, pi4, list(ABLATION), 1.0, "today")),
         ("Combinations, 1 fine-tune epoch",
          "Several changes at once, against today's fine-tune.",

@@ -266,7 +266,7 @@ def test_the_command_line_defaults_are_the_search_defaults():
     from edgeslim.recovery import Recovery
     from edgeslim.search.config import SpaceOptions
 
-    args = build_parser().parse_args(["search"])
+    args = build_parser().parse_args(["search", "--budget", "budgets/pi4.yaml"])
     assert tuple(args.importance.split(",")) == IMPORTANCES == SpaceOptions().importances
     assert args.max_ratio == SpaceOptions().max_ratio
     assert args.recovery is None and Recovery().describe() == "none"

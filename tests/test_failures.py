@@ -238,7 +238,8 @@ def test_a_study_records_each_failure_and_goes_on(narrow, evaluator, tmp_path, r
     """Five trials through the search loop: two complete, three fail, one of each kind. With a
     size limit and repair, export and onnxruntime fail while the limits are checked (before
     the evaluator runs); they are recorded the same way."""
-    space = StagedSpace.for_stages(PruningSpace.from_model(narrow, evaluator.example, 10), (),
+    space = StagedSpace.for_stages(PruningSpace.from_model(narrow, evaluator.example, 10,
+                                                           importances=("l2",)), (),
                                    order="prune")
     caps, check = Caps(), None
     if repair:
@@ -301,6 +302,8 @@ def test_the_command_records_failed_candidates_and_finishes(model_file, tmp_path
     code = main(["--budget", str(budget), "--model", f"{model_file}:make", "--trials", "5",
                  "--finetune-steps", "2", "--no-references", "--finalists", "0", "--screen",
                  "0", "--base-epochs", "2", "--order", "prune", "--seed", "3",
+                 # the criteria TPE drew among when this sequence was recorded
+                 "--importance", "l1,l2,bn_scale,lamp",
                  "--sampler", "tpe", "--workdir", str(workdir)])
     assert code == 0
     study = load_study(None, default_storage(workdir))

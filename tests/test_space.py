@@ -21,14 +21,15 @@ GROUPS = (PrunableGroup("conv1", 32, ("conv1",)), PrunableGroup("layer1.0.conv1"
 def test_space_maps_a_fixed_trial_to_a_candidate():
     space = PruningSpace(GROUPS)
     trial = optuna.trial.FixedTrial({"prune/conv1": 0.25, "prune/layer1.0.conv1": 0.5,
-                                     "prune/importance": "lamp"})
+                                     "prune/importance": "taylor"})
     assert space(trial) == Candidate(prune_ratios=(("conv1", 0.25), ("layer1.0.conv1", 0.5)),
-                                     importance="lamp", round_to=8)
+                                     importance="taylor", round_to=8)
 
 
 def test_space_parameter_names_are_stable_and_readable():
     space = PruningSpace.from_model(ResidualNet(), torch.zeros(1, 1, 8, 8), 10)
-    params = space.params_for(Candidate(prune_ratios=tuple((g.name, 0.5) for g in space.groups)))
+    params = space.params_for(Candidate(prune_ratios=tuple((g.name, 0.5) for g in space.groups),
+                                        importance="taylor"))
     assert sorted(params) == ["prune/block_conv1", "prune/conv1", "prune/importance"]
 
 
@@ -41,10 +42,11 @@ def test_params_for_refuses_a_criterion_the_space_does_not_offer():
 
 def test_params_for_round_trips_through_the_space():
     space = PruningSpace(GROUPS, step=0.05)
-    cand = Candidate(prune_ratios=(("conv1", 0.35), ("layer1.0.conv1", 0.8)), importance="l1")
+    cand = Candidate(prune_ratios=(("conv1", 0.35), ("layer1.0.conv1", 0.8)),
+                     importance="taylor")
     assert space(optuna.trial.FixedTrial(space.params_for(cand))) == cand
     # off-grid or out-of-range ratios are put on the grid
-    off = Candidate(prune_ratios=(("conv1", 0.33), ("layer1.0.conv1", 0.95)), importance="l1")
+    off = Candidate(prune_ratios=(("conv1", 0.33), ("layer1.0.conv1", 0.95)), importance="taylor")
     assert space.params_for(off)["prune/conv1"] == 0.35
     assert space.params_for(off)["prune/layer1.0.conv1"] == 0.8
 

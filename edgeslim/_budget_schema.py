@@ -1,0 +1,419 @@
+"""The budget file's format, as pydantic models: one definition that checks a file, reports every
+mistake in it at once, and is published as a JSON Schema for editors
+(``budgets/budget.schema.json``; ``python -m edgeslim._budget_schema`` writes it).
+
+Each field's check is a small function that raises ``PydanticCustomError`` with the house rule
+text ("must be > 0 ms"); ``problems`` turns pydantic's errors into lines that name the key path,
+the rule and the value: ``limits.latency: must be > 0 ms, got '0ms'``. Rules that tie one key to
+another (what a latency source needs, a measure given twice) are checked on the raw document by
+``cross_problems``, so that they are reported even when other keys are wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+from typing import Annotated, Any, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from edgeslim._yaml import shown
+from edgeslim.units import UNITS, Kind, parse_quantity
+
+# YAML key of a limit -> (measure name used everywhere else, kind of quantity). The measure
+# names are the trial user-attribute keys, card keys and table columns.
+LIMIT_KEYS: dict[str, tuple[str, Kind]] = {
+    "params": ("params", "count"),
+    "macs": ("macs", "count"),
+    "peak_memory": ("peak_memory_bytes", "bytes"),
+    "activation_memory": ("activation_bytes", "bytes"),
+    "size": ("size_bytes", "bytes"),
+    "latency": ("latency_ms", "ms"),
+}
+# Accepted for the key on the right, and read as it: ``flops`` counted MACs before ``macs``
+# was the name (FLOPs are usually twice the MACs, so the alias is noted when used).
+ALIASES = {"flops": "macs"}
+ACCURACY_DROP_KEY = "accuracy_drop"
+FLOPS_NOTE = ("read as MACs (one multiply-accumulate = 1), not FLOPs, which are usually twice "
+              "the MACs; rename it macs")
+
+
+def fail(rule: str) -> PydanticCustomError:
+    """A broken rule; the value is appended to the message (``, got '0ms'``)."""
+    return PydanticCustomError("budget", "{rule}", {"rule": rule})
+
+
+def said(message: str) -> PydanticCustomError:
+    """A broken rule whose message already quotes the value."""
+    return PydanticCustomError("budget_said", "{rule}", {"rule": message})
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _quantity(value: Any, kind: Kind) -> tuple[float, bool]:
+    try:
+        amount, relative = parse_quantity(value, kind)
+    except ValueError as exc:
+        raise said(str(exc)) from None
+    except OverflowError:
+        raise fail("must be a finite number") from None
+    if not _finite(amount):
+        raise fail("must be a finite number")
+    return amount, relative
+
+
+def _limit(kind: Kind):
+    unit = {"count": "", "bytes": " bytes", "ms": " ms"}[kind]
+
+    def check(value: Any) -> tuple[float, bool]:
+        amount, relative = _quantity(value, kind)
+        if amount <= 0:
+            raise fail(f"must be > 0{unit}")
+        if relative and amount > 1:
+            raise fail("a relative limit must be at most 100% of the base")
+        return amount, relative
+
+    return check
+
+
+def _accuracy_points(value: Any) -> float:
+    rule = "must be percentage points of accuracy, like 2% or 2pp"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise fail(rule)
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None:
+        for suffix in ("pp", "%"):
+            if text.endswith(suffix):
+                text = text[: -len(suffix)]
+                break
+        else:
+            raise fail(rule)
+    try:
+        points = float(value if text is None else text)
+    except ValueError:
+        raise fail(rule) from None
+    except OverflowError:  # an integer too large for a float: out of range below
+        points = math.inf
+    if not 0 <= points < 100:
+        raise fail("must be >= 0 and < 100 percentage points")
+    return points
+
+
+def _size(value: Any) -> int:
+    amount, relative = _quantity(value, "bytes")
+    if relative or amount < 1:  # int() of a fraction of a byte would be 0
+        raise fail("must be an absolute size > 0 bytes (e.g. 4GB)")
+    return int(amount)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise fail("must be a string")
+    return value
+
+
+def _non_empty(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail("must be a non-empty string")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail("must be an integer >= 1")
+    return value
+
+
+def _port(value: Any) -> int:
+    _positive_int(value)
+    if value > 65535:
+        raise fail("must be a TCP port (1 to 65535)")
+    return value
+
+
+def _spread(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise fail("must be a number > 0")
+    if not _finite(value):
+        raise fail("must be a finite number")
+    return float(value)
+
+
+def _one_of(names: tuple[str, ...], extra: str = ""):
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in names:
+            raise fail(f"must be one of {', '.join(names)}{extra}")
+        return value
+
+    return check
+
+
+def _section(value: Any) -> Any:
+    """An optional section left empty (``limits:`` with nothing under it) is an empty one."""
+    return {} if value is None else value
+
+
+def _device(value: Any) -> Any:
+    """``device: Raspberry Pi 4`` is short for ``device: {name: Raspberry Pi 4}``."""
+    if value is None:
+        raise said("missing section (the target device's name at least)")
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _typed(check, schema: dict[str, Any], description: str):
+    return Annotated[Any, BeforeValidator(check), WithJsonSchema(schema),
+                     Field(description=description)]
+
+
+_QUANTITY = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*({units})\s*$"
+
+
+def _quantity_schema(kind: Kind) -> dict[str, Any]:
+    units = "|".join([*(u for u in UNITS[kind] if u), "%"])
+    text = {"type": "string", "pattern": _QUANTITY.format(units=units)}
+    return {"anyOf": [text, {"type": "number", "exclusiveMinimum": 0}]} if kind == "count" \
+        else text
+
+
+def _limit_field(kind: Kind, description: str):
+    return _typed(_limit(kind), _quantity_schema(kind), description)
+
+
+_STRING = {"type": "string"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSpec(_Section):
+    """The target device (free text plus cores and memory, copied into the model card)."""
+
+    name: _typed(_non_empty, {"type": "string", "minLength": 1},
+                 "the device's name") = Field(default=None, validate_default=True)
+    cpu: _typed(_string, _STRING, "its CPU, e.g. 4x Arm Cortex-A72 @ 1.5 GHz") = ""
+    cores: _typed(_positive_int, {"type": "integer", "minimum": 1}, "physical cores") = None
+    memory: _typed(_size, _quantity_schema("bytes"), "RAM, e.g. 4GB") = None
+    notes: _typed(_string, _STRING, "anything else worth knowing") = ""
+
+
+class RuntimeSpec(_Section):
+    """The runtime the artifact is deployed in, and the threads latency is timed with."""
+
+    name: _typed(lambda v: _one_of(RUNTIME_NAMES)(v), {"type": "string"},
+                 "the deployment runtime") = "onnxruntime"
+    threads: _typed(_positive_int, {"type": "integer", "minimum": 1},
+                    "intra-op threads at inference, batch 1") = 1
+
+
+class LatencySpec(_Section):
+    """Where a candidate's latency comes from."""
+
+    source: _typed(lambda v: _one_of(LATENCY_SOURCES)(v), {"type": "string"},
+                   "host (timed here), profile (predicted from a device's table) or ssh "
+                   "(timed on the device)") = "host"
+    profile: _typed(_non_empty, _STRING, "profile JSON file, relative to the budget") = None
+    host: _typed(_non_empty, _STRING, "user@address of the device (source: ssh)") = None
+    port: _typed(_port, {"type": "integer", "minimum": 1, "maximum": 65535}, "ssh port") = 22
+    identity: _typed(_non_empty, _STRING, "ssh private key file") = None
+    known_hosts: _typed(_non_empty, _STRING, "ssh known_hosts file") = None
+    python: _typed(_non_empty, _STRING, "the device's interpreter with edgeslim") = "python3"
+    max_spread: _typed(_spread, {"type": "number", "exclusiveMinimum": 0},
+                       "a timing whose (p90 - p10) / median exceeds this is redone") = 0.25
+
+
+class LimitsSpec(_Section):
+    """Caps on the measures; each absolute with a unit, or a percentage of the base model's."""
+
+    params: _limit_field("count", "parameters: 1.2M, 500K or % of the base") = None
+    macs: _limit_field("count", "multiply-accumulates at batch 1: 40M or % of the base") = None
+    flops: _limit_field("count", "old name of macs, read as MACs (not FLOPs)") = None
+    peak_memory: _limit_field("bytes", "weights + largest set of live activations") = None
+    activation_memory: _limit_field("bytes", "live activations alone (a MCU's RAM)") = None
+    size: _limit_field("bytes", "byte length of the deployable artifact") = None
+    latency: _limit_field("ms", "batch 1, in the budget's runtime") = None
+    accuracy_drop: _typed(_accuracy_points,
+                          {"anyOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*(%|pp)\s*$"},
+                                     {"type": "number", "minimum": 0, "exclusiveMaximum": 100}]},
+                          "percentage points of validation accuracy below the base") = None
+
+
+OBJECTIVE_NAMES = (*LIMIT_KEYS, *ALIASES)
+
+
+class BudgetSpec(_Section):
+    """What an edge device can afford, as an edgeslim budget file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="edgeslim budget")
+
+    device: Annotated[DeviceSpec, BeforeValidator(_device),
+                      WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1},
+                                                {"$ref": "#/$defs/DeviceSpec"}]}),
+                      Field(description="the target device, or just its name")] = \
+        Field(default=None, validate_default=True)
+    runtime: Annotated[RuntimeSpec, BeforeValidator(_section)] = RuntimeSpec()
+    latency: Annotated[LatencySpec, BeforeValidator(_section)] = LatencySpec()
+    limits: Annotated[LimitsSpec, BeforeValidator(_section)] = LimitsSpec()
+    objectives: Annotated[list[_typed(
+        _one_of(OBJECTIVE_NAMES, " (accuracy is always an objective)"),
+        {"type": "string", "enum": list(OBJECTIVE_NAMES)}, "a measure")],
+        BeforeValidator(lambda v: [] if v is None else v)] = Field(
+            default=[], description="measures traded off against accuracy on the Pareto front")
+
+
+# Closed choices: the names the dataclasses in ``edgeslim.budget`` declare as Literals.
+def _literal_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from edgeslim.budget import LatencySourceName, RuntimeName
+
+    return get_args(RuntimeName), get_args(LatencySourceName)
+
+
+RUNTIME_NAMES: tuple[str, ...] = ()
+LATENCY_SOURCES: tuple[str, ...] = ()
+
+SECTIONS = {"device": DeviceSpec, "runtime": RuntimeSpec, "latency": LatencySpec,
+            "limits": LimitsSpec}
+
+
+def key_text(key: Any) -> str:
+    """A key as it appears in a key path: itself when it is a short printable string."""
+    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 80:
+        return key
+    return shown(key)
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) and out == "objectives" else \
+            (f".{key_text(part)}" if out else key_text(part))
+    return out or "(top level)"
+
+
+def _allowed(loc: tuple[Any, ...]) -> list[str]:
+    model = BudgetSpec if len(loc) == 1 else SECTIONS.get(loc[0])
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _unknown_key(loc: tuple[Any, ...], key: Any) -> str:
+    allowed = _allowed(loc)
+    near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) \
+        if isinstance(key, str) else []
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"unknown key ({hint}allowed: {', '.join(allowed)})"
+
+
+def problems(exc: ValidationError, raw: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """pydantic's errors as ``(key path, 'rule, got value')`` pairs, in the schema's order."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
+        if kind == "invalid_key":  # a key that is not a string (a number, null)
+            loc, value = loc[:-1] + (value,), _lookup(raw, loc[:-1] + (value,))
+            kind = "extra_forbidden"
+        if kind == "extra_forbidden":
+            rule = f"{_unknown_key(loc, loc[-1])}, got {shown(value)}"
+        elif kind == "budget":
+            rule = f"{err['ctx']['rule']}, got {shown(value)}"
+        elif kind == "budget_said":
+            rule = err["ctx"]["rule"]
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            rule = f"must be a mapping, got {shown(value)}"
+        elif kind == "list_type":
+            rule = f"must be a list of measure names, got {shown(value)}"
+        else:  # not reached by the checks above; kept readable all the same
+            rule = f"{err['msg']}, got {shown(value)}"
+        out.append((loc, rule))
+    return out
+
+
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def cross_problems(raw: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """The rules that tie keys together, checked on the raw document."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    if not isinstance(raw, dict):
+        return out
+    limits = raw.get("limits")
+    if isinstance(limits, dict) and "flops" in limits and "macs" in limits:
+        out.append((("limits", "flops"), "is the old name of macs, which is given too; keep "
+                    f"macs, got {shown(limits['flops'])}"))
+    objectives = raw.get("objectives")
+    if isinstance(objectives, list):
+        seen: set[str] = set()
+        for i, name in enumerate(objectives):
+            if isinstance(name, str) and name in OBJECTIVE_NAMES:
+                measure = ALIASES.get(name, name)
+                if measure in seen:
+                    out.append((("objectives", i), f"is listed twice, got {shown(name)}"))
+                seen.add(measure)
+    latency = raw.get("latency")
+    if isinstance(latency, dict):
+        out += _latency_problems(latency)
+    return out
+
+
+def _latency_problems(raw: dict[Any, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    source = raw.get("source", "host")
+    if not isinstance(source, str) or source not in LATENCY_SOURCES:
+        return []  # reported on its own
+    out = []
+    needed = {"profile": "profile", "ssh": "host"}.get(source)
+    if needed and needed not in raw:
+        what = "a profile JSON file" if needed == "profile" else "a user@address"
+        out.append((("latency", needed), f"is required when latency.source is {source} "
+                    f"({what}), got None"))
+    for key in ("profile", "host", "port", "identity", "known_hosts", "python"):
+        if key in raw and key != needed and (source != "ssh" or key == "profile"):
+            out.append((("latency", key), f"does not apply to latency.source {source}, got "
+                        f"{shown(raw[key])}"))
+    return out
+
+
+def validate(raw: Any) -> tuple[BudgetSpec | None, list[tuple[tuple[Any, ...], str]]]:
+    """The document as a ``BudgetSpec``, or None and every problem found in it."""
+    _load_names()
+    found: list[tuple[tuple[Any, ...], str]] = []
+    spec = None
+    try:
+        spec = BudgetSpec.model_validate({} if raw is None else raw)
+    except ValidationError as exc:
+        found = problems(exc, raw)
+    raw_dict = {} if raw is None else raw
+    found += [p for p in cross_problems(raw_dict) if p[0] not in {q[0] for q in found}]
+    order = list(SECTIONS) + ["objectives"]
+    found.sort(key=lambda p: order.index(p[0][0]) if p[0] and p[0][0] in order else -1)
+    return (spec if not found else None), found
+
+
+def _load_names() -> None:
+    global RUNTIME_NAMES, LATENCY_SOURCES
+    if not RUNTIME_NAMES:
+        RUNTIME_NAMES, LATENCY_SOURCES = _literal_names()
+
+
+def json_schema() -> dict[str, Any]:
+    """The budget format as a JSON Schema (draft 2020-12), for editors."""
+    _load_names()
+    schema = BudgetSpec.model_json_schema()
+    props = schema["$defs"]
+    props["RuntimeSpec"]["properties"]["name"]["enum"] = list(RUNTIME_NAMES)
+    props["LatencySpec"]["properties"]["source"]["enum"] = list(LATENCY_SOURCES)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")

@@ -12,10 +12,12 @@ another (what a latency source needs, a measure given twice) are checked on the 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
+import re
 import sys
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import WithJsonSchema
@@ -38,6 +40,11 @@ LIMIT_KEYS: dict[str, tuple[str, Kind]] = {
 # was the name (FLOPs are usually twice the MACs, so the alias is noted when used).
 ALIASES = {"flops": "macs"}
 ACCURACY_DROP_KEY = "accuracy_drop"
+# Closed choices (``edgeslim.budget`` types its fields with them).
+RuntimeName = Literal["onnxruntime"]
+LatencySourceName = Literal["host", "profile", "ssh"]
+RUNTIME_NAMES: tuple[str, ...] = get_args(RuntimeName)
+LATENCY_SOURCES: tuple[str, ...] = get_args(LatencySourceName)
 FLOPS_NOTE = ("read as MACs (one multiply-accumulate = 1), not FLOPs, which are usually twice "
               "the MACs; rename it macs")
 
@@ -127,6 +134,37 @@ def _non_empty(value: Any) -> str:
     return value
 
 
+# A budget file is data that people share: what reaches ssh's command line must not read as
+# an option (``-oProxyCommand=...`` runs a command) or hold control characters.
+_USER = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _ssh_host(value: Any) -> str:
+    _non_empty(value)
+    text = value.strip()
+    rule = ("must be user@name, a host name or an IP address (letters, digits, '.', '-' and "
+            "'_'; not starting with '-')")
+    user, at, host = text.rpartition("@")
+    if at and not re.fullmatch(_USER, user):
+        raise fail(rule)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise fail(rule) from None
+    return text
+
+
+def _argument(value: Any) -> str:
+    """One argument of a command line: no leading '-', no control characters."""
+    text = _non_empty(value)
+    if text.startswith("-") or not text.isprintable():
+        raise fail("must be a path or command name (not starting with '-', no control "
+                   "characters)")
+    return text
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise fail("must be an integer >= 1")
@@ -148,10 +186,20 @@ def _spread(value: Any) -> float:
     return float(value)
 
 
-def _one_of(names: tuple[str, ...], extra: str = ""):
+def _nearest(word: Any, names: list[str] | tuple[str, ...]) -> str:
+    """``did you mean NAME? `` for a misspelt name, or nothing."""
+    near = difflib.get_close_matches(word, names, n=1, cutoff=0.6) \
+        if isinstance(word, str) else []
+    return f"did you mean {near[0]}? " if near else ""
+
+
+def _one_of(names: tuple[str, ...], extra: str = "", aliases: tuple[str, ...] = ()):
+    """A check that the value is one of ``names`` (or an accepted old name, not listed)."""
     def check(value: Any) -> str:
-        if not isinstance(value, str) or value not in names:
-            raise fail(f"must be one of {', '.join(names)}{extra}")
+        if not isinstance(value, str) or value not in names + aliases:
+            hint = _nearest(value, names)
+            raise fail(f"must be one of {', '.join(names)}{extra}" +
+                       (f"; {hint.strip()}" if hint else ""))
         return value
 
     return check
@@ -209,7 +257,7 @@ class DeviceSpec(_Section):
 class RuntimeSpec(_Section):
     """The runtime the artifact is deployed in, and the threads latency is timed with."""
 
-    name: _typed(lambda v: _one_of(RUNTIME_NAMES)(v), {"type": "string"},
+    name: _typed(_one_of(RUNTIME_NAMES), {"type": "string", "enum": list(RUNTIME_NAMES)},
                  "the deployment runtime") = "onnxruntime"
     threads: _typed(_positive_int, {"type": "integer", "minimum": 1},
                     "intra-op threads at inference, batch 1") = 1
@@ -218,15 +266,16 @@ class RuntimeSpec(_Section):
 class LatencySpec(_Section):
     """Where a candidate's latency comes from."""
 
-    source: _typed(lambda v: _one_of(LATENCY_SOURCES)(v), {"type": "string"},
+    source: _typed(_one_of(LATENCY_SOURCES),
+                   {"type": "string", "enum": list(LATENCY_SOURCES)},
                    "host (timed here), profile (predicted from a device's table) or ssh "
                    "(timed on the device)") = "host"
     profile: _typed(_non_empty, _STRING, "profile JSON file, relative to the budget") = None
-    host: _typed(_non_empty, _STRING, "user@address of the device (source: ssh)") = None
+    host: _typed(_ssh_host, _STRING, "user@address of the device (source: ssh)") = None
     port: _typed(_port, {"type": "integer", "minimum": 1, "maximum": 65535}, "ssh port") = 22
-    identity: _typed(_non_empty, _STRING, "ssh private key file") = None
-    known_hosts: _typed(_non_empty, _STRING, "ssh known_hosts file") = None
-    python: _typed(_non_empty, _STRING, "the device's interpreter with edgeslim") = "python3"
+    identity: _typed(_argument, _STRING, "ssh private key file") = None
+    known_hosts: _typed(_argument, _STRING, "ssh known_hosts file") = None
+    python: _typed(_argument, _STRING, "the device's interpreter with edgeslim") = "python3"
     max_spread: _typed(_spread, {"type": "number", "exclusiveMinimum": 0},
                        "a timing whose (p90 - p10) / median exceeds this is redone") = 0.25
 
@@ -256,29 +305,17 @@ class BudgetSpec(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, title="edgeslim budget")
 
     device: Annotated[DeviceSpec, BeforeValidator(_device),
-                      WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1},
-                                                {"$ref": "#/$defs/DeviceSpec"}]}),
                       Field(description="the target device, or just its name")] = \
         Field(default=None, validate_default=True)
     runtime: Annotated[RuntimeSpec, BeforeValidator(_section)] = RuntimeSpec()
     latency: Annotated[LatencySpec, BeforeValidator(_section)] = LatencySpec()
     limits: Annotated[LimitsSpec, BeforeValidator(_section)] = LimitsSpec()
     objectives: Annotated[list[_typed(
-        _one_of(OBJECTIVE_NAMES, " (accuracy is always an objective)"),
+        _one_of(tuple(LIMIT_KEYS), " (accuracy is always an objective)", tuple(ALIASES)),
         {"type": "string", "enum": list(OBJECTIVE_NAMES)}, "a measure")],
         BeforeValidator(lambda v: [] if v is None else v)] = Field(
             default=[], description="measures traded off against accuracy on the Pareto front")
 
-
-# Closed choices: the names the dataclasses in ``edgeslim.budget`` declare as Literals.
-def _literal_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    from edgeslim.budget import LatencySourceName, RuntimeName
-
-    return get_args(RuntimeName), get_args(LatencySourceName)
-
-
-RUNTIME_NAMES: tuple[str, ...] = ()
-LATENCY_SOURCES: tuple[str, ...] = ()
 
 SECTIONS = {"device": DeviceSpec, "runtime": RuntimeSpec, "latency": LatencySpec,
             "limits": LimitsSpec}
@@ -301,14 +338,13 @@ def key_path(loc: tuple[Any, ...]) -> str:
 
 def _allowed(loc: tuple[Any, ...]) -> list[str]:
     model = BudgetSpec if len(loc) == 1 else SECTIONS.get(loc[0])
-    return sorted(model.model_fields) if model is not None else []
+    # Old names (``flops``) are accepted but not offered.
+    return sorted(set(model.model_fields) - set(ALIASES)) if model is not None else []
 
 
 def _unknown_key(loc: tuple[Any, ...], key: Any) -> str:
     allowed = _allowed(loc)
-    near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) \
-        if isinstance(key, str) else []
-    hint = f"did you mean {near[0]}? " if near else ""
+    hint = _nearest(key, allowed)
     return f"unknown key ({hint}allowed: {', '.join(allowed)})"
 
 
@@ -385,7 +421,6 @@ def _latency_problems(raw: dict[Any, Any]) -> list[tuple[tuple[Any, ...], str]]:
 
 def validate(raw: Any) -> tuple[BudgetSpec | None, list[tuple[tuple[Any, ...], str]]]:
     """The document as a ``BudgetSpec``, or None and every problem found in it."""
-    _load_names()
     found: list[tuple[tuple[Any, ...], str]] = []
     spec = None
     try:
@@ -399,19 +434,15 @@ def validate(raw: Any) -> tuple[BudgetSpec | None, list[tuple[tuple[Any, ...], s
     return (spec if not found else None), found
 
 
-def _load_names() -> None:
-    global RUNTIME_NAMES, LATENCY_SOURCES
-    if not RUNTIME_NAMES:
-        RUNTIME_NAMES, LATENCY_SOURCES = _literal_names()
-
 
 def json_schema() -> dict[str, Any]:
     """The budget format as a JSON Schema (draft 2020-12), for editors."""
-    _load_names()
     schema = BudgetSpec.model_json_schema()
-    props = schema["$defs"]
-    props["RuntimeSpec"]["properties"]["name"]["enum"] = list(RUNTIME_NAMES)
-    props["LatencySpec"]["properties"]["source"]["enum"] = list(LATENCY_SOURCES)
+    # ``device: NAME`` is short for ``device: {name: NAME}``; the section must be there.
+    device = schema["properties"]["device"]
+    device["anyOf"] = [{"type": "string", "minLength": 1}, {"$ref": device.pop("$ref")}]
+    device.pop("default", None)
+    schema["required"] = ["device"]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 

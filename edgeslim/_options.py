@@ -21,8 +21,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     from edgeslim.compress import order_name
     from edgeslim.compress.prune import CRITERIA
     from edgeslim.data import dataset_entry
-    from edgeslim.evaluators.recovery import Recovery
     from edgeslim.models import resolve_factory
+    from edgeslim.recovery import Recovery
     from edgeslim.spaces.presets import preset
     from edgeslim.training import TrainRecipe
 

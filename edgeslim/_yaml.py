@@ -97,11 +97,17 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 40
 _REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = 6
 
 
+# However nested, a value quoted in a message is cut at this many characters: an alias bomb's
+# value is thousands of characters even with the limits above.
+SHOWN_CHARS = 120
+
+
 def shown(value: Any) -> str:
     try:
-        return _REPR.repr(value)
+        text = _REPR.repr(value)
     except ValueError:  # an integer past Python's 4300-digit limit on str()
         return f"<a {type(value).__name__} too long to show>"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 def first_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from edgeslim._budget_schema import (
     ACCURACY_DROP_KEY,
@@ -29,20 +29,19 @@ from edgeslim._budget_schema import (
     FLOPS_NOTE,
     LIMIT_KEYS,
     BudgetSpec,
+    LatencySourceName,
+    RuntimeName,
     key_path,
     validate,
 )
 from edgeslim._yaml import read_yaml
 from edgeslim.errors import BudgetError
 
-# Closed choices, checked when the file is read (``edgeslim._budget_schema``).
-RuntimeName = Literal["onnxruntime"]
-LatencySourceName = Literal["host", "profile", "ssh"]
-
 # Measures a budget can put on the Pareto front next to accuracy (YAML key -> measure name).
 OBJECTIVE_KEYS: dict[str, str] = {key: measure for key, (measure, _) in LIMIT_KEYS.items()}
 
 __all__ = ["ACCURACY_DROP_KEY", "LIMIT_KEYS", "OBJECTIVE_KEYS", "Budget", "Device", "Limit",
+           "LatencySourceName", "RuntimeName",
            "LatencySource", "Runtime", "load_budget", "parse_budget"]
 
 
@@ -160,9 +159,8 @@ def parse_budget(raw: Any, source: str = "<budget>", name: str = "budget",
     spec, problems = validate(raw)
     lines = [f"{source}: {p}" for p in found or ()]
     lines += [f"{source}: {key_path(loc)}: {rule}" for loc, rule in problems]
-    if lines:
+    if lines or spec is None:
         raise BudgetError("\n".join(lines), lines)
-    assert spec is not None
     return _budget(spec, raw, source, name)
 
 

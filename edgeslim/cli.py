@@ -13,12 +13,12 @@ Errors the user can fix print one line and exit with status 2 (``--debug`` shows
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
+from edgeslim.logs import quiet_libraries, show_libraries
 
 COMMANDS = ("search", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
@@ -38,15 +38,16 @@ def _positive(kind: type, name: str):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in --workdir); "
-                   "journal:PATH for a journal file")
+    p.add_argument("--storage", help="Optuna storage: journal:PATH (a journal file), "
+                   "sqlite:///PATH, postgresql://... or mysql://... (default: the journal file "
+                   "studies.journal in --workdir)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                    help="where studies, artifacts and caches live (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def _default_recovery() -> str:
-    from edgeslim.evaluators.recovery import Recovery
+    from edgeslim.recovery import Recovery
 
     return Recovery().describe()
 
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered name, torchvision:NAME, path/file.py:factory or "
                    "package.module:factory (default: %(default)s)")
     s.add_argument("--dataset", default="digits",
-                   help="digits, cifar10, mnist, fashion-mnist or imagefolder:PATH "
-                   "(default: %(default)s)")
+                   help="digits, cifar10, mnist, fashion-mnist, imagefolder:PATH or "
+                   "npz:PATH (arrays x_train, y_train; see README) (default: %(default)s)")
     s.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="where the dataset's files are (default: %(default)s)")
     s.add_argument("--checkpoint", type=Path, help="base model weights (a state dict); "
@@ -212,7 +213,7 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    from edgeslim.search.config import default_storage
+    from edgeslim.search.storage import default_storage
 
     return args.storage or default_storage(args.workdir)
 
@@ -274,6 +275,10 @@ def run(args: argparse.Namespace) -> int:
         page = write_report(study, args.out, args.trial, _storage_url(args))
         console.print(f"report of {study.study_name} written to {page}", soft_wrap=True)
         return 0
+    from edgeslim.search.picking import choose_trial
+
+    # A trial with nothing to export is refused in seconds, before the model code loads.
+    choose_trial(study, args.trial)
     from edgeslim.search.exporter import export_trial, parse_formats
 
     formats = parse_formats(args.format)
@@ -292,22 +297,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def quiet_libraries() -> None:
-    """Hides the libraries' warnings and info logs (``--debug`` keeps them)."""
-    warnings.filterwarnings("ignore")
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
-    if not args.debug:
+    if args.debug:
+        show_libraries()
+    else:
         quiet_libraries()
+    previous = stop_on_signals()
     try:
         return run(args)
     except EdgeslimError as exc:
@@ -315,9 +314,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"optimize: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("optimize: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM (edgeslim.interrupts)
+        print(f"optimize: stopped by {interruption(exc)}; rerun the same command to resume",
+              file=sys.stderr)
+        return exit_status(exc)
+    finally:
+        restore_signals(previous)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
@@ -18,6 +19,7 @@ from torch import nn
 
 from edgeslim.errors import CandidateError
 from edgeslim.fsutil import atomic_write
+from edgeslim.logs import captured_stderr
 
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -94,7 +96,12 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
     """
     model = model.eval()
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    # The TorchScript exporter dumps the whole graph to its log when it fails, and turns that
+    # log on in every export; sent to stderr, the dump is caught with the rest into the run's
+    # log file (``captured_stderr``) instead of the terminal.
+    with contextlib.suppress(AttributeError, RuntimeError):
+        torch._C._jit_set_onnx_log_output_stream("stderr")
+    with warnings.catch_warnings(), captured_stderr("the ONNX exporter"):
         warnings.simplefilter("ignore")
         try:
             try:

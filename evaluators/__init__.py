@@ -1,20 +1,13 @@
 """Evaluators: how a candidate is built, fine-tuned and measured."""
 
+from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, DEPLOYABLE
 from edgeslim.evaluators._base import STATIC_MEASURES, UNITS, Caps, Evaluator, Measurement
 from edgeslim.evaluators.accuracy import onnx_accuracy
 from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.latency import LatencyResult, available_cores, measure_latency
 from edgeslim.evaluators.measures import MODEL_MEASURES, Count, count_macs, count_params
 from edgeslim.evaluators.memory import memory_bytes, peak_memory_bytes
-from edgeslim.evaluators.staged import (
-    ARTIFACT_ONNX,
-    ARTIFACT_PACKED,
-    ARTIFACT_STATE,
-    DEPLOYABLE,
-    Built,
-    StagedEvaluator,
-    calibration_batches,
-)
+from edgeslim.evaluators.staged import Built, StagedEvaluator, calibration_batches
 from edgeslim.evaluators.stages import MODEL_STAGES, Stage, model_stage
 
 __all__ = [

@@ -52,7 +52,9 @@ class SshMeter:
         return opts
 
     def _ssh(self, command: str, timeout: float, stdin: Path | None = None) -> str:
-        args = ["ssh", "-p", str(self.spec.port), *self._options(), str(self.spec.host), command]
+        # "--" ends ssh's options: the host is never read as one (the budget checks it too).
+        args = ["ssh", "-p", str(self.spec.port), *self._options(), "--", str(self.spec.host),
+                command]
         try:
             if stdin is None:
                 done = subprocess.run(args, capture_output=True, timeout=timeout,

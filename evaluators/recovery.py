@@ -15,7 +15,6 @@ to the base model: cheap next to an epoch of training (seconds for ResNet-20 on 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -23,40 +22,10 @@ from torch import nn
 from edgeslim.compress.prune import KeptIndices
 from edgeslim.compress.reconstruct import reconstruct
 from edgeslim.data import DataBundle
-from edgeslim.errors import ConfigError
 from edgeslim.evaluators.screening import recalibrate_batch_norm
+from edgeslim.recovery import STEPS, Recovery
 
-
-@dataclass(frozen=True)
-class Recovery:
-    reconstruct: bool = False
-    recalibrate_bn: bool = False
-    images: int = 256  # training images the reconstruction fits on (no augmentation)
-    bn_images: int = 2048  # training images the batch-norm statistics are averaged over
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        """The steps on, as ``--recovery`` names them."""
-        return ",".join(s for s in STEPS if getattr(self, s)) or "none"
-
-    @classmethod
-    def parse(cls, text: str) -> Recovery:
-        """``--recovery``: step names separated by commas, or ``none``.
-
-        Raises:
-            ConfigError: for an unknown step.
-        """
-        names = {n.strip() for n in text.split(",") if n.strip()}
-        unknown = sorted(names - set(STEPS) - {"none"})
-        if unknown or not names or ("none" in names and len(names) > 1):
-            raise ConfigError(f"--recovery: must be none or among {', '.join(STEPS)}, "
-                              f"got {text!r}")
-        return cls(**{s: s in names for s in STEPS})
-
-
-STEPS = ("reconstruct", "recalibrate_bn")
+__all__ = ["STEPS", "Recovery", "calibration_images", "labelled_batches", "recover"]
 
 
 def calibration_images(data: DataBundle, images: int, seed: int) -> torch.Tensor:

@@ -18,26 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE
 from edgeslim.budget import Runtime
 from edgeslim.compress import prunable_copy, quantize_onnx, tied
 from edgeslim.compress.prune import GRADIENT_IMAGES
 from edgeslim.data import DataBundle
+from edgeslim.errors import CandidateError
 from edgeslim.evaluators._base import Caps, Evaluator, Measurement
 from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import Recovery, labelled_batches, recover
 from edgeslim.evaluators.stages import StageContext, model_stage
-from edgeslim.export import write_onnx
+from edgeslim.export import one_line, write_onnx
 from edgeslim.fsutil import atomic_torch_save
-from edgeslim.packing import SUFFIX, restore_onnx, write_packed
+from edgeslim.packing import restore_onnx, write_packed
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, TrainStats, train
-
-ARTIFACT_ONNX = "model.onnx"
-ARTIFACT_PACKED = "model" + SUFFIX
-ARTIFACT_STATE = "model_state.pt"
-DEPLOYABLE = (ARTIFACT_PACKED, ARTIFACT_ONNX)  # the first a trial has is what a user deploys
 
 
 @dataclass(frozen=True)
@@ -123,10 +120,17 @@ class StagedEvaluator(Evaluator):
                 self.data, GRADIENT_IMAGES, self.seed))
             before = copy.deepcopy(model) if finetune and self.recovery.reconstruct else None
             start = time.perf_counter()
-            if finetune:
-                info.update(stage.apply(model, candidate, self.example, self.seed, context))
-            else:
-                info.update(stage.apply_structure(model, candidate, self.example, self.seed))
+            try:
+                if finetune:
+                    info.update(stage.apply(model, candidate, self.example, self.seed, context))
+                else:
+                    info.update(stage.apply_structure(model, candidate, self.example,
+                                                      self.seed))
+            except CandidateError:
+                raise
+            except Exception as exc:  # a library's error on this candidate's model
+                raise CandidateError(f"{name} failed: {type(exc).__name__}: "
+                                     f"{one_line(exc)}") from exc
             info[f"{name}_seconds"] = round(time.perf_counter() - start, 3)
             clustered |= stage.clustered(model, candidate)
             masked |= stage.masked(model, candidate)
@@ -140,7 +144,7 @@ class StagedEvaluator(Evaluator):
         # Every step of a build raises CandidateError, naming the step, for what is wrong with
         # this candidate (a stage it cannot take, a diverged fine-tune above; an operator the
         # exporter lacks, a graph the quantizer or onnxruntime refuses below and in
-        # ``measure``); any other exception is a bug and stops the search.
+        # ``measure``). Anything else fails the trial too (``Objective``), with its type.
         float_onnx = write_onnx(model, self.example, workdir / "float.onnx")
         calibration = self.calibration() if candidate.quantize == "int8_static" else None
         if calibration and not finetune:

@@ -14,13 +14,14 @@ from rich.console import Console
 
 from edgeslim.basemodel import BaseModel, obtain_base_model
 from edgeslim.budget import Budget
-from edgeslim.compress import weight_layers
+from edgeslim.compress import parse_order, weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model, load_checkpoint
+from edgeslim.models.check import check_model
 from edgeslim.search._progress import _Progress
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import ACCURACY
@@ -82,6 +83,8 @@ def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
                         config.checkpoint, config.model)
     data = load_dataset(config.dataset, config.data_dir, config.cache_dir / "data", config.seed)
     model = build_model(config.model, data.in_channels, data.num_classes)
+    # Seconds: a model that does not fit the data, train or export is refused before training.
+    check_model(model, config.model, data.name, tuple(data.input_shape), data.num_classes)
     space = build_space(config, model, data)
     # Params and MACs need no trained weights: a budget only pruning can meet is checked
     # against the stages now, before a base model is trained.
@@ -119,6 +122,9 @@ def prepare(config: SearchConfig, console: Console,
     console.print(f"data: {data.name}, {len(data.train)} train / {len(data.val)} val"
                   + (f" / {len(data.test)} test" if data.test is not None else "")
                   + f" images of shape {tuple(data.input_shape)}, {data.num_classes} classes")
+    not_pruned = space.pruning.not_pruned()
+    if not_pruned:
+        console.print(f"pruning: {not_pruned}", soft_wrap=True)
     with _Progress(console) as progress:
         update: Callable[..., None] | None = None
 
@@ -160,14 +166,29 @@ def feasible_orders(space: StagedSpace, caps: Caps, base_values: dict[str, float
 
 
 def build_space(config: SearchConfig, model: torch.nn.Module, data: DataBundle) -> StagedSpace:
-    """The search space for ``model``: its prunable groups and weight layers, and the options."""
+    """The search space for ``model``: its prunable groups and weight layers, and the options.
+    When nothing of the model can be pruned (torch-pruning cannot analyse it), the stage
+    orders are those of the other stages.
+
+    Raises:
+        ConfigError: when that leaves no stage to search.
+    """
     opts = config.space
     example = torch.zeros(1, *data.input_shape)
     pruning = PruningSpace.from_model(model, example, data.num_classes, round_to=opts.round_to,
                                       max_ratio=opts.max_ratio, step=opts.step,
-                                      importances=opts.importances)
+                                      importances=opts.importances, seed=config.seed)
+    stages, order = opts.stages, opts.order
+    if not pruning.groups:
+        stages = tuple(s for s in stages if s != "prune")
+        if order is not None:
+            order = ",".join(s for s in parse_order(order) if s != "prune") or None
+        if not stages or (opts.order is not None and order is None):
+            raise ConfigError(f"nothing of {config.model!r} can be pruned "
+                              f"({pruning.not_pruned()}), and no other stage is searched; "
+                              "add cluster or quantize to --stages")
     layers = tuple(WeightLayer(name, m.weight.numel()) for name, m in weight_layers(model).items())
-    return StagedSpace.for_stages(pruning, layers, stages=opts.stages, order=opts.order,
+    return StagedSpace.for_stages(pruning, layers, stages=stages, order=order,
                                   cluster_counts=opts.cluster_counts,
                                   cluster_methods=opts.cluster_methods,
                                   quant_modes=opts.quant_modes, sparsity_low=opts.sparsity[0],

@@ -59,6 +59,10 @@ def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict
         out["channels"] = {k.removeprefix("channels/"): v for k, v in attrs.items()
                            if k.startswith("channels/")}
         out["base_channels"] = {g["name"]: g["channels"] for g in space["groups"]}
+    if space.get("untraced") or space.get("left_out"):
+        # What no trial of this study could prune (``PruningSpace.untraced``, ``left_out``).
+        out["not_pruned"] = {"untraced": space.get("untraced", []),
+                             "left_out": space.get("left_out", {})}
     if "sparsify" in candidate.order:
         out["weight_sparsity"] = attrs.get("weight_sparsity")
         out["sparsity_note"] = SPARSITY_NOTE
@@ -216,4 +220,19 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     if "sparsity_note" in card["compression"]:
         lines += ["", f"Note: {card['compression']['sparsity_note']}."]
+    lines += _not_pruned_lines(card["compression"].get("not_pruned"))
     return "\n".join(lines) + "\n"
+
+
+def _not_pruned_lines(not_pruned: dict[str, Any] | None) -> list[str]:
+    if not not_pruned:
+        return []
+    lines = [""]
+    if not_pruned["untraced"]:
+        names = [n or "the whole model" for n in not_pruned["untraced"]]
+        lines.append(f"Not pruned: torch-pruning cannot analyse {', '.join(names)}; every "
+                     "layer inside keeps its channels (clustering and quantization still ran).")
+    if not_pruned["left_out"]:
+        lines.append("Groups left out of the search: " + "; ".join(
+            f"{name} ({why})" for name, why in not_pruned["left_out"].items()) + ".")
+    return lines

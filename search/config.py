@@ -8,9 +8,13 @@ from typing import Literal
 
 from edgeslim.budget import Budget
 from edgeslim.compress import IMPORTANCES
-from edgeslim.evaluators.recovery import Recovery
+from edgeslim.recovery import Recovery
+from edgeslim.search.storage import default_storage
 from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
+
+__all__ = ["DEFAULT_STAGES", "SAMPLERS", "SamplerName", "SearchConfig", "SpaceOptions",
+           "default_storage"]
 
 SamplerName = Literal["tpe", "nsga2", "gp", "random"]
 SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "gp", "random")
@@ -76,9 +80,3 @@ class SearchConfig:
     @property
     def cache_dir(self) -> Path:
         return self.workdir / "cache"
-
-
-def default_storage(workdir: Path) -> str:
-    """A journal file in ``workdir``: safe for several worker processes writing at once (it
-    appends under a lock), which an SQLite file is not."""
-    return f"journal:{(Path(workdir) / 'studies.journal').resolve()}"

@@ -14,13 +14,12 @@ from optuna_dashboard import save_note
 
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
+from edgeslim.export import one_line
+from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, is_feasible
 from edgeslim.search.references import REFERENCE_ATTR, reference_note
 from edgeslim.search.repair import StaticCheck, repair
 from edgeslim.spaces import Candidate, StagedSpace
 
-ACCURACY = "val_acc"
-# A finalist trial re-runs the candidate of the search trial it names with the long fine-tune.
-FINALIST_ATTR = "finalist_of"
 # A trial whose candidate builds the model an earlier trial built (``StagedSpace.built_as``)
 # takes that trial's results instead of training the same model again.
 DUPLICATE_ATTR = "duplicate_of"
@@ -28,6 +27,10 @@ BUILT_AS_ATTR = "built_as"
 # Attributes that describe a trial itself, not the model it built: never copied to a repeat.
 _OWN_ATTRS = {"candidate", "sampled", "repaired", "repair_step", BUILT_AS_ATTR, "reference",
               "same_as", "screened", "worker", "retry_of", "failed_trial", DUPLICATE_ATTR}
+
+
+__all__ = ["ACCURACY", "BUILT_AS_ATTR", "DUPLICATE_ATTR", "FINALIST_ATTR", "Objective",
+           "directions", "is_feasible"]
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
@@ -61,6 +64,19 @@ class Objective:
         self.final_evaluator = final_evaluator or evaluator  # the finalists' long fine-tune
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        """Any error while building, training or measuring the candidate fails the trial with
+        the reason in ``fail_reason``, and the study goes on (Optuna's log, in the run's log
+        file, keeps the traceback)."""
+        try:
+            return self._run(trial)
+        except (CandidateError, optuna.TrialPruned):
+            raise
+        except Exception as exc:
+            reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+            trial.set_user_attr("fail_reason", reason)
+            raise CandidateError(reason) from exc
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
         attrs = trial.user_attrs
         if REFERENCE_ATTR in attrs:  # labelled in the dashboard
             save_note(trial, reference_note(attrs[REFERENCE_ATTR]))
@@ -160,8 +176,3 @@ class Objective:
                                           study_or_trial=trial)
             trial.set_user_attr(f"artifact:{name}", artifact_id)
         return [m.values[ACCURACY]] + [m.values[o] for o in self.objectives]
-
-
-def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == optuna.trial.TrialState.COMPLETE and \
-        all(v <= 0 for v in trial.constraints.values())

@@ -151,7 +151,11 @@ def summary_line(study: optuna.Study) -> str:
     complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states)
     failed = sum(s == optuna.trial.TrialState.FAIL for s in states)
     feasible = sum(is_feasible(t) for t in study.trials)
-    return (f"{len(states)} trials: {complete} complete ({feasible} feasible), {failed} failed")
+    again = {t.user_attrs["retry_of"] for t in study.trials if "retry_of" in t.user_attrs}
+    rerun = sum(t.number in again and bool(t.user_attrs.get("interrupted"))
+                for t in study.trials)
+    return (f"{len(states)} trials: {complete} complete ({feasible} feasible), {failed} failed"
+            + (f" ({rerun} interrupted and run again)" if rerun else ""))
 
 
 def print_report(study: optuna.Study, console: Console) -> None:

@@ -34,6 +34,12 @@ UNCLAIMED_S = 120
 CONNECT_TIMEOUT_S = 10
 
 
+def default_storage(workdir: Path) -> str:
+    """A journal file in ``workdir``: safe for several worker processes writing at once (it
+    appends under a lock), which an SQLite file is not."""
+    return f"journal:{(Path(workdir) / 'studies.journal').resolve()}"
+
+
 def _drop_torn_tail(path: Path, backend: Any) -> None:
     """Cuts a journal's last line when it has no line end: a process killed while appending
     (appends hold the journal's lock, so no live writer leaves one). Left in place, the next
@@ -227,15 +233,28 @@ def _dead(worker: dict[str, Any] | None, trial: optuna.trial.FrozenTrial) -> str
 def recover_interrupted(study: optuna.Study, workdir: Path | None = None) -> list[int]:
     """Marks the running trials whose process is gone (killed, crashed, machine rebooted) as
     failed, with the reason in ``fail_reason`` and ``interrupted`` set, and enqueues each once
-    more with the same parameters (``retry_of`` names it). Their temporary build directories
-    under ``<workdir>/trials`` are removed. Returns the numbers of the trials recovered.
+    more with the same parameters (``retry_of`` names it). A trial its own process recorded as
+    interrupted (Ctrl+C, SIGTERM: ``record_interrupted``) but stopped before queueing its
+    retry gets one too. Their temporary build directories under ``<workdir>/trials`` are
+    removed. Returns the numbers of the trials recovered.
 
     Another process may recover the same trial at the same moment: the first to mark it
     failed re-queues it, the other skips it.
     """
     storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    again = {t.user_attrs.get("retry_of") for t in trials}
     recovered = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in trials:
+        if trial.number in again:
+            continue
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
+            # Its process recorded it and was stopped again before the retry was queued.
+            _enqueue_retry(study, trial)
+            recovered.append(trial.number)
+            continue
+        if trial.state != TrialState.RUNNING:
+            continue
         reason = _dead(trial.user_attrs.get(WORKER_ATTR), trial)
         if reason is None:
             continue
@@ -246,12 +265,29 @@ def recover_interrupted(study: optuna.Study, workdir: Path | None = None) -> lis
                 continue
         except UpdateFinishedTrialError:
             continue  # another process got there first
-        keep = {k: v for k, v in trial.user_attrs.items()
-                if k in ("reference", "finalist_of", "candidate", "screened") and
-                (k != "candidate" or "finalist_of" in trial.user_attrs)}
-        study.enqueue_trial(trial.params, user_attrs={**keep, "retry_of": trial.number})
+        _enqueue_retry(study, trial)
         recovered.append(trial.number)
-        if workdir is not None:
-            for leftover in (Path(workdir) / "trials").glob(f"trial-{trial.number}-*"):
+    if workdir is not None:
+        for number in recovered:
+            for leftover in (Path(workdir) / "trials").glob(f"trial-{number}-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
     return recovered
+
+
+def record_interrupted(trial: optuna.Trial, what: str) -> None:
+    """Records that ``what`` (``Ctrl+C (SIGINT)``, ``SIGTERM``) stopped this process while it
+    ran ``trial``, the way ``recover_interrupted`` records a killed one, and queues the retry
+    at once; Optuna then marks the trial failed."""
+    me = worker_identity()
+    trial.set_user_attr("fail_reason", f"interrupted: {what} stopped worker process "
+                                       f"{me['pid']} on {me['host']} while the trial ran")
+    trial.set_user_attr("interrupted", True)
+    _enqueue_retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+
+
+def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queues ``trial`` once more with its parameters and what it was enqueued as."""
+    keep = {k: v for k, v in trial.user_attrs.items()
+            if k in ("reference", "finalist_of", "candidate", "screened") and
+            (k != "candidate" or "finalist_of" in trial.user_attrs)}
+    study.enqueue_trial(trial.params, user_attrs={**keep, "retry_of": trial.number})

@@ -31,6 +31,7 @@ from edgeslim.errors import StudyError
 from edgeslim.evaluators import StagedEvaluator
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter
+from edgeslim.logs import LOG_NAME, attach
 from edgeslim.search._prepare import (
     Prepared,
     build_space,
@@ -237,6 +238,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
             console.print(f"training with {threads} thread{'s' * (threads > 1)}: "
                           f"{cores - threads} of this machine's {cores} cores are busy")
     meter = latency_meter(config, inputs[0])
+    attach(config.workdir / LOG_NAME)  # the input is good: the run's log has a home
     prepared = prepare(config, console, inputs, meter)
     search, final, check = make_evaluators(config, prepared, meter)
     study = open_or_create_study(config, prepared, check)

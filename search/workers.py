@@ -30,10 +30,16 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from edgeslim.errors import CandidateError, StudyError
+from edgeslim.interrupts import exit_status, interruption, stop_on_signals
 from edgeslim.search.objective import DUPLICATE_ATTR, FINALIST_ATTR, Objective
 from edgeslim.search.references import REFERENCE_ATTR
 from edgeslim.search.screening import SCREENED_ATTR
-from edgeslim.search.storage import WORKER_ATTR, recover_interrupted, worker_identity
+from edgeslim.search.storage import (
+    WORKER_ATTR,
+    record_interrupted,
+    recover_interrupted,
+    worker_identity,
+)
 
 if TYPE_CHECKING:
     from edgeslim.search.config import SearchConfig
@@ -81,6 +87,8 @@ def _enqueued_as(attrs: dict) -> tuple[str, object] | None:
         return ("reference", attrs[REFERENCE_ATTR])
     if SCREENED_ATTR in attrs:
         return ("screened allocation", attrs[SCREENED_ATTR]["trial"])
+    if "retry_of" in attrs:
+        return ("retry of trial", attrs["retry_of"])
     return None
 
 
@@ -116,7 +124,11 @@ class _Claimed:
         if len(ahead) >= self.target:
             trial.set_user_attr(SURPLUS_ATTR, True)
             raise optuna.TrialPruned("the study already had its trials when this one started")
-        return self.objective(trial)
+        try:
+            return self.objective(trial)
+        except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: recorded like a killed trial
+            record_interrupted(trial, interruption(exc))
+            raise
 
 
 def _is_search(trial: optuna.trial.FrozenTrial) -> bool:
@@ -150,11 +162,18 @@ def run_trials(study: optuna.Study, objective: Objective, target: int, workdir: 
 
 
 def _worker(config: SearchConfig, threads: int) -> None:
-    from edgeslim.cli import quiet_libraries
+    import sys
+
+    from edgeslim.logs import LOG_NAME, attach, quiet_libraries
     from edgeslim.search.study import worker_main
 
     quiet_libraries()
-    worker_main(config, threads)
+    attach(config.workdir / LOG_NAME)
+    stop_on_signals()
+    try:
+        worker_main(config, threads)
+    except KeyboardInterrupt as exc:  # its trial is recorded; the first process says so
+        sys.exit(exit_status(exc))
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ from edgeslim.compress.prune import (
     IMPORTANCES,
     PrunableGroup,
     kept_channels,
-    prunable_groups,
 )
+from edgeslim.compress.prune_check import PruningCheck, check_pruning
 from edgeslim.errors import ConfigError
 from edgeslim.spaces._base import Candidate
 
@@ -41,6 +41,10 @@ class PruningSpace:
     step: float = 0.05
     importances: tuple[str, ...] = IMPORTANCES
     round_to: int = 8
+    # Modules torch-pruning cannot analyse, whose layers keep every channel, and the groups
+    # not searched with the reason (``edgeslim.compress.prune_check``).
+    untraced: tuple[str, ...] = ()
+    left_out: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.max_ratio < 1.0:
@@ -56,12 +60,20 @@ class PruningSpace:
 
     @classmethod
     def from_model(cls, model: nn.Module, example_input: torch.Tensor, num_classes: int,
-                   round_to: int = 8, **options: Any) -> PruningSpace:
-        groups = prunable_groups(model, example_input, num_classes, round_to)
-        if not groups:
+                   round_to: int = 8, seed: int = 0, **options: Any) -> PruningSpace:
+        """The groups of ``model`` that prune without breaking it (checked on copies of it,
+        ``check_pruning``); none when something was left out for a reason."""
+        limits = {k: options[k] for k in ("max_ratio", "step") if k in options}
+        found = check_pruning(model, example_input, num_classes, round_to, seed=seed, **limits)
+        if not found.groups and not found.untraced and not found.left_out:
             raise ConfigError("the model has no layer with more than "
                               f"{round_to} output channels to prune")
-        return cls(groups=groups, round_to=round_to, **options)
+        return cls(groups=found.groups, round_to=round_to, untraced=found.untraced,
+                   left_out=found.left_out, **options)
+
+    def not_pruned(self) -> str | None:
+        """What of the model is not searched and why, on one line (None: everything is)."""
+        return PruningCheck(self.groups, self.untraced, self.left_out).summary()
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> Candidate:
         ratios, importance = self.suggest(trial)
@@ -120,5 +132,7 @@ class PruningSpace:
             "step": self.step,
             "importances": list(self.importances),
             "round_to": self.round_to,
+            "untraced": list(self.untraced),
+            "left_out": dict(self.left_out),
         }
 

@@ -79,7 +79,9 @@ def test_export_writes_files_that_run_and_fit(searched, tmp_path, capsys):
                 and all(v <= 0 for v in t.constraints.values())]
     finalists = [t for t in feasible if "finalist_of" in t.user_attrs]
     assert finalists  # export picks from the finalists when there are any
-    best = max(finalists, key=lambda t: t.user_attrs["val_acc"])
+    # Highest validation accuracy; a tie goes to the lower latency, then the lower number.
+    best = min(finalists, key=lambda t: (-t.user_attrs["val_acc"],
+                                         t.user_attrs.get("latency_ms", 0.0), t.number))
     assert card["trial"] == best.number
     assert card["fits_budget"] is True
     check = card["onnx_vs_pytorch"]

@@ -1,5 +1,5 @@
-"""Several processes on one study: --workers on a journal file, machines on PostgreSQL, and a
-worker killed in the middle of a trial."""
+"""Several processes on one study: --workers on a journal file, machines on PostgreSQL, a
+worker killed in the middle of a trial, and one stopped by Ctrl+C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ import optuna
 import pytest
 
 from edgeslim.cli import main
+from edgeslim.interrupts import Interrupted
 from edgeslim.search.config import default_storage
-from edgeslim.search.storage import load_study, recover_interrupted
-from edgeslim.search.workers import counts, retried
+from edgeslim.search.storage import load_study, open_storage, recover_interrupted
+from edgeslim.search.workers import counted, counts, retried, run_trials
 from toys import REPO, UNTIMED
 
-COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
-                           optuna.trial.TrialState.RUNNING)
+COMPLETE, FAIL, RUNNING, WAITING = (
+    optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+    optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 SEARCH = ["--budget", str(UNTIMED), "--finalists", "0", "--base-epochs", "3", "--screen", "8"]
 FAST = [*SEARCH, "--finetune-steps", "5"]
 # Two processes on two cores: one thread each, as --workers 2 sets up.
@@ -239,3 +241,56 @@ def test_a_journal_torn_by_a_killed_writer_is_read_and_appended_again(tmp_path: 
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     trials = optuna.load_study(storage=open_storage(url), study_name="s").trials
     assert [t.state for t in trials] == [COMPLETE] * 3
+
+
+def test_an_interrupted_trial_is_recorded_and_queued_by_its_own_process(tmp_path):
+    study = optuna.create_study(storage=open_storage(default_storage(tmp_path)))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0, 1)
+        if trial.number == 0:
+            raise Interrupted(signal.SIGTERM)
+        trial.set_user_attr("finetuned", True)  # counts towards the study's trials
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, objective, 2, tmp_path)
+    (stopped, queued) = study.trials
+    assert stopped.state == FAIL and stopped.user_attrs["interrupted"] is True
+    assert stopped.user_attrs["fail_reason"] == (
+        f"interrupted: SIGTERM stopped worker process {os.getpid()} on {socket.gethostname()} "
+        "while the trial ran")
+    assert queued.state == WAITING and queued.user_attrs == {"retry_of": 0}
+    assert queued.system_attrs["fixed_params"] == stopped.params
+    assert recover_interrupted(study) == []  # its retry is queued already
+    run_trials(study, objective, 2, tmp_path)  # resumed: the retry runs, then one more
+    assert [t.state for t in study.trials] == [FAIL, COMPLETE, COMPLETE]
+    assert study.trials[1].params == stopped.params and counted(study.trials) == 2
+
+
+def test_a_trial_stopped_again_before_its_retry_was_queued_gets_one_on_resume(tmp_path):
+    study = optuna.create_study(storage=open_storage(default_storage(tmp_path)))
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("interrupted", True)  # recorded, then a second Ctrl+C
+    study.tell(trial, state=FAIL)
+    assert recover_interrupted(study) == [0]
+    assert recover_interrupted(study) == []  # once only
+    (queued,) = study.get_trials(states=(WAITING,))
+    assert queued.user_attrs == {"retry_of": 0}
+
+
+@pytest.mark.parametrize("signum, status, what", [(signal.SIGINT, 130, "Ctrl+C (SIGINT)"),
+                                                  (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_stops_any_command_with_one_line(tmp_path, capsys, monkeypatch, signum,
+                                                  status, what):
+    def run(args) -> int:
+        os.kill(os.getpid(), signum)  # delivered to the handler main() installed
+        time.sleep(5)
+        return 0
+
+    monkeypatch.setattr("edgeslim.cli.run", run)
+    assert main(["show", "--workdir", str(tmp_path)]) == status
+    assert capsys.readouterr().err == (f"optimize: stopped by {what}; rerun the same command "
+                                       "to resume\n")
+    assert signal.getsignal(signum) is not None  # the handlers main() replaced are back

@@ -5,6 +5,10 @@ its batch norm, the next layers' input channels and, through residual adds, ever
 to the same residual stream. Each group is named after its root layer's qualified module name
 (``layer2.0.conv1``), which is stable for a given architecture and readable in the dashboard.
 
+Modules whose forward torch-pruning cannot analyse (a channel shuffle, say) are hidden from the
+graph (``edgeslim.compress.untraced``): the layers inside them, and the groups that reach them,
+keep every channel.
+
 Channel counts are snapped to multiples of ``round_to`` (8 by default): CPU and GPU kernels are
 vectorised over channel blocks, and off-multiple counts (12/24/48) run slower than the unpruned
 model despite fewer MACs.
@@ -12,9 +16,11 @@ model despite fewer MACs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +28,15 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.compress.untraced import (
+    UNTRACED_PRUNER,
+    WHOLE_MODEL,
+    Untraced,
+    deadline,
+    hidden,
+    one_thread,
+    untraced_modules,
+)
 from edgeslim.errors import CandidateError
 
 # The criteria the search chooses from by default (``CRITERIA`` lists every one).
@@ -30,6 +45,10 @@ IMPORTANCES = ("l1", "l2", "bn_scale", "lamp")
 # prune without ranking filters; not among the criteria the search chooses from by default.
 UNRANKED = "none"
 _ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+# Grouping a graph takes up to about 25 times as long as building it (DenseNet's concatenations);
+# one that takes far longer loops forever (see ``edgeslim.compress.untraced.deadline``).
+GROUPING_FACTOR = 100
+GROUPING_MIN_S = 5.0
 # torch-pruning pruners for modules it does not know, by module type (see ``register_pruner``).
 CUSTOM_PRUNERS: dict[type[nn.Module], tp.pruner.function.BasePruningFunc] = {}
 
@@ -68,11 +87,33 @@ def _output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, with the modules it cannot analyse hidden
+    (``untraced``).
+
+    Raises:
+        CandidateError: when nothing of the model can be analysed (``WHOLE_MODEL``).
+    """
+    names = untraced(model, example_input)
+    if WHOLE_MODEL in names:
+        raise CandidateError("torch-pruning cannot analyse this model: nothing can be pruned")
+    return _build(model, example_input, names)
+
+
+def untraced(model: nn.Module, example_input: torch.Tensor) -> tuple[str, ...]:
+    """The modules of ``model`` torch-pruning cannot analyse (found once per architecture)."""
+    return untraced_modules(model, example_input,
+                            lambda names: _builds(model, example_input, names))
+
+
+def _build(model: nn.Module, example_input: torch.Tensor,
+           names: tuple[str, ...] | list[str]) -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
+    pruners = {**CUSTOM_PRUNERS, Untraced: UNTRACED_PRUNER}
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                     customized_pruners=dict(CUSTOM_PRUNERS))
+        with hidden(model, names), torch.enable_grad(), one_thread():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, customized_pruners=pruners, verbose=False)
     finally:
         model.train(was_training)
 
@@ -111,34 +152,70 @@ def prunable_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     return twin
 
 
+def _builds(model: nn.Module, example_input: torch.Tensor, names) -> bool:
+    """Whether the graph builds with ``names`` hidden and yields its groups, in at most
+    ``GROUPING_FACTOR`` times as long as the build took (``GROUPING_MIN_S`` at least)."""
+    try:
+        start = time.perf_counter()
+        graph = _build(model, example_input, names)
+        limit = max(GROUPING_MIN_S, GROUPING_FACTOR * (time.perf_counter() - start))
+        with deadline(limit), one_thread():
+            for _ in graph.get_all_groups(root_module_types=list(_ROOT_TYPES)):
+                pass
+        return True
+    except Exception:  # whatever torch-pruning raises on a forward it cannot follow
+        return False
+
+
 def prunable_groups(model: nn.Module, example_input: torch.Tensor, num_classes: int,
                     round_to: int = 8) -> tuple[PrunableGroup, ...]:
     """The groups of ``model`` that can lose channels, in module order.
 
     A group qualifies when its root has more than ``round_to`` output channels (so at least one
-    aligned smaller count exists) and is not a depthwise conv (those follow their producer).
+    aligned smaller count exists), is not a depthwise conv (those follow their producer), and
+    reaches no module torch-pruning cannot analyse (see ``blocked_groups``).
     """
+    return _groups(model, example_input, num_classes, round_to)[0]
+
+
+def blocked_groups(model: nn.Module, example_input: torch.Tensor, num_classes: int,
+                   round_to: int = 8) -> dict[str, str]:
+    """The groups left out because their channels reach a module torch-pruning cannot analyse:
+    root layer -> that module."""
+    return _groups(model, example_input, num_classes, round_to)[1]
+
+
+def _groups(model: nn.Module, example_input: torch.Tensor, num_classes: int, round_to: int,
+            ) -> tuple[tuple[PrunableGroup, ...], dict[str, str]]:
+    if WHOLE_MODEL in untraced(model, example_input):
+        return (), {}
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     graph = dependency_graph(model, example_input)
-    groups = {}
+    groups: dict[str, PrunableGroup] = {}
+    blocked: dict[str, str] = {}
     for group in graph.get_all_groups(ignored_layers=_output_layers(model, num_classes),
                                       root_module_types=list(_ROOT_TYPES)):
-        touched = [it.dep.target.module for it in group
-                   if isinstance(it.dep.target.module, _ROOT_TYPES)
-                   and it.dep.target.module in names]
+        modules = [it.dep.target.module for it in group]
+        touched = [m for m in modules if isinstance(m, _ROOT_TYPES) and m in names]
         # Layers whose *output* channels this group removes; depthwise convs only follow.
         producers = [it.dep.target.module for it in group
                      if _is_out_pruning(it) and isinstance(it.dep.target.module, _ROOT_TYPES)
+                     and it.dep.target.module in names
                      and getattr(it.dep.target.module, "groups", 1) == 1]
         if not producers:
             continue
         root = min(producers, key=lambda m: order[names[m]])
-        if _out_dim(root) <= round_to or names[root] in groups:
+        if _out_dim(root) <= round_to or names[root] in groups or names[root] in blocked:
+            continue
+        stand_ins = [graph._module2name[m] for m in modules if isinstance(m, Untraced)]
+        if stand_ins:
+            blocked[names[root]] = stand_ins[0]
             continue
         layers = sorted({names[m] for m in touched}, key=order.__getitem__)
         groups[names[root]] = PrunableGroup(names[root], _out_dim(root), tuple(layers))
-    return tuple(sorted(groups.values(), key=lambda g: order[g.name]))
+    ordered = tuple(sorted(groups.values(), key=lambda g: order[g.name]))
+    return ordered, dict(sorted(blocked.items(), key=lambda kv: order[kv[0]]))
 
 
 def _is_out_pruning(item: object) -> bool:
@@ -259,14 +336,11 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
         The kept output channels of every group root named in ``ratios``.
 
     Raises:
-        CandidateError: when a name is not a prunable layer or the graph rejects the pruning.
+        CandidateError: when a name is not a prunable layer, or torch-pruning rejects or fails
+            on the pruning (any error it raises: a property of this model and candidate).
     """
-    # The graph of a ``prunable_copy`` is used once: pruning changes what it describes.
-    graph = _GRAPHS.pop(model, None) or dependency_graph(model, example_input)
-    modules = {m: n for n, m in model.named_modules()}
-    plan: list[tuple[str, nn.Module, list[int]]] = []
-    kept = {}
-    scorer = None
+    kept: dict[str, int] = {}
+    todo: list[tuple[str, nn.Module]] = []
     for name, ratio in ratios.items():
         try:
             module = model.get_submodule(name)
@@ -274,26 +348,73 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
             raise CandidateError(f"no layer named {name!r} in the model") from None
         if not isinstance(module, _ROOT_TYPES):
             raise CandidateError(f"layer {name!r} is a {type(module).__name__}, not prunable")
+        kept[name] = kept_channels(_out_dim(module), ratio, round_to)
+        if kept[name] < _out_dim(module):
+            todo.append((name, module))
+    # The graph of a ``prunable_copy`` is used once: pruning changes what it describes.
+    graph = _GRAPHS.pop(model, None)
+    if not todo:
+        return kept
+    graph = graph or dependency_graph(model, example_input)
+    modules = {m: n for n, m in model.named_modules()}
+    scorer = _scorer(importance, model, batches)
+    plan: list[tuple[str, nn.Module, list[int]]] = []
+    for name, module in todo:
         current = _out_dim(module)
-        keep = kept_channels(current, ratio, round_to)
-        kept[name] = keep
-        if keep >= current:
-            continue
-        scorer = scorer or _scorer(importance, model, batches)
-        group = graph.get_pruning_group(module, _prune_fn(module), idxs=list(range(current)))
-        scores = scorer(group)
-        if scores is None:  # e.g. bn_scale on a group without batch norm
-            scores = criterion("l2").make()(group)
-        plan.append((name, module, sorted(torch.argsort(scores)[: current - keep].tolist())))
+        with _pruning_errors(name, kept[name]):
+            group = _group(graph, module, list(range(current)), name)
+            scores = scorer(group)
+            if scores is None:  # e.g. bn_scale on a group without batch norm
+                scores = criterion("l2").make()(group)
+            plan.append((name, module, torch.argsort(scores)[: current - kept[name]].tolist()))
     model.zero_grad(set_to_none=True)
     for name, module, drop in plan:
-        group = graph.get_pruning_group(module, _prune_fn(module), idxs=drop)
-        if not graph.check_pruning_group(group):
-            raise CandidateError(f"pruning {name!r} to {kept[name]} channels would empty a layer")
-        if kept_indices is not None:
-            _record(group, modules, kept_indices)
-        group.prune()
+        prune_group(graph, module, drop, name, kept[name], modules, kept_indices)
     return kept
+
+
+def prune_group(graph: tp.DependencyGraph, module: nn.Module, drop: list[int], name: str,
+                keep: int, modules: dict[nn.Module, str] | None = None,
+                kept_indices: dict[str, KeptIndices] | None = None) -> None:
+    """Removes the output channels ``drop`` of ``module`` (the root of group ``name``) and
+    every channel tied to them in ``graph``; notes in ``kept_indices``, when given, which
+    channels each layer keeps (``modules`` names the layers)."""
+    with _pruning_errors(name, keep):
+        group = _group(graph, module, sorted(drop), name)
+        if not graph.check_pruning_group(group):
+            raise CandidateError(f"pruning {name!r} to {keep} channels would empty a layer")
+        if kept_indices is not None:
+            _record(group, modules or {}, kept_indices)
+        group.prune()
+
+
+def _group(graph: tp.DependencyGraph, module: nn.Module, idxs: list[int], name: str) -> tp.Group:
+    if module not in graph.module2node:
+        raise CandidateError(f"layer {name!r} is inside a module torch-pruning cannot analyse")
+    group = graph.get_pruning_group(module, _prune_fn(module), idxs=idxs)
+    hidden = [graph._module2name[it.dep.target.module] for it in group
+              if isinstance(it.dep.target.module, Untraced)]
+    if hidden:
+        raise CandidateError(f"pruning {name!r} reaches {hidden[0]}, which torch-pruning "
+                             "cannot analyse")
+    return group
+
+
+@contextlib.contextmanager
+def _pruning_errors(name: str, keep: int) -> Iterator[None]:
+    """Whatever torch-pruning raises while pruning one group, as the candidate's failure."""
+    try:
+        yield
+    except CandidateError:
+        raise
+    except Exception as exc:
+        raise CandidateError(f"torch-pruning failed to prune {name!r} to {keep} channels: "
+                             f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "(no message)"
 
 
 @dataclass

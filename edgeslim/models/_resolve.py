@@ -3,8 +3,9 @@
 Accepted specifications:
 
 - a registered name (``resnet20``, ``vgg16_bn``, ...);
-- ``torchvision:NAME``, any classification model of ``torchvision.models`` (random init: weights
-  cannot be downloaded offline; pass ``--checkpoint`` for trained ones);
+- ``torchvision:NAME``, a classification model of ``torchvision.models`` (random init: weights
+  cannot be downloaded offline; pass ``--checkpoint`` for trained ones); how far the search
+  gets with each is in ``benchmarks/results/torchvision_coverage.md``;
 - ``path/to/file.py:factory``: the file is imported and run as code (by design; only use files
   you trust) and ``factory`` is called;
 - ``package.module:factory``: an importable module's factory.

@@ -1,0 +1,234 @@
+"""Which torchvision classification models edgeslim can search, and how far.
+
+For every model of ``torchvision.models.list_models(module=torchvision.models)``, at the
+smallest square input it accepts from 32x32 up, this runs the commands a user runs, each in
+its own process as a user would:
+
+    optimize --budget BUDGET --model torchvision:NAME --dataset npz:DATA --checkpoint INIT \\
+        --trials 2 --order prune,cluster,quantize --quantize int8_static --cluster-counts 16 \\
+        --finetune-steps 1 --screen 0 --finalists 0 --no-references --sampler random
+    optimize export --trial N ...
+
+on synthetic data (120 random RGB images of that size, 10 classes) and the model's own random
+initialisation saved as the base checkpoint (nothing is trained but one fine-tune step a
+stage: this measures coverage, not accuracy). The budget only names the host's onnxruntime on
+one thread. Each model ends in one of:
+
+``end to end``  both trials pruned, clustered, quantized to int8, exported, run in onnxruntime,
+                and the export of one of them wrote its files and card
+``part way``    the same, but some of the model torch-pruning cannot analyse or mishandles was
+                left unpruned (the card and the table name it), or nothing could be pruned
+``refused``     the search stopped at start with one line (exit status 2), quoted
+``not run``     over ``--max-params`` parameters: more than this host runs in the time here
+``failed``      anything else (a traceback, a trial that failed, a timeout), quoted
+
+    nice -n 10 uv run python benchmarks/torchvision_coverage.py
+
+Results are kept per model in the JSON file as they come (a rerun skips the models done;
+``--only`` redoes some), and the table is written from it. Writes
+benchmarks/results/torchvision_coverage.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from edgeslim.search.config import default_storage
+from edgeslim.search.storage import load_study
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+SIZES = (32, 64, 75, 96, 128, 160, 224, 299)  # square inputs tried, smallest first
+BUDGET = "device: {name: coverage host}\nruntime: {name: onnxruntime, threads: 1}\n"
+SEARCH = ["--trials", "2", "--order", "prune,cluster,quantize", "--quantize", "int8_static",
+          "--cluster-counts", "16", "--finetune-steps", "1", "--screen", "0", "--finalists", "0",
+          "--no-references", "--sampler", "random"]
+
+
+def parameters(name: str) -> int:
+    """Counted on the meta device: nothing is allocated, even for 600M-parameter models."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    return sum(p.numel() for p in model.parameters())
+
+
+def smallest_input(name: str) -> tuple[int | None, str]:
+    """The smallest of ``SIZES`` the model runs on, or None and the last error."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    error = ""
+    for size in SIZES:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+            return size, ""
+        except Exception as exc:  # a model's forward rejects a size in many ways
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
+    return None, error
+
+
+def write_inputs(name: str, size: int, folder: Path) -> tuple[Path, Path]:
+    """Synthetic images of ``size`` and the model's random initialisation as a checkpoint."""
+    rng = np.random.default_rng(0)
+    data = folder / f"images{size}.npz"
+    if not data.is_file():
+        np.savez(data, x_train=rng.integers(0, 256, (120, 3, size, size), dtype=np.uint8),
+                 y_train=np.arange(120) % 10)
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    init = folder / f"{name}-init.pt"
+    torch.save(model.state_dict(), init)
+    return data, init
+
+
+def optimize(args: list[str], timeout: float) -> tuple[int | None, str, str, float]:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgeslim.cli", *args], capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+        return done.returncode, done.stdout, done.stderr, time.perf_counter() - start
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        return None, out or "", "", time.perf_counter() - start
+
+
+def run_model(name: str, size: int, folder: Path, timeout: float) -> dict:
+    data, init = write_inputs(name, size, folder)
+    budget = folder / "coverage.yaml"
+    budget.write_text(BUDGET)
+    workdir = folder / name
+    common = ["--workdir", str(workdir)]
+    code, out, err, seconds = optimize(
+        ["--budget", str(budget), "--model", f"torchvision:{name}", "--dataset", f"npz:{data}",
+         "--checkpoint", str(init), *SEARCH, *common], timeout)
+    row: dict = {"seconds": round(seconds), "exit": code}
+    if "Traceback" in out + err:
+        return {**row, "result": "failed", "note": "traceback: " + (out + err)[-300:]}
+    if code is None:
+        return {**row, "result": "failed", "note": f"not finished in {timeout / 60:.0f} min"}
+    if code == 2:
+        return {**row, "result": "refused", "note": err.strip().removeprefix("optimize: error: ")}
+    if code != 0:
+        return {**row, "result": "failed", "note": (err or out).strip()[-300:]}
+    study = load_study(None, default_storage(workdir))
+    space = study.user_attrs["space"]
+    failed = [t for t in study.trials if t.state.name != "COMPLETE"]
+    row.update(groups=len(space["groups"]), left_out=len(space.get("left_out", {})),
+               untraced=space.get("untraced", []),
+               complete=sum(t.state.name == "COMPLETE" for t in study.trials),
+               trial_failures=[t.user_attrs.get("fail_reason", t.state.name) for t in failed])
+    pruned = [t for t in study.trials if t.state.name == "COMPLETE"
+              and any(v < g["channels"] for g in space["groups"]
+                      for k, v in t.user_attrs.items() if k == f"channels/{g['name']}")]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if failed or not done:
+        return {**row, "result": "failed", "note": "; ".join(row["trial_failures"])[:300]}
+    code, out, err, more = optimize(["export", *common, "--out", str(workdir / "best"),
+                                     "--trial", str(done[0].number), "--format", "onnx,json"],
+                                    timeout)
+    row["seconds"] = round(seconds + more)
+    if code != 0 or "Traceback" in out + err:
+        return {**row, "result": "failed", "note": "export: " + (err or out).strip()[-300:]}
+    card = json.loads((workdir / "best" / "model_card.json").read_text())
+    row["pruned_trials"] = len(pruned)
+    row["quantize"] = card["compression"]["quantize"]
+    row["not_pruned"] = card["compression"].get("not_pruned")
+    partial = bool(row["untraced"] or row["left_out"] or not row["groups"])
+    return {**row, "result": "part way" if partial else "end to end", "note": _note(row)}
+
+
+def _note(row: dict) -> str:
+    parts = []
+    untraced = row["untraced"]
+    if untraced:
+        names = ["the whole model" if n == "" else n for n in untraced]
+        parts.append(f"torch-pruning cannot analyse {len(names)} module(s), left unpruned: "
+                     + ", ".join(names[:4]) + (" ..." if len(names) > 4 else ""))
+    if row["left_out"]:
+        parts.append(f"{row['left_out']} group(s) left out")
+    if not row["groups"]:
+        parts.append("nothing prunable: cluster and quantize only")
+    return "; ".join(parts)
+
+
+def table(rows: dict[str, dict], command: str, host: str) -> str:
+    counts: dict[str, int] = {}
+    for row in rows.values():
+        counts[row["result"]] = counts.get(row["result"], 0) + 1
+    lines = [
+        "# torchvision classification models: search coverage", "",
+        f"Command: `{command}`", "",
+        f"Host: {host}. torchvision {torchvision.__version__}, PyTorch {torch.__version__}.", "",
+        "Each model: 2 trials of prune > cluster (16 values a layer) > int8 static on 120 "
+        "synthetic images at the smallest input it accepts, from its random initialisation "
+        "(one fine-tune step a stage), then `optimize export` of one trial. Groups: searched "
+        "/ left out; untraced: modules torch-pruning cannot analyse, left unpruned.", "",
+        "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" (of "
+        f"{len(rows)}).", "",
+        "| model | params | input | result | groups | untraced | trials | time | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in sorted(rows.items()):
+        size = f"{r['input']}x{r['input']}" if r.get("input") else "-"
+        groups = f"{r['groups']} / {r['left_out']}" if "groups" in r else "-"
+        trials = (f"{r['complete']} complete, {r['pruned_trials']} pruned"
+                  if "pruned_trials" in r else f"{r['complete']} complete" if "complete" in r
+                  else "-")
+        secs = f"{r['seconds']} s" if r.get("seconds") is not None else "-"
+        note = str(r.get("note", "")).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {name} | {r['params'] / 1e6:.1f}M | {size} | {r['result']} | {groups} "
+                     f"| {len(r.get('untraced', []))} | {trials} | {secs} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-params", type=float, default=30e6,
+                        help="models with more parameters are listed, not run")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per command")
+    parser.add_argument("--only", help="comma-separated models to (re)run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "torchvision_coverage.md")
+    args = parser.parse_args()
+    store = args.out.with_suffix(".json")
+    rows: dict[str, dict] = json.loads(store.read_text()) if store.is_file() else {}
+    only = set(args.only.split(",")) if args.only else None
+    command = "nice -n 10 uv run python benchmarks/torchvision_coverage.py" + (
+        f" --max-params {args.max_params:g}" if args.max_params != 30e6 else "")
+    host = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    with tempfile.TemporaryDirectory(prefix="coverage-") as tmp:
+        for name in torchvision.models.list_models(module=torchvision.models):
+            if (only is not None and name not in only) or (only is None and name in rows):
+                continue
+            params = parameters(name)
+            row: dict = {"params": params}
+            if params > args.max_params:
+                row.update(result="not run", note=f"{params / 1e6:.1f}M parameters: over the "
+                           f"{args.max_params / 1e6:.0f}M this host runs")
+            else:
+                size, error = smallest_input(name)
+                row["input"] = size
+                if size is None:
+                    row.update(result="not run", note=f"runs on none of {SIZES}: {error}")
+                else:
+                    row.update(run_model(name, size, Path(tmp), args.timeout))
+            rows[name] = row
+            print(f"{name}: {row['result']} {row.get('seconds', '')} {row.get('note', '')}",
+                  flush=True)
+            store.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+            args.out.write_text(table(rows, command, host))
+
+
+if __name__ == "__main__":
+    main()

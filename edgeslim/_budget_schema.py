@@ -82,6 +82,10 @@ def _limit(kind: Kind):
     unit = {"count": "", "bytes": " bytes", "ms": " ms"}[kind]
 
     def check(value: Any) -> tuple[float, bool]:
+        if isinstance(value, bool):  # YAML reads an unquoted yes/no/on/off as true/false
+            units = ", ".join([*(u for u in UNITS[kind] if u), "%"])
+            raise fail(f"expected a number with a unit ({units}; "
+                       "YAML reads yes, no, on and off as true and false)")
         amount, relative = _quantity(value, kind)
         if amount <= 0:
             raise fail(f"must be > 0{unit}")
@@ -193,13 +197,12 @@ def _nearest(word: Any, names: list[str] | tuple[str, ...]) -> str:
     return f"did you mean {near[0]}? " if near else ""
 
 
-def _one_of(names: tuple[str, ...], extra: str = "", aliases: tuple[str, ...] = ()):
+def _one_of(names: tuple[str, ...], note: str = "", aliases: tuple[str, ...] = ()):
     """A check that the value is one of ``names`` (or an accepted old name, not listed)."""
     def check(value: Any) -> str:
         if not isinstance(value, str) or value not in names + aliases:
-            hint = _nearest(value, names)
-            raise fail(f"must be one of {', '.join(names)}{extra}" +
-                       (f"; {hint.strip()}" if hint else ""))
+            said = (_nearest(value, names) + note).strip()
+            raise fail(f"must be one of {', '.join(names)}" + (f" ({said})" if said else ""))
         return value
 
     return check
@@ -214,7 +217,11 @@ def _device(value: Any) -> Any:
     """``device: Raspberry Pi 4`` is short for ``device: {name: Raspberry Pi 4}``."""
     if value is None:
         raise said("missing section (the target device's name at least)")
-    return {"name": value} if isinstance(value, str) else value
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, dict):
+        raise fail("must be the device's name or a mapping (name, cpu, cores, memory, notes)")
+    return value
 
 
 def _typed(check, schema: dict[str, Any], description: str):
@@ -311,7 +318,7 @@ class BudgetSpec(_Section):
     latency: Annotated[LatencySpec, BeforeValidator(_section)] = LatencySpec()
     limits: Annotated[LimitsSpec, BeforeValidator(_section)] = LimitsSpec()
     objectives: Annotated[list[_typed(
-        _one_of(tuple(LIMIT_KEYS), " (accuracy is always an objective)", tuple(ALIASES)),
+        _one_of(tuple(LIMIT_KEYS), "accuracy is always an objective", tuple(ALIASES)),
         {"type": "string", "enum": list(OBJECTIVE_NAMES)}, "a measure")],
         BeforeValidator(lambda v: [] if v is None else v)] = Field(
             default=[], description="measures traded off against accuracy on the Pareto front")
@@ -429,10 +436,26 @@ def validate(raw: Any) -> tuple[BudgetSpec | None, list[tuple[tuple[Any, ...], s
         found = problems(exc, raw)
     raw_dict = {} if raw is None else raw
     found += [p for p in cross_problems(raw_dict) if p[0] not in {q[0] for q in found}]
-    order = list(SECTIONS) + ["objectives"]
-    found.sort(key=lambda p: order.index(p[0][0]) if p[0] and p[0][0] in order else -1)
+    found.sort(key=lambda p: _place(raw_dict, p[0]))
     return (spec if not found else None), found
 
+
+
+def _place(raw: Any, loc: tuple[Any, ...]) -> tuple[int, ...]:
+    """Where a key path is in the file, so that problems are listed top to bottom: each part's
+    position among its siblings (a missing key goes after those present)."""
+    out = []
+    for part in loc:
+        if isinstance(raw, dict):
+            keys = list(raw)
+            out.append(keys.index(part) if part in keys else len(keys))
+            raw = raw.get(part)
+        elif isinstance(raw, list) and isinstance(part, int):
+            out.append(part)
+            raw = raw[part] if part < len(raw) else None
+        else:
+            out.append(0)
+    return tuple(out)
 
 
 def json_schema() -> dict[str, Any]:

@@ -28,8 +28,9 @@ def read_yaml(path: Path) -> tuple[Any, list[str]]:
     except UnicodeDecodeError as exc:
         raise BudgetError(f"{path}: not a UTF-8 text file (byte {exc.start} is "
                           f"{exc.object[exc.start]:#04x}); a budget is a YAML file") from None
-    loader = _BudgetLoader(text)  # a SafeLoader: builds no Python objects
+    loader = None
     try:
+        loader = _BudgetLoader(text)  # a SafeLoader: builds no Python objects
         raw = loader.get_single_data()
     except ConstructorError as exc:
         # Refused tags, duplicate keys and malformed scalars: say which, and where.
@@ -48,7 +49,8 @@ def read_yaml(path: Path) -> tuple[Any, list[str]]:
     except RecursionError:
         raise BudgetError(f"{path}: not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return raw, loader.repeated
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
 
@@ -233,10 +233,16 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.command == "search":
+        from edgeslim.budget import load_budget
+
+        # A malformed budget is refused in a fraction of a second, before PyTorch loads.
+        budget = load_budget(args.budget)
+        for note in budget.notes:  # how the file was read, where it is not what it says
+            console.print(f"note: {note}", soft_wrap=True)
         from edgeslim._options import search_config
         from edgeslim.search.study import run_search
 
-        config = search_config(args)
+        config = search_config(args, budget)
         from edgeslim.search.objective import is_feasible
 
         study = run_search(config, console)
@@ -312,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeslimError as exc:
         if args.debug:
             raise
-        print(f"optimize: error: {exc}", file=sys.stderr)
+        # Every mistake in a budget file is reported at once, one line each.
+        for line in exc.lines if isinstance(exc, BudgetError) else [str(exc)]:
+            print(f"optimize: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM (edgeslim.interrupts)
         print(f"optimize: stopped by {interruption(exc)}; rerun the same command to resume",

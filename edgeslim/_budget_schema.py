@@ -2,29 +2,26 @@
 mistake in it at once, and is published as a JSON Schema for editors
 (``budgets/budget.schema.json``; ``python -m edgeslim._budget_schema`` writes it).
 
-Each field's check is a small function that raises ``PydanticCustomError`` with the house rule
-text ("must be > 0 ms"); ``problems`` turns pydantic's errors into lines that name the key path,
-the rule and the value: ``limits.latency: must be > 0 ms, got '0ms'``. Rules that tie one key to
-another (what a latency source needs, a measure given twice) are checked on the raw document by
-``cross_problems``, so that they are reported even when other keys are wrong.
+Each field's check is a small function (``edgeslim._budget_checks``) that raises pydantic's
+custom error with the rule ("must be > 0 ms"); ``problems`` turns the errors into lines that
+name the key path, the rule and the value: ``limits.latency: must be > 0 ms, got '0ms'``. Rules
+that tie one key to another (what a latency source needs, a measure given twice) are checked on
+the raw document by ``cross_problems``, so that they are reported even when other keys are
+wrong.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import json
-import math
-import re
 import sys
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import WithJsonSchema
-from pydantic_core import PydanticCustomError
 
+from edgeslim import _budget_checks as check
 from edgeslim._yaml import shown
-from edgeslim.units import UNITS, Kind, parse_quantity
+from edgeslim.units import UNITS, Kind
 
 # YAML key of a limit -> (measure name used everywhere else, kind of quantity). The measure
 # names are the trial user-attribute keys, card keys and table columns.
@@ -49,181 +46,6 @@ FLOPS_NOTE = ("read as MACs (one multiply-accumulate = 1), not FLOPs, which are 
               "the MACs; rename it macs")
 
 
-def fail(rule: str) -> PydanticCustomError:
-    """A broken rule; the value is appended to the message (``, got '0ms'``)."""
-    return PydanticCustomError("budget", "{rule}", {"rule": rule})
-
-
-def said(message: str) -> PydanticCustomError:
-    """A broken rule whose message already quotes the value."""
-    return PydanticCustomError("budget_said", "{rule}", {"rule": message})
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _quantity(value: Any, kind: Kind) -> tuple[float, bool]:
-    try:
-        amount, relative = parse_quantity(value, kind)
-    except ValueError as exc:
-        raise said(str(exc)) from None
-    except OverflowError:
-        raise fail("must be a finite number") from None
-    if not _finite(amount):
-        raise fail("must be a finite number")
-    return amount, relative
-
-
-def _limit(kind: Kind):
-    unit = {"count": "", "bytes": " bytes", "ms": " ms"}[kind]
-
-    def check(value: Any) -> tuple[float, bool]:
-        if isinstance(value, bool):  # YAML reads an unquoted yes/no/on/off as true/false
-            units = ", ".join([*(u for u in UNITS[kind] if u), "%"])
-            raise fail(f"expected a number with a unit ({units}; "
-                       "YAML reads yes, no, on and off as true and false)")
-        amount, relative = _quantity(value, kind)
-        if amount <= 0:
-            raise fail(f"must be > 0{unit}")
-        if relative and amount > 1:
-            raise fail("a relative limit must be at most 100% of the base")
-        return amount, relative
-
-    return check
-
-
-def _accuracy_points(value: Any) -> float:
-    rule = "must be percentage points of accuracy, like 2% or 2pp"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise fail(rule)
-    text = value.strip() if isinstance(value, str) else None
-    if text is not None:
-        for suffix in ("pp", "%"):
-            if text.endswith(suffix):
-                text = text[: -len(suffix)]
-                break
-        else:
-            raise fail(rule)
-    try:
-        points = float(value if text is None else text)
-    except ValueError:
-        raise fail(rule) from None
-    except OverflowError:  # an integer too large for a float: out of range below
-        points = math.inf
-    if not 0 <= points < 100:
-        raise fail("must be >= 0 and < 100 percentage points")
-    return points
-
-
-def _size(value: Any) -> int:
-    amount, relative = _quantity(value, "bytes")
-    if relative or amount < 1:  # int() of a fraction of a byte would be 0
-        raise fail("must be an absolute size > 0 bytes (e.g. 4GB)")
-    return int(amount)
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise fail("must be a string")
-    return value
-
-
-def _non_empty(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise fail("must be a non-empty string")
-    return value
-
-
-# A budget file is data that people share: what reaches ssh's command line must not read as
-# an option (``-oProxyCommand=...`` runs a command) or hold control characters.
-_USER = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
-_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-
-
-def _ssh_host(value: Any) -> str:
-    _non_empty(value)
-    text = value.strip()
-    rule = ("must be user@name, a host name or an IP address (letters, digits, '.', '-' and "
-            "'_'; not starting with '-')")
-    user, at, host = text.rpartition("@")
-    if at and not re.fullmatch(_USER, user):
-        raise fail(rule)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOST_NAME.fullmatch(host):
-            raise fail(rule) from None
-    return text
-
-
-def _argument(value: Any) -> str:
-    """One argument of a command line: no leading '-', no control characters."""
-    text = _non_empty(value)
-    if text.startswith("-") or not text.isprintable():
-        raise fail("must be a path or command name (not starting with '-', no control "
-                   "characters)")
-    return text
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise fail("must be an integer >= 1")
-    return value
-
-
-def _port(value: Any) -> int:
-    _positive_int(value)
-    if value > 65535:
-        raise fail("must be a TCP port (1 to 65535)")
-    return value
-
-
-def _spread(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise fail("must be a number > 0")
-    if not _finite(value):
-        raise fail("must be a finite number")
-    return float(value)
-
-
-def _nearest(word: Any, names: list[str] | tuple[str, ...]) -> str:
-    """``did you mean NAME? `` for a misspelt name, or nothing."""
-    near = difflib.get_close_matches(word, names, n=1, cutoff=0.6) \
-        if isinstance(word, str) else []
-    return f"did you mean {near[0]}? " if near else ""
-
-
-def _one_of(names: tuple[str, ...], note: str = "", aliases: tuple[str, ...] = ()):
-    """A check that the value is one of ``names`` (or an accepted old name, not listed)."""
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or value not in names + aliases:
-            said = (_nearest(value, names) + note).strip()
-            raise fail(f"must be one of {', '.join(names)}" + (f" ({said})" if said else ""))
-        return value
-
-    return check
-
-
-def _section(value: Any) -> Any:
-    """An optional section left empty (``limits:`` with nothing under it) is an empty one."""
-    return {} if value is None else value
-
-
-def _device(value: Any) -> Any:
-    """``device: Raspberry Pi 4`` is short for ``device: {name: Raspberry Pi 4}``."""
-    if value is None:
-        raise said("missing section (the target device's name at least)")
-    if isinstance(value, str):
-        return {"name": value}
-    if not isinstance(value, dict):
-        raise fail("must be the device's name or a mapping (name, cpu, cores, memory, notes)")
-    return value
-
-
 def _typed(check, schema: dict[str, Any], description: str):
     return Annotated[Any, BeforeValidator(check), WithJsonSchema(schema),
                      Field(description=description)]
@@ -240,7 +62,7 @@ def _quantity_schema(kind: Kind) -> dict[str, Any]:
 
 
 def _limit_field(kind: Kind, description: str):
-    return _typed(_limit(kind), _quantity_schema(kind), description)
+    return _typed(check.limit(kind), _quantity_schema(kind), description)
 
 
 _STRING = {"type": "string"}
@@ -253,37 +75,37 @@ class _Section(BaseModel):
 class DeviceSpec(_Section):
     """The target device (free text plus cores and memory, copied into the model card)."""
 
-    name: _typed(_non_empty, {"type": "string", "minLength": 1},
+    name: _typed(check.non_empty, {"type": "string", "minLength": 1},
                  "the device's name") = Field(default=None, validate_default=True)
-    cpu: _typed(_string, _STRING, "its CPU, e.g. 4x Arm Cortex-A72 @ 1.5 GHz") = ""
-    cores: _typed(_positive_int, {"type": "integer", "minimum": 1}, "physical cores") = None
-    memory: _typed(_size, _quantity_schema("bytes"), "RAM, e.g. 4GB") = None
-    notes: _typed(_string, _STRING, "anything else worth knowing") = ""
+    cpu: _typed(check.string, _STRING, "its CPU, e.g. 4x Arm Cortex-A72 @ 1.5 GHz") = ""
+    cores: _typed(check.positive_int, {"type": "integer", "minimum": 1}, "physical cores") = None
+    memory: _typed(check.size, _quantity_schema("bytes"), "RAM, e.g. 4GB") = None
+    notes: _typed(check.string, _STRING, "anything else worth knowing") = ""
 
 
 class RuntimeSpec(_Section):
     """The runtime the artifact is deployed in, and the threads latency is timed with."""
 
-    name: _typed(_one_of(RUNTIME_NAMES), {"type": "string", "enum": list(RUNTIME_NAMES)},
+    name: _typed(check.one_of(RUNTIME_NAMES), {"type": "string", "enum": list(RUNTIME_NAMES)},
                  "the deployment runtime") = "onnxruntime"
-    threads: _typed(_positive_int, {"type": "integer", "minimum": 1},
+    threads: _typed(check.positive_int, {"type": "integer", "minimum": 1},
                     "intra-op threads at inference, batch 1") = 1
 
 
 class LatencySpec(_Section):
     """Where a candidate's latency comes from."""
 
-    source: _typed(_one_of(LATENCY_SOURCES),
+    source: _typed(check.one_of(LATENCY_SOURCES),
                    {"type": "string", "enum": list(LATENCY_SOURCES)},
                    "host (timed here), profile (predicted from a device's table) or ssh "
                    "(timed on the device)") = "host"
-    profile: _typed(_non_empty, _STRING, "profile JSON file, relative to the budget") = None
-    host: _typed(_ssh_host, _STRING, "user@address of the device (source: ssh)") = None
-    port: _typed(_port, {"type": "integer", "minimum": 1, "maximum": 65535}, "ssh port") = 22
-    identity: _typed(_argument, _STRING, "ssh private key file") = None
-    known_hosts: _typed(_argument, _STRING, "ssh known_hosts file") = None
-    python: _typed(_argument, _STRING, "the device's interpreter with edgeslim") = "python3"
-    max_spread: _typed(_spread, {"type": "number", "exclusiveMinimum": 0},
+    profile: _typed(check.non_empty, _STRING, "profile JSON file, relative to the budget") = None
+    host: _typed(check.ssh_host, _STRING, "user@address of the device (source: ssh)") = None
+    port: _typed(check.port, {"type": "integer", "minimum": 1, "maximum": 65535}, "ssh port") = 22
+    identity: _typed(check.argument, _STRING, "ssh private key file") = None
+    known_hosts: _typed(check.argument, _STRING, "ssh known_hosts file") = None
+    python: _typed(check.argument, _STRING, "the device's interpreter with edgeslim") = "python3"
+    max_spread: _typed(check.spread, {"type": "number", "exclusiveMinimum": 0},
                        "a timing whose (p90 - p10) / median exceeds this is redone") = 0.25
 
 
@@ -297,7 +119,7 @@ class LimitsSpec(_Section):
     activation_memory: _limit_field("bytes", "live activations alone (a MCU's RAM)") = None
     size: _limit_field("bytes", "byte length of the deployable artifact") = None
     latency: _limit_field("ms", "batch 1, in the budget's runtime") = None
-    accuracy_drop: _typed(_accuracy_points,
+    accuracy_drop: _typed(check.accuracy_points,
                           {"anyOf": [{"type": "string", "pattern": r"^\s*[0-9.]+\s*(%|pp)\s*$"},
                                      {"type": "number", "minimum": 0, "exclusiveMaximum": 100}]},
                           "percentage points of validation accuracy below the base") = None
@@ -311,14 +133,14 @@ class BudgetSpec(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="edgeslim budget")
 
-    device: Annotated[DeviceSpec, BeforeValidator(_device),
+    device: Annotated[DeviceSpec, BeforeValidator(check.device),
                       Field(description="the target device, or just its name")] = \
         Field(default=None, validate_default=True)
-    runtime: Annotated[RuntimeSpec, BeforeValidator(_section)] = RuntimeSpec()
-    latency: Annotated[LatencySpec, BeforeValidator(_section)] = LatencySpec()
-    limits: Annotated[LimitsSpec, BeforeValidator(_section)] = LimitsSpec()
+    runtime: Annotated[RuntimeSpec, BeforeValidator(check.section)] = RuntimeSpec()
+    latency: Annotated[LatencySpec, BeforeValidator(check.section)] = LatencySpec()
+    limits: Annotated[LimitsSpec, BeforeValidator(check.section)] = LimitsSpec()
     objectives: Annotated[list[_typed(
-        _one_of(tuple(LIMIT_KEYS), "accuracy is always an objective", tuple(ALIASES)),
+        check.one_of(tuple(LIMIT_KEYS), "accuracy is always an objective", tuple(ALIASES)),
         {"type": "string", "enum": list(OBJECTIVE_NAMES)}, "a measure")],
         BeforeValidator(lambda v: [] if v is None else v)] = Field(
             default=[], description="measures traded off against accuracy on the Pareto front")
@@ -351,7 +173,7 @@ def _allowed(loc: tuple[Any, ...]) -> list[str]:
 
 def _unknown_key(loc: tuple[Any, ...], key: Any) -> str:
     allowed = _allowed(loc)
-    hint = _nearest(key, allowed)
+    hint = check.nearest(key, allowed)
     return f"unknown key ({hint}allowed: {', '.join(allowed)})"
 
 

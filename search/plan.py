@@ -33,6 +33,7 @@ from torch import nn
 
 from edgeslim.budget import Budget
 from edgeslim.data import DataBundle
+from edgeslim.errors import CandidateError, ModelError
 from edgeslim.evaluators import Caps, measure_onnx_file
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.staged import StagedEvaluator
@@ -44,7 +45,7 @@ from edgeslim.training import TrainRecipe
 # Where each measure comes from, as the plan names it.
 SOURCES = {
     "params": "counted in PyTorch",
-    "macs": "counted in PyTorch (one multiply-accumulate = 1, batch 1)",
+    "macs": "counted in PyTorch, one multiply-accumulate = 1, batch 1",
     "size_bytes": "the exported file's length",
     "peak_memory_bytes": "estimated from the ONNX graph",
     "activation_bytes": "estimated from the ONNX graph",
@@ -219,10 +220,21 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
                                 budget.runtime, Caps(), seed=config.seed, meter=meter,
                                 timed=timed, recovery=config.recovery)
     least, most = extreme_candidates(space)
+    values = []
     with tempfile.TemporaryDirectory(prefix="edgeslim-plan-") as tmp:
         if base is None:
-            base = measure_candidate(evaluator, Candidate(order=("prune",)), Path(tmp), timed)
-        values = [measure_candidate(evaluator, c, Path(tmp), timed) for c in least + most]
+            try:
+                base = measure_candidate(evaluator, Candidate(order=("prune",)), Path(tmp),
+                                         timed)
+            except CandidateError as exc:  # every candidate would fail the same way
+                raise ModelError(f"the base model cannot be deployed: {exc}; every candidate "
+                                 "is measured as an ONNX file in onnxruntime") from None
+        for candidate in least + most:
+            try:
+                values.append(measure_candidate(evaluator, candidate, Path(tmp), timed))
+            except CandidateError:  # a trial of it fails with the reason; the others count
+                continue
+    values = values or [base]
     limits = []
     for lim in budget.limits:
         m = lim.measure

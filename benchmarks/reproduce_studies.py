@@ -73,7 +73,7 @@ SETUPS = (
           # A complexity-driven allocation prunes the most complex layers hardest and the
           # others less, so it cannot meet any pair of limits: within ratios of 0.8, PA and FA
           # reach 55% of the base's MACs, MA keeps 85% of its parameters.
-          budget_edits=(("params: 50%", "params: 100%"), ("flops: 50%", "flops: 60%"))),
+          budget_edits=(("params: 50%", "params: 100%"), ("macs: 50%", "macs: 60%"))),
     Setup("Optimized classification model for edge devices",
           "ResNet-34, VGG-16: k-means clustering to 80x fewer unique weights, with pruning, "
           "fine-tuning and 8-bit quantization", "benchmarks/narrow_models.py:resnet34_quarter",

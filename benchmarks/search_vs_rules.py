@@ -80,7 +80,7 @@ runtime:
   name: onnxruntime
   threads: 1
 limits:
-  flops: {pct:.4g}%
+  macs: {pct:.4g}%
 objectives: []
 """
 

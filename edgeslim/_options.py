@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from edgeslim.errors import ConfigError
 from edgeslim.search.config import SearchConfig, SpaceOptions
+
+if TYPE_CHECKING:
+    from edgeslim.budget import Budget
 
 # Fine-tuning starts from trained weights, so its peak learning rate is a quarter of the base
 # recipe's (a tenth, or four times more, recovered less: benchmarks/results/recovery.md).
@@ -16,9 +20,9 @@ FINETUNE_LR = 0.05
 FINETUNE_DISTILL_ALPHA = 0.9
 
 
-def search_config(args: argparse.Namespace) -> SearchConfig:
+def search_config(args: argparse.Namespace, budget: Budget | None = None) -> SearchConfig:
     """The search's typed configuration from the parsed command line; every option is
-    checked here, so that a mistake costs nothing."""
+    checked here, so that a mistake costs nothing. ``budget``: ``--budget``, already read."""
     from edgeslim.budget import load_budget
     from edgeslim.compress import order_name
     from edgeslim.compress.prune import CRITERIA
@@ -28,7 +32,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     from edgeslim.spaces.presets import preset
     from edgeslim.training import TrainRecipe
 
-    budget = load_budget(args.budget)
+    budget = load_budget(args.budget) if budget is None else budget
     entry = dataset_entry(args.dataset)
     resolve_factory(args.model)  # an unknown model fails here, before anything is written
     importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())

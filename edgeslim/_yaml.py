@@ -12,11 +12,14 @@ from yaml.constructor import ConstructorError
 from edgeslim.errors import BudgetError
 
 
-def read_yaml(path: Path) -> Any:
-    """The document in ``path``, read with ``_BudgetLoader`` (plain YAML only).
+def read_yaml(path: Path) -> tuple[Any, list[str]]:
+    """The document in ``path``, read with ``_BudgetLoader`` (plain YAML only), and the keys
+    given twice in it (``not valid YAML at line 4: key 'x' is given twice``), reported with the
+    file's other mistakes.
 
     Raises:
-        BudgetError: one line naming the file, the line and the problem.
+        BudgetError: one line naming the file, the line and the problem, for a file that is not
+            YAML at all.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -25,8 +28,10 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise BudgetError(f"{path}: not a UTF-8 text file (byte {exc.start} is "
                           f"{exc.object[exc.start]:#04x}); a budget is a YAML file") from None
+    loader = None
     try:
-        raw = yaml.load(text, Loader=_BudgetLoader)  # a SafeLoader: builds no Python objects
+        loader = _BudgetLoader(text)  # a SafeLoader: builds no Python objects
+        raw = loader.get_single_data()
     except ConstructorError as exc:
         # Refused tags, duplicate keys and malformed scalars: say which, and where.
         line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
@@ -43,7 +48,10 @@ def read_yaml(path: Path) -> Any:
                           ) from None
     except RecursionError:
         raise BudgetError(f"{path}: not valid YAML: nested too deeply") from None
-    return raw
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return raw, loader.repeated
 
 
 class _BudgetLoader(yaml.SafeLoader):
@@ -51,6 +59,10 @@ class _BudgetLoader(yaml.SafeLoader):
     one silently), and a scalar that does not convert (``2024-13-01``, ``!!float x``, an
     integer of thousands of digits) is reported with its line instead of escaping as a
     ``ValueError``."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[str] = []
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -67,8 +79,8 @@ class _BudgetLoader(yaml.SafeLoader):
                 continue  # complex keys are refused by the base class; merges may override
             key = self.construct_object(key_node)
             if key in seen:
-                raise ConstructorError(None, None, f"key {shown(key)} is given twice",
-                                       key_node.start_mark)
+                self.repeated.append(f"not valid YAML at line {key_node.start_mark.line + 1}: "
+                                     f"key {shown(key)} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep)
 

@@ -1,6 +1,7 @@
 """The ``optimize`` command.
 
     optimize --budget budgets/pi4.yaml [options]          search (the default command)
+    optimize plan --budget budgets/pi4.yaml [options]     what the search can reach, untrained
     optimize export --study NAME --out DIR [--trial N]    write the deployable files and card
     optimize show --study NAME                            print a study's Pareto table
     optimize profile --out profiles/NAME.json [--model M]  make a device's latency table
@@ -16,11 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
 
-COMMANDS = ("search", "export", "show", "dashboard", "report", "profile")
+COMMANDS = ("search", "plan", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
 
 
@@ -52,13 +53,8 @@ def _default_recovery() -> str:
     return Recovery().describe()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optimize", description="Search per-layer compression of a CNN under a device "
-        "budget, then export the best model that fits.")
-    sub = parser.add_subparsers(dest="command")
-
-    s = sub.add_parser("search", help="run or resume a search (the default command)")
+def _search_options(s: argparse.ArgumentParser) -> None:
+    """The options of a search, which its plan takes too."""
     s.add_argument("--budget", type=Path, required=True, help="budget YAML file")
     s.add_argument("--model", default="resnet20",
                    help="registered name, torchvision:NAME, path/file.py:factory or "
@@ -144,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="range of unstructured sparsity searched, LOW:HIGH (default: "
                    "%(default)s)")
     _common(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optimize", description="Search per-layer compression of a CNN under a device "
+        "budget, then export the best model that fits.")
+    sub = parser.add_subparsers(dest="command")
+
+    s = sub.add_parser("search", help="run or resume a search (the default command)")
+    _search_options(s)
+    n = sub.add_parser("plan", help="what the search can reach against each limit of the "
+                       "budget, and its time, before anything is trained")
+    _search_options(n)
 
     e = sub.add_parser("export", help="write a trial's ONNX file, PyTorch program and card")
     e.add_argument("--study", help="study name (default: the storage's only study)")
@@ -232,11 +241,24 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    if args.command == "search":
+    if args.command in ("search", "plan"):
+        from edgeslim.budget import load_budget
+
+        # A malformed budget is refused in a fraction of a second, before PyTorch loads.
+        budget = load_budget(args.budget)
+        for note in budget.notes:  # how the file was read, where it is not what it says
+            console.print(f"note: {note}", soft_wrap=True)
         from edgeslim._options import search_config
         from edgeslim.search.study import run_search
 
-        config = search_config(args)
+        config = search_config(args, budget)
+        if args.command == "plan":
+            from edgeslim.search.study import run_plan
+
+            plan = run_plan(config, console)
+            if plan.unreachable:
+                raise ConfigError(plan.explanation())
+            return 0
         from edgeslim.search.objective import is_feasible
 
         study = run_search(config, console)
@@ -312,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeslimError as exc:
         if args.debug:
             raise
-        print(f"optimize: error: {exc}", file=sys.stderr)
+        # Every mistake in a budget file is reported at once, one line each.
+        for line in exc.lines if isinstance(exc, BudgetError) else [str(exc)]:
+            print(f"optimize: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM (edgeslim.interrupts)
         print(f"optimize: stopped by {interruption(exc)}; rerun the same command to resume",

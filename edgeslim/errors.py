@@ -8,7 +8,13 @@ class EdgeslimError(Exception):
 
 
 class BudgetError(EdgeslimError):
-    """A budget file is malformed: unknown key, bad unit or impossible value."""
+    """A budget file is malformed: unknown key, bad unit or impossible value. ``lines`` holds
+    one line per problem (the message is them, joined), so that every mistake in a file is
+    reported at once."""
+
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = list(lines) if lines else [message]
 
 
 class ConfigError(EdgeslimError):

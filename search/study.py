@@ -27,11 +27,12 @@ from rich.console import Console
 from edgeslim import __version__
 from edgeslim.cores import training_threads
 from edgeslim.data import DataBundle
-from edgeslim.errors import StudyError
+from edgeslim.errors import ConfigError, StudyError
 from edgeslim.evaluators import StagedEvaluator
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.logs import LOG_NAME, attach
+from edgeslim.models import build_model
 from edgeslim.search._prepare import (
     Prepared,
     build_space,
@@ -46,6 +47,7 @@ from edgeslim.search._progress import _Progress, _progress_callback
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.notes import annotate
 from edgeslim.search.objective import ACCURACY, Objective, directions
+from edgeslim.search.plan import Plan, make_plan, print_plan
 from edgeslim.search.references import enqueue_references
 from edgeslim.search.repair import StaticCheck
 from edgeslim.search.report import print_report
@@ -63,7 +65,7 @@ from edgeslim.search.storage import (
     recover_interrupted,
 )
 from edgeslim.search.workers import counted, run_finalists, run_trials, spawn_workers
-from edgeslim.spaces import Candidate
+from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.timing import STOPWATCH, timed
 from edgeslim.training import TrainRecipe
 
@@ -238,6 +240,11 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
             console.print(f"training with {threads} thread{'s' * (threads > 1)}: "
                           f"{cores - threads} of this machine's {cores} cores are busy")
     meter = latency_meter(config, inputs[0])
+    # What the space can reach, before the base model trains: a budget no candidate meets
+    # stops here.
+    plan = run_plan(config, console, inputs, meter)
+    if plan.unreachable:
+        raise ConfigError(plan.explanation())
     attach(config.workdir / LOG_NAME)  # the input is good: the run's log has a home
     prepared = prepare(config, console, inputs, meter)
     search, final, check = make_evaluators(config, prepared, meter)
@@ -268,6 +275,19 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     print_report(study, console)
     console.print(STOPWATCH.breakdown(), highlight=False)
     return study
+
+
+def run_plan(config: SearchConfig, console: Console,
+             inputs: tuple[DataBundle, StagedSpace] | None = None,
+             meter: LatencyMeter | None = None) -> Plan:
+    """What the search space can reach against each limit, measured on the untrained model's
+    extreme candidates (``edgeslim.search.plan``), printed."""
+    data, space = inputs or load_inputs(config)
+    meter = meter or latency_meter(config, data)
+    model = build_model(config.model, data.in_channels, data.num_classes)
+    plan = make_plan(config, data, space, model, meter)
+    print_plan(plan, console)
+    return plan
 
 
 def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: optuna.Study,

@@ -67,8 +67,8 @@ DEVICE = {"name": "board"}
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"device": DEVICE, "limits": {"flops": "40Q"}},
-     "limits.flops: unknown unit 'Q' (accepted: K, M, G, %), got '40Q'"),
+    ({"device": DEVICE, "limits": {"macs": "40Q"}},
+     "limits.macs: unknown unit 'Q' (accepted: K, M, G, %), got '40Q'"),
     ({"device": DEVICE, "limits": {"size": 8}},
      "limits.size: needs a unit (B, KB, MB, GB, KiB, MiB, GiB, %), got 8"),
     ({"device": DEVICE, "limits": {"latency": "5 parsecs"}},
@@ -78,8 +78,8 @@ DEVICE = {"name": "board"}
     ({"device": DEVICE, "limits": {"peak_memory": "0MB"}},
      "limits.peak_memory: must be > 0 bytes, got '0MB'"),
     ({"device": DEVICE, "limits": {"parms": "1M"}},
-     "limits.parms: unknown key (allowed: accuracy_drop, activation_memory, flops, latency, "
-     "params, peak_memory, size), got '1M'"),
+     "limits.parms: unknown key (did you mean params? allowed: accuracy_drop, "
+     "activation_memory, latency, macs, params, peak_memory, size), got '1M'"),
     ({"device": DEVICE, "extra": 1},
      "extra: unknown key (allowed: device, latency, limits, objectives, runtime), got 1"),
     ({"device": DEVICE, "latency": {"source": "gpu"}},
@@ -108,13 +108,13 @@ DEVICE = {"name": "board"}
      "runtime.name: must be one of onnxruntime, got 'tflite'"),
     ({"device": DEVICE, "limits": {"accuracy_drop": "120%"}},
      "limits.accuracy_drop: must be >= 0 and < 100 percentage points, got '120%'"),
-    ({"device": DEVICE, "objectives": ["flops", "accuracy"]},
-     "objectives[1]: must be one of params, flops, peak_memory, activation_memory, size, "
+    ({"device": DEVICE, "objectives": ["macs", "accuracy"]},
+     "objectives[1]: must be one of params, macs, peak_memory, activation_memory, size, "
      "latency (accuracy is always an objective), got 'accuracy'"),
-    ({"device": DEVICE, "objectives": ["flops", "flops"]}, "objectives[1]: is listed twice, "
+    ({"device": DEVICE, "objectives": ["macs", "flops"]}, "objectives[1]: is listed twice, "
      "got 'flops'"),
-    ({"device": DEVICE, "objectives": "flops"},
-     "objectives: must be a list of measure names, got 'flops'"),
+    ({"device": DEVICE, "objectives": "macs"},
+     "objectives: must be a list of measure names, got 'macs'"),
     ([1, 2], "(top level): must be a mapping, got [1, 2]"),
     ("device: [unclosed", "not valid YAML at line 1: expected ',' or ']', but got '<stream end>'"),
 ])

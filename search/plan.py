@@ -1,0 +1,301 @@
+"""Feasibility before training: what the search space can reach against each limit.
+
+The plan builds the extreme candidates of the space from the untrained model (the measures
+it reports depend on the structure and the stages, not on trained weights) and measures each
+exactly as a trial's limits are checked before training:
+
+- the least compressed: no channel pruned, the most cluster values, each quantization mode
+  the space offers (and none, where an order has no quantize stage);
+- the most compressed: every group pruned at ``--max-ratio``, the fewest cluster values, the
+  highest sparsity, each quantization mode; and pruning alone at ``--max-ratio`` (quantized
+  files can be slower than float ones, so the fastest candidate need not be the smallest).
+
+Each limit gets the base model's value, the range those candidates span, and a verdict: every
+candidate meets it, some do, or none does (with what would change that). Example::
+
+    plan = make_plan(config, data, space, model, meter)
+    print_plan(plan, console)
+    if plan.unreachable: ...  # stop before the base model trains
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from edgeslim.budget import Budget
+from edgeslim.data import DataBundle
+from edgeslim.errors import CandidateError, ModelError
+from edgeslim.evaluators import Caps, measure_onnx_file
+from edgeslim.evaluators.meters import LatencyMeter
+from edgeslim.evaluators.staged import StagedEvaluator
+from edgeslim.search.config import SearchConfig
+from edgeslim.search.repair import structure_measures
+from edgeslim.spaces import Candidate, StagedSpace
+from edgeslim.training import TrainRecipe
+
+# Where each measure comes from, as the plan names it.
+SOURCES = {
+    "params": "counted in PyTorch",
+    "macs": "counted in PyTorch, one multiply-accumulate = 1, batch 1",
+    "size_bytes": "the exported file's length",
+    "peak_memory_bytes": "estimated from the ONNX graph",
+    "activation_bytes": "estimated from the ONNX graph",
+}
+LATENCY_SOURCES = {
+    "host": "timed on this host",
+    "profile": "predicted from the device's profile",
+    "ssh": "timed on the device over ssh",
+}
+EVERY, SOME, NONE = "every candidate", "some candidates", "unreachable"
+
+
+@dataclass(frozen=True)
+class LimitPlan:
+    """One limit against the space: ``low`` and ``high`` are the smallest and largest value
+    the extreme candidates have; ``cap`` is the limit resolved against the base model."""
+
+    measure: str
+    cap: float
+    base: float
+    low: float
+    high: float
+    source: str
+    verdict: str
+    fixes: tuple[str, ...] = ()  # what would make an unreachable limit reachable
+
+
+@dataclass(frozen=True)
+class Plan:
+    limits: tuple[LimitPlan, ...]
+    smallest: str  # the most compressed candidate, in words
+    largest: str
+    host_line: str | None  # latency timed on a host of another kind than the device
+    step_seconds: float | None  # one fine-tune step of the base model, timed here
+    trial_seconds: float | None  # estimated fine-tune time of one trial
+    trials: int
+
+    @property
+    def unreachable(self) -> tuple[LimitPlan, ...]:
+        return tuple(lim for lim in self.limits if lim.verdict == NONE)
+
+    def explanation(self) -> str:
+        """One line: why no candidate can meet the budget, and what would change that."""
+        parts = [f"{lim.measure} {_show(lim.measure, lim.cap)} is below the smallest the space "
+                 f"reaches ({_show(lim.measure, lim.low)}); {' or '.join(lim.fixes)} would "
+                 "help" for lim in self.unreachable]
+        return "no candidate can meet the budget: " + "; ".join(parts)
+
+
+def extreme_candidates(space: StagedSpace) -> tuple[list[Candidate], list[Candidate]]:
+    """The least and the most compressed candidates of ``space`` (see the module docstring)."""
+    pruning = space.pruning
+    counts = sorted(space.cluster_counts)
+    longest = max(space.orders, key=len)
+    uses = {stage for order in space.orders for stage in order}
+    modes = list(space.quant_modes) if "quantize" in uses else []
+
+    def make(order: tuple[str, ...], ratio: float, count: int | None, sparsity: float,
+             mode: str) -> Candidate:
+        return Candidate(
+            order=order,
+            prune_ratios=tuple((g.name, pruning.on_grid(ratio)) for g in pruning.groups)
+            if "prune" in order else (),
+            importance=pruning.importances[0], round_to=pruning.round_to,
+            sparsity=sparsity if "sparsify" in order else 0.0,
+            cluster_counts=tuple((layer.name, min(space.counts_for(layer), key=lambda k:
+                                                   abs(k - count))) for layer in space.layers)
+            if "cluster" in order and count is not None else (),
+            quantize=mode if "quantize" in order else "none")
+
+    plain = [o for o in space.orders if "quantize" not in o]
+    quantized = [o for o in space.orders if "quantize" in o]
+    least = [make(min(plain, key=len), 0.0, counts[-1] if counts else None,
+                  space.sparsity_low, "none")] if plain else []
+    least += [make(min(quantized, key=len), 0.0, counts[-1] if counts else None,
+                   space.sparsity_low, mode) for mode in modes]
+    most = [make(longest, pruning.max_ratio, counts[0] if counts else None,
+                 space.sparsity_high, mode) for mode in (modes if "quantize" in longest
+                                                         else ["none"])]
+    if ("prune",) in space.orders and pruning.groups:
+        most.append(make(("prune",), pruning.max_ratio, None, 0.0, "none"))
+    return _unique(least), _unique(most)
+
+
+def _unique(candidates: list[Candidate]) -> list[Candidate]:
+    return list(dict.fromkeys(candidates))
+
+
+def describe(candidate: Candidate) -> str:
+    parts = [candidate.order_name]
+    ratios = {r for _, r in candidate.prune_ratios}
+    if ratios:
+        parts.append(f"pruned {max(ratios):g}")
+    if candidate.cluster_counts:
+        parts.append(f"{min(k for _, k in candidate.cluster_counts)} cluster values")
+    if candidate.quantize != "none":
+        parts.append(candidate.quantize)
+    return ", ".join(parts)
+
+
+def measure_candidate(evaluator: StagedEvaluator, candidate: Candidate, workdir: Path,
+                      timed: bool) -> dict[str, float]:
+    """params and MACs of the pruned structure, and the measures of the file it deploys to
+    (built as before training: no k-means, no fine-tune)."""
+    values = structure_measures(evaluator.base, evaluator.example, candidate.ratios
+                                if "prune" in candidate.order else {}, "l2", candidate.round_to)
+    with tempfile.TemporaryDirectory(prefix="plan-", dir=workdir) as tmp:
+        built = evaluator.build(candidate, Path(tmp), finetune=False)
+        measured, _ = measure_onnx_file(built.runnable, evaluator.data, evaluator.runtime,
+                                        None, meter=evaluator.meter, latency=timed)
+        measured["size_bytes"] = float(built.deployable.stat().st_size)
+    values.update(measured)
+    return values
+
+
+def host_line(budget: Budget) -> str | None:
+    """A plain line when latency will be timed on a host of another kind than the device."""
+    if budget.latency.source != "host" or not budget.asks_for("latency_ms"):
+        return None
+    text = f"{budget.device.name} {budget.device.cpu}".lower()
+    device_arm = any(w in text for w in ("arm", "cortex", "aarch64", "raspberry", "jetson"))
+    here = platform.machine().lower()
+    host_arm = here.startswith(("arm", "aarch64"))
+    if device_arm == host_arm:
+        return None
+    kind = "an Arm" if device_arm else "another kind of"
+    return (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
+            "device): its figures are this host's; for the device's, make a profile on the "
+            "board (optimize profile, then latency: {source: profile}) or time on it over ssh "
+            "(latency: {source: ssh})")
+
+
+def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
+                          steps: int = 3) -> float:
+    """Seconds of one optimizer step of ``model`` at the recipe's batch size, the fastest of
+    ``steps`` after one warm-up (on a copy; the model is untouched)."""
+    import copy
+
+    net = copy.deepcopy(model).train()
+    teacher = model.eval() if recipe.distill_alpha > 0 else None
+    batch = min(recipe.batch_size, len(data.train))
+    x = torch.randn(batch, *data.input_shape)
+    y = torch.randint(0, data.num_classes, (batch,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    best = float("inf")
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        if teacher is not None:  # distillation runs the base model on each batch too
+            with torch.no_grad():
+                teacher(x)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def trial_steps(config: SearchConfig, data: DataBundle) -> int:
+    """Fine-tune steps of one trial with every stage (one fine-tune per trainable stage)."""
+    per_stage = config.finetune.total_steps(len(data.train))
+    trainable = len([s for s in config.space.stages if s in ("prune", "cluster", "sparsify")])
+    return per_stage * max(1, trainable)
+
+
+def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model: nn.Module,
+              meter: LatencyMeter | None, base: dict[str, float] | None = None) -> Plan:
+    """The plan of a search for ``model`` (untrained weights do: see the module docstring)."""
+    budget = config.budget
+    timed = budget.limit("latency_ms") is not None
+    evaluator = StagedEvaluator(model, data, dataclasses.replace(config.finetune, epochs=0.0),
+                                budget.runtime, Caps(), seed=config.seed, meter=meter,
+                                timed=timed, recovery=config.recovery)
+    least, most = extreme_candidates(space)
+    values = []
+    with tempfile.TemporaryDirectory(prefix="edgeslim-plan-") as tmp:
+        if base is None:
+            try:
+                base = measure_candidate(evaluator, Candidate(order=("prune",)), Path(tmp),
+                                         timed)
+            except CandidateError as exc:  # every candidate would fail the same way
+                raise ModelError(f"the base model cannot be deployed: {exc}; every candidate "
+                                 "is measured as an ONNX file in onnxruntime") from None
+        for candidate in least + most:
+            try:
+                values.append(measure_candidate(evaluator, candidate, Path(tmp), timed))
+            except CandidateError:  # a trial of it fails with the reason; the others count
+                continue
+    values = values or [base]
+    limits = []
+    for lim in budget.limits:
+        m = lim.measure
+        cap = lim.resolve(base[m])
+        low, high = min(v[m] for v in values), max(v[m] for v in values)
+        verdict = EVERY if high <= cap else SOME if low <= cap else NONE
+        source = SOURCES.get(m) or LATENCY_SOURCES[budget.latency.source]
+        limits.append(LimitPlan(m, cap, base[m], low, high, source, verdict,
+                                _fixes(m, config, space) if verdict == NONE else ()))
+    step = trial = None
+    if config.trials:
+        step = finetune_step_seconds(model, data, config.finetune)
+        trial = step * trial_steps(config, data)
+    return Plan(tuple(limits), describe(most[0]), describe(least[0]), host_line(budget),
+                step, trial, config.trials)
+
+
+def _fixes(measure: str, config: SearchConfig, space: StagedSpace) -> tuple[str, ...]:
+    uses = {stage for order in space.orders for stage in order}
+    out = []
+    if "prune" in uses and space.pruning.max_ratio < 0.95:
+        out.append(f"a higher --max-ratio (now {space.pruning.max_ratio:g})")
+    elif "prune" not in uses and measure in ("params", "macs", "latency_ms"):
+        out.append("adding prune to --stages")
+    missing = [s for s in ("cluster", "quantize") if s not in uses]
+    if missing and measure in ("size_bytes", "peak_memory_bytes", "activation_bytes",
+                               "latency_ms"):
+        out.append(f"adding {' or '.join(missing)} to --stages")
+    out.append(f"a smaller model than {config.model}")
+    return tuple(out)
+
+
+def _show(measure: str, value: float) -> str:
+    if measure == "latency_ms":
+        return f"{value:.3g} ms"
+    if measure.endswith("bytes"):
+        return f"{value / 1e3:.1f} kB" if value < 1e6 else f"{value / 1e6:.2f} MB"
+    return f"{value / 1e3:.1f}K" if value < 1e6 else f"{value / 1e6:.2f}M"
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    console.print(f"plan: the space reaches from {plan.smallest} (most compressed) to "
+                  f"{plan.largest} (least compressed)", soft_wrap=True)
+    for lim in plan.limits:
+        line = (f"  {lim.measure}: limit {_show(lim.measure, lim.cap)}, base "
+                f"{_show(lim.measure, lim.base)}, space {_show(lim.measure, lim.low)} to "
+                f"{_show(lim.measure, lim.high)} ({lim.source}): {lim.verdict}")
+        if lim.fixes:
+            line += f"; reachable with {' or '.join(lim.fixes)}"
+        console.print(line, soft_wrap=True, highlight=False)
+    if not plan.limits:
+        console.print("  the budget limits nothing that can be checked before training")
+    if plan.host_line:
+        console.print(plan.host_line, soft_wrap=True, highlight=False)
+    if plan.trial_seconds is not None:
+        console.print(f"time: about {plan.trial_seconds:.0f} s of fine-tuning per trial "
+                      f"({plan.step_seconds * 1e3:.0f} ms per step, timed here), "
+                      f"{plan.trials * plan.trial_seconds / 60:.1f} min for {plan.trials} trials "
+                      "(without the base model's training and the measurements)",
+                      soft_wrap=True, highlight=False)
+
+
+__all__ = ["EVERY", "NONE", "SOME", "LimitPlan", "Plan", "extreme_candidates", "host_line",
+           "make_plan", "print_plan"]

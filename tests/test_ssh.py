@@ -115,18 +115,29 @@ def test_unreachable_device_is_one_line(toy_onnx):
         SshMeter(spec, threads=1).measure(toy_onnx)
 
 
-def test_search_measures_through_ssh_and_survives_a_failing_measurement(sshd, tmp_path):
+def test_search_measures_through_ssh_and_survives_a_failing_measurement(sshd, tmp_path,
+                                                                       monkeypatch):
+    from edgeslim.search.objective import Objective
+
     spec, d = sshd
-    # The device's interpreter, behind a wrapper that fails the 4th call: the connection
-    # check, the base model and trial 0's artifact succeed, the next measurement fails.
-    counter = d / "calls"
-    counter.write_text("0")
+    # The device's interpreter, behind a wrapper that fails the first call after trial 0 is
+    # recorded: the connection check, the plan, the base model and trial 0 succeed, the next
+    # measurement fails.
+    armed = d / "armed"
     wrapper = d / "flaky-python"
     wrapper.write_text(f"""#!/bin/sh
-n=$(($(cat {counter}) + 1)); echo $n > {counter}
-if [ $n -eq 4 ]; then echo "device busy: measurement refused" >&2; exit 1; fi
+if [ -e {armed} ]; then rm {armed}; echo "device busy: measurement refused" >&2; exit 1; fi
 exec {sys.executable} "$@"
 """)
+    record = Objective.record
+
+    def arm_after_trial_0(self, trial, measurement):
+        values = record(self, trial, measurement)
+        if trial.number == 0:
+            armed.write_text("")
+        return values
+
+    monkeypatch.setattr(Objective, "record", arm_after_trial_0)
     wrapper.chmod(0o755)
     budget = tmp_path / "ssh.yaml"
     budget.write_text(PI4.read_text().replace("threads: 4 ", "threads: 1 ").split("\nlatency:")[0]
@@ -145,7 +156,8 @@ objectives: [latency]
     workdir = tmp_path / "w"
     code = main(["--budget", str(budget), "--trials", "3", "--workdir", str(workdir),
                  "--finetune-steps", "2", "--no-references", "--finalists", "0",
-                 "--study-name", "ssh"])
+                 # one measurement per trial before training (repair would try others)
+                 "--no-repair", "--study-name", "ssh"])
     assert code == 0
     study = load_study("ssh", default_storage(workdir))
     states = [t.state for t in study.trials]

@@ -15,9 +15,12 @@ split (10,000 images the search never sees, reported only). int8 static variants
 same float file with other calibration settings.
 
     uv run python benchmarks/recovery.py --archive ../shared/data/cifar10-train-jpeg.tar.gz \\
-        --part ablation --seeds 0,1,2
-    uv run python benchmarks/recovery.py --archive ... --part curve --seeds 0,1,2
+        --part base
+    uv run python benchmarks/recovery.py --archive ... --part run --seeds 0,1,2 \\
+        --allocs searched-2x --configs "today,taylor" --epochs 1 [--quant]
     uv run python benchmarks/recovery.py --archive ... --part table
+
+(the runs behind the committed table are listed in it).
 
 Every run is appended to benchmarks/runs/recovery/rows.jsonl (a rerun skips what is there);
 ``--part table`` writes benchmarks/results/recovery.md and .json from it.

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 # Fine-tuning starts from trained weights, so its peak learning rate is a quarter of the base
 # recipe's (a tenth, or four times more, recovered less: benchmarks/results/recovery.md).
-# Distillation from the base model, weighted 0.9 on its soft targets: 0.7 points more than
+# Distillation from the base model, weighted 0.9 on its soft targets: 0.6 points more than
 # the even weighting of Hinton et al. after a one-epoch fine-tune (same table).
 FINETUNE_LR = 0.05
 FINETUNE_DISTILL_ALPHA = 0.9

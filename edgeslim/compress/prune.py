@@ -40,9 +40,9 @@ from edgeslim.compress.untraced import (
 from edgeslim.errors import CandidateError
 
 # The criterion the search uses by default (``CRITERIA`` lists every one): first-order Taylor
-# kept 1.2 points more than L2 after a one-epoch fine-tune of ResNet-20 at half the MACs, for
-# a second of gradients, and L1, L2 and LAMP rank a group's channels alike
-# (benchmarks/results/recovery.md).
+# kept 0.6 validation points more than L2 (three seeds) after a one-epoch fine-tune of
+# ResNet-20 at half the MACs, for a second of gradients; L1, L2 and LAMP rank a group's
+# channels alike (benchmarks/results/recovery.md).
 IMPORTANCES = ("taylor",)
 # Not ranked: the first channels of each group are kept. Offered to presets of methods that
 # prune without ranking filters; not among the criteria the search chooses from by default.

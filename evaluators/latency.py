@@ -73,14 +73,16 @@ def input_shape_of(onnx_path: Path) -> tuple[int, ...]:
 
 
 def time_once(onnx_path: Path, input_shape: tuple[int, ...], threads: int, warmup: int = 10,
-              min_runs: int = 30, max_runs: int = 1000, min_seconds: float = 1.0,
-              max_seconds: float = 3.0, stable_within: float = 0.01,
+              min_runs: int = 30, max_runs: int = 1000, min_seconds: float = 0.3,
+              max_seconds: float = 1.0, stable_within: float = 0.01,
               seed: int = 0) -> LatencyResult:
     """One timing: ``warmup`` untimed runs, then runs in blocks of ``BLOCK``. Once at least
     ``min_runs`` are done and ``min_seconds`` have passed (a timing long enough to span the
     spells of other work on a shared machine), it stops when the latency (``latency_ms``)
     moved by at most ``stable_within`` (relative) over the last block, or ``max_runs`` are
-    done, or ``max_seconds`` have passed."""
+    done, or ``max_seconds`` have passed. (A timing of 0.3 to 1 s is as repeatable as one of 1
+    to 3 s in nine cases of ten, its rare outliers larger: ``benchmarks/results/
+    latency_timing.md``.)"""
     used = max(1, min(threads, available_cores()))
     session, feed = _session(onnx_path, input_shape, used, seed)
     times: list[float] = []

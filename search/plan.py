@@ -147,15 +147,18 @@ def describe(candidate: Candidate) -> str:
 
 
 def measure_candidate(evaluator: StagedEvaluator, candidate: Candidate, workdir: Path,
-                      timed: bool) -> dict[str, float]:
+                      timed: bool, latency_below_ms: float | None = None) -> dict[str, float]:
     """params and MACs of the pruned structure, and the measures of the file it deploys to
-    (built as before training: no k-means, no fine-tune)."""
+    (built as before training: no k-means, no fine-tune). With ``latency_below_ms``, latency
+    is timed only as closely as telling it from that limit needs (a quick look when it is far
+    below: see ``HostMeter``)."""
     values = structure_measures(evaluator.base, evaluator.example, candidate.ratios
                                 if "prune" in candidate.order else {}, "l2", candidate.round_to)
     with tempfile.TemporaryDirectory(prefix="plan-", dir=workdir) as tmp:
         built = evaluator.build(candidate, Path(tmp), finetune=False)
         measured, _ = measure_onnx_file(built.runnable, evaluator.data, evaluator.runtime,
-                                        None, meter=evaluator.meter, latency=timed)
+                                        None, meter=evaluator.meter, latency=timed,
+                                        latency_below_ms=latency_below_ms)
         measured["size_bytes"] = float(built.deployable.stat().st_size)
     values.update(measured)
     return values
@@ -215,7 +218,8 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
               meter: LatencyMeter | None, base: dict[str, float] | None = None) -> Plan:
     """The plan of a search for ``model`` (untrained weights do: see the module docstring)."""
     budget = config.budget
-    timed = budget.limit("latency_ms") is not None
+    latency_limit = budget.limit("latency_ms")
+    timed = latency_limit is not None
     evaluator = StagedEvaluator(model, data, dataclasses.replace(config.finetune, epochs=0.0),
                                 budget.runtime, Caps(), seed=config.seed, meter=meter,
                                 timed=timed, recovery=config.recovery)
@@ -229,9 +233,13 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
             except CandidateError as exc:  # every candidate would fail the same way
                 raise ModelError(f"the base model cannot be deployed: {exc}; every candidate "
                                  "is measured as an ONNX file in onnxruntime") from None
+        # The verdict only compares the candidates' latency with the limit: each is timed
+        # only as closely as that needs (the base, which a relative limit scales, in full).
+        below = (latency_limit.resolve(base["latency_ms"])
+                 if timed and "latency_ms" in base else None)
         for candidate in least + most:
             try:
-                values.append(measure_candidate(evaluator, candidate, Path(tmp), timed))
+                values.append(measure_candidate(evaluator, candidate, Path(tmp), timed, below))
             except CandidateError:  # a trial of it fails with the reason; the others count
                 continue
     values = values or [base]

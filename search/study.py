@@ -13,6 +13,7 @@ attributes), so a study can be exported, shown or resumed from its storage alone
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
 import time
@@ -228,7 +229,13 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     or failed, in ``config.workers`` processes; then fine-tunes the finalists with the long
     recipe and prints the Pareto table. Candidates that fail are recorded as failed trials
     with their reason; trials whose process died are failed and run again."""
-    console = console or Console()
+    try:
+        return _run_search(config, console or Console())
+    finally:
+        gc.unfreeze()  # what the run kept out of collections is collectable again
+
+
+def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
     STOPWATCH.reset()
     check_storage_url(config.storage_url)  # a bad URL fails before any training
     inputs = load_inputs(config)
@@ -247,6 +254,7 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
         raise ConfigError(plan.explanation())
     attach(config.workdir / LOG_NAME)  # the input is good: the run's log has a home
     prepared = prepare(config, console, inputs, meter)
+    keep_out_of_collections()
     search, final, check = make_evaluators(config, prepared, meter)
     study = open_or_create_study(config, prepared, check)
     recover_interrupted(study, config.workdir)
@@ -275,6 +283,16 @@ def run_search(config: SearchConfig, console: Console | None = None) -> optuna.S
     print_report(study, console)
     console.print(STOPWATCH.breakdown(), highlight=False)
     return study
+
+
+def keep_out_of_collections() -> None:
+    """Moves every object made so far (the imported libraries, the data, the base model: they
+    live as long as the run) out of the garbage collector's reach, so that the collection
+    after each trial walks only what trials made. Without it each collection walked some
+    400,000 objects of PyTorch and the other imports, 0.2 s each on 2 cores: a tenth of a
+    digits study's wall time. ``run_search`` undoes it when it returns."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_plan(config: SearchConfig, console: Console,
@@ -323,6 +341,7 @@ def worker_main(config: SearchConfig, threads: int) -> None:
     inputs = load_inputs(config)
     meter = latency_meter(config, inputs[0])
     prepared = prepare(config, console, inputs, meter)
+    keep_out_of_collections()
     search, final, check = make_evaluators(config, prepared, meter)
     study = open_or_create_study(config, prepared, check)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,

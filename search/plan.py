@@ -23,11 +23,9 @@ from __future__ import annotations
 import dataclasses
 import platform
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from torch import nn
 
@@ -40,7 +38,7 @@ from edgeslim.evaluators.staged import StagedEvaluator
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.repair import structure_measures
 from edgeslim.spaces import Candidate, StagedSpace
-from edgeslim.training import TrainRecipe
+from edgeslim.training import TrainRecipe, train
 
 # Where each measure comes from, as the plan names it.
 SOURCES = {
@@ -182,29 +180,20 @@ def host_line(budget: Budget) -> str | None:
 
 
 def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
-                          steps: int = 3) -> float:
-    """Seconds of one optimizer step of ``model`` at the recipe's batch size, the fastest of
-    ``steps`` after one warm-up (on a copy; the model is untouched)."""
+                          steps: int = 3) -> float | None:
+    """Seconds of one fine-tune step of ``model``: ``steps`` steps of the search's own trainer
+    (its precision, memory layout, augmentation and distillation from a copy of ``model``),
+    after one warm-up step, on copies (``model`` is untouched). None when the steps fail."""
     import copy
 
-    net = copy.deepcopy(model).train()
-    teacher = model.eval() if recipe.distill_alpha > 0 else None
-    batch = min(recipe.batch_size, len(data.train))
-    x = torch.randn(batch, *data.input_shape)
-    y = torch.randint(0, data.num_classes, (batch,))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    best = float("inf")
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        opt.zero_grad()
-        if teacher is not None:  # distillation runs the base model on each batch too
-            with torch.no_grad():
-                teacher(x)
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-        if i:
-            best = min(best, time.perf_counter() - start)
-    return best
+    net = copy.deepcopy(model)
+    teacher = copy.deepcopy(model) if recipe.distill_alpha > 0 else None
+    try:
+        train(net, data, dataclasses.replace(recipe, steps=1), teacher)
+        stats = train(net, data, dataclasses.replace(recipe, steps=steps), teacher)
+    except CandidateError:  # a loss that is not finite: no estimate
+        return None
+    return stats.seconds / stats.steps
 
 
 def trial_steps(config: SearchConfig, data: DataBundle) -> int:
@@ -255,7 +244,7 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
     step = trial = None
     if config.trials:
         step = finetune_step_seconds(model, data, config.finetune)
-        trial = step * trial_steps(config, data)
+        trial = None if step is None else step * trial_steps(config, data)
     return Plan(tuple(limits), describe(most[0]), describe(least[0]), host_line(budget),
                 step, trial, config.trials)
 

@@ -20,7 +20,13 @@ from edgeslim.search.figures import AXES, layers_figure, pareto_figure, save_png
 from edgeslim.search.notes import limit_text, location_flags
 from edgeslim.search.objective import ACCURACY, is_feasible
 from edgeslim.search.references import REFERENCE_ATTR
-from edgeslim.search.report import COLUMNS, lift_text, pareto_trials, summary_line, trial_label
+from edgeslim.search.report import (
+    columns,
+    lift_text,
+    pareto_trials,
+    summary_line,
+    trial_label,
+)
 
 REPORT_HTML = "report.html"
 LAYERS_PNG = "layers.png"
@@ -58,16 +64,17 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _row(attrs: dict) -> list[str]:
-    return [fmt(attrs[k]) if k in attrs else "-" for k, _, fmt in COLUMNS]
+def _row(attrs: dict, cols: tuple) -> list[str]:
+    return [fmt(attrs[k]) if k in attrs else "-" for k, _, fmt in cols]
 
 
 def pareto_rows(study: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> list[list[str]]:
     """The Pareto table's rows (the base model first), as in ``optimize show``."""
-    rows = [["base", *_row(study.user_attrs.get("base", {})), "", "", "", ""]]
+    cols = columns(study)
+    rows = [["base", *_row(study.user_attrs.get("base", {}), cols), "", "", "", ""]]
     for t in front:
         a = t.user_attrs
-        rows.append([str(t.number), *_row(a), "yes" if is_feasible(t) else "no",
+        rows.append([str(t.number), *_row(a, cols), "yes" if is_feasible(t) else "no",
                      lift_text(study, t), trial_label(t), a.get(REFERENCE_ATTR, "")])
     return rows
 
@@ -97,7 +104,8 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
     where = f" {location_flags(study, storage_url)}" if storage_url else ""
     name = html.escape(study.study_name)
     a = trial.user_attrs
-    summary = ", ".join(f"{h} {fmt(a[k])}" for k, h, fmt in COLUMNS if k in a)
+    cols = columns(study)  # the measures the budget limits, as optimize show has them
+    summary = ", ".join(f"{h} {fmt(a[k])}" for k, h, fmt in cols if k in a)
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{name}</title>",
         f"<style>{_STYLE}</style></head><body>",
@@ -110,14 +118,14 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
         "<h2>Base model and budget</h2>",
         _table(["measure", "base model", "limit"],
                [[k, fmt(base[k]), limit_text(k, caps, budget)]
-                for k, _, fmt in COLUMNS if k in base]),
+                for k, _, fmt in cols if k in base]),
         "<h2>Pareto front</h2>",
         "<p>" + ("Feasible trials only." if feasible_front else
                  "No trial fits the budget yet: the front of all complete trials.")
         + " Dashed red lines are the budget's limits; diamonds are reference trials "
         "(presets).</p>",
         *(f"<img src='{f}' alt='{html.escape(alt)}'>" for f, alt in figures),
-        _table(["trial", *(h for _, h, _ in COLUMNS), "fits", "lift", "stages", "reference"],
+        _table(["trial", *(h for _, h, _ in cols), "fits", "lift", "stages", "reference"],
                pareto_rows(study, front)),
         "<p class='muted'>stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize, "
         "* preset, + finalist (fine-tuned again with the long recipe). lift: validation "

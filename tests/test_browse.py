@@ -191,6 +191,25 @@ def test_pareto_rows_are_the_terminal_tables(tmp_path):
     ]
 
 
+def test_report_shows_activation_memory_where_the_budget_limits_it(tmp_path):
+    """A microcontroller budget limits activation memory: the HTML report's tables show that
+    column, as optimize show does, and not peak memory."""
+    study = toy_study(tmp_path)
+    study.set_user_attr("caps", {**CAPS, "limits": {**CAPS["limits"],
+                                                    "activation_bytes": 50000.0}})
+    budget = study.user_attrs["budget"]
+    study.set_user_attr("budget", {**budget, "limits": {
+        **budget["limits"], "activation_bytes": {"value": 50000.0, "relative": False}}})
+    study.set_user_attr("base", {**BASE, "activation_bytes": 60000.0})
+    best = _add(study, 0.95, 3e5, 0.3, activation_bytes=40000.0)  # dominates every trial
+    rows = pareto_rows(study, pareto_trials(study))
+    assert [r[0] for r in rows] == ["base", str(best)]
+    assert rows[0][5] == "60.0kB" and rows[1][5] == "40.0kB"
+    page = write_report(study, tmp_path / "r").read_text()
+    assert "<th>act mem</th>" in page and "peak mem" not in page
+    assert "<td>activation_bytes</td><td>60.0kB</td><td>&lt;= 50.0kB</td>" in page
+
+
 def _add(study: optuna.Study, acc: float, macs: float, latency: float, **attrs) -> int:
     trial = study.ask()
     for key, value in {**BASE, "val_acc": acc, "macs": macs, "latency_ms": latency,

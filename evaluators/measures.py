@@ -54,9 +54,3 @@ MODEL_MEASURES: dict[str, Measure] = {
     "macs": count_macs,
 }
 
-
-def model_measure(name: str) -> Measure:
-    try:
-        return MODEL_MEASURES[name]
-    except KeyError:
-        raise KeyError(f"unknown measure {name!r}; valid: {', '.join(MODEL_MEASURES)}") from None

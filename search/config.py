@@ -13,11 +13,10 @@ from edgeslim.search.storage import default_storage
 from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
 
-__all__ = ["DEFAULT_STAGES", "SAMPLERS", "SamplerName", "SearchConfig", "SpaceOptions",
+__all__ = ["DEFAULT_STAGES", "SamplerName", "SearchConfig", "SpaceOptions",
            "default_storage"]
 
 SamplerName = Literal["tpe", "nsga2", "gp", "random"]
-SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "gp", "random")
 
 
 DEFAULT_STAGES = ("prune", "cluster", "quantize")

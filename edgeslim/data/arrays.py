@@ -24,7 +24,6 @@ from edgeslim.data._base import Augment, RawDataset, Split
 from edgeslim.errors import DataError
 
 REQUIRED = ("x_train", "y_train")
-OPTIONAL = ("x_test", "y_test", "class_names")
 
 
 def load_npz(path: Path, cache_dir: Path | None = None) -> RawDataset:

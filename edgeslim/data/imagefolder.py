@@ -56,16 +56,6 @@ def scan_split(root: Path, classes: list[str] | None = None,
     return found, items
 
 
-def load_split(root: Path, classes: list[str] | None = None,
-               cache_dir: Path | None = None, grey: bool = False) -> tuple[Split, list[str]]:
-    """One split: read from the cache, or decoded and cached."""
-    found, items = scan_split(root, classes)
-    split, cache = _read_split(items, cache_dir, grey)
-    if cache is not None:
-        atomic_torch_save({"x": split.x, "y": split.y}, cache)
-    return split, found
-
-
 def _read_split(items: list[tuple[Path, int]], cache_dir: Path | None, grey: bool,
                 ) -> tuple[Split, Path | None]:
     """The split from its cache file, or decoded, with the cache file still to write (None

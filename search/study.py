@@ -278,7 +278,7 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
             with spawn_workers(config, config.workers - 1):
                 run_trials(study, objective, config.trials, config.workdir, [refresh])
     if config.finalists:
-        run_finalists(study, objective, config.finalists, config.workdir, console)
+        run_finalists(study, objective, config.finalists, console)
     annotate(study, config.storage_url)  # the study's note in optuna-dashboard
     print_report(study, console)
     console.print(STOPWATCH.breakdown(), highlight=False)

@@ -232,7 +232,7 @@ def pick_finalists(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial
     return picked
 
 
-def run_finalists(study: optuna.Study, objective: Objective, k: int, workdir: Path,
+def run_finalists(study: optuna.Study, objective: Objective, k: int,
                   console: Console) -> list[int]:
     """Enqueues the finalists that have no finalist trial yet and runs them in this process
     with the long fine-tune. Returns the numbers of the search trials they re-run."""

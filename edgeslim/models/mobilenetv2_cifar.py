@@ -8,14 +8,22 @@ torchvision's.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.models import MobileNetV2
 
 from edgeslim.models._registry import register_model
+
+if TYPE_CHECKING:
+    from torchvision.models import MobileNetV2
 
 
 @register_model("mobilenetv2")
 def mobilenetv2(in_channels: int = 3, num_classes: int = 10) -> MobileNetV2:
+    # Imported here: torchvision's models import torch._dynamo, 4.7 s of every run's start on
+    # a 2-core host, for a model most runs do not build.
+    from torchvision.models import MobileNetV2
+
     settings = [
         # expansion t, channels c, repeats n, stride s (torchvision's table, stage 2 at s=1)
         [1, 16, 1, 1],

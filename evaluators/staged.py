@@ -21,7 +21,7 @@ from torch import nn
 from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE
 from edgeslim.budget import Runtime
 from edgeslim.compress import prunable_copy, quantize_onnx, tied
-from edgeslim.compress.prune import GRADIENT_IMAGES
+from edgeslim.compress.prune import GRADIENT_IMAGES, loss_gradients
 from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators._base import Caps, Evaluator, Measurement
@@ -91,12 +91,23 @@ class StagedEvaluator(Evaluator):
         self.base = self.base.cpu().eval().to(memory_format=torch.contiguous_format)
         self.example = torch.zeros(1, *self.data.input_shape)
         self._calibration: list[np.ndarray] | None = None
+        self._gradients: dict[str, torch.Tensor] | None = None
 
     def calibration(self) -> list[np.ndarray]:
         if self._calibration is None:
             self._calibration = calibration_batches(self.data, self.calibration_images,
                                                     self.seed)
         return self._calibration
+
+    def _gradient_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The labelled training images gradient criteria of pruning read."""
+        return labelled_batches(self.data, GRADIENT_IMAGES, self.seed)
+
+    def _base_gradients(self) -> dict[str, torch.Tensor]:
+        """The base model's loss gradients on ``_gradient_batches``, computed on first use."""
+        if self._gradients is None:
+            self._gradients = loss_gradients(self.base, self._gradient_batches())
+        return self._gradients
 
     def build(self, candidate: Candidate, workdir: Path, finetune: bool = True) -> Built:
         """Runs the candidate's stages on a copy of the base model and writes its files into
@@ -112,12 +123,14 @@ class StagedEvaluator(Evaluator):
         masked: set[str] = set()
         teacher = self.base if self.recipe.distill_alpha > 0 else None
         finetunes = []
-        for name in candidate.order:
+        for index, name in enumerate(candidate.order):
             if name == "quantize":
                 continue
             stage = model_stage(name)
-            context = StageContext(self.seed, batches=lambda: labelled_batches(
-                self.data, GRADIENT_IMAGES, self.seed))
+            # The first stage receives the base model itself: its loss gradients are the
+            # base's, computed once per evaluator.
+            context = StageContext(self.seed, batches=self._gradient_batches,
+                                   gradients=self._base_gradients if index == 0 else None)
             before = copy.deepcopy(model) if finetune and self.recovery.reconstruct else None
             start = time.perf_counter()
             try:

@@ -21,7 +21,7 @@ from edgeslim.compress import (
     spread_weights,
     weight_layers,
 )
-from edgeslim.compress.prune import UNRANKED, Batches, KeptIndices, criterion
+from edgeslim.compress.prune import UNRANKED, Batches, Gradients, KeptIndices, criterion
 from edgeslim.spaces import Candidate
 
 
@@ -31,6 +31,9 @@ class StageContext:
 
     seed: int = 0
     batches: Callable[[], Batches] | None = None  # labelled training batches, made on demand
+    # The loss gradients of the model the stage receives, on those batches, when known: only
+    # while it is still the base model (see ``StagedEvaluator.build``).
+    gradients: Callable[[], Gradients] | None = None
     kept: dict[str, KeptIndices] = field(default_factory=dict)  # filled by pruning
 
 
@@ -69,13 +72,17 @@ class PruneStage(Stage):
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         context = context or StageContext(seed)
-        batches = None
-        if criterion(candidate.importance).needs_gradients:
+        batches = gradients = None
+        crit = criterion(candidate.importance)
+        if crit.needs_gradients and context.gradients is not None and not crit.per_sample:
+            gradients = context.gradients()
+        elif crit.needs_gradients:
             if context.batches is None:
                 raise ValueError(f"importance {candidate.importance!r} needs training batches")
             batches = context.batches()
         kept = apply_pruning(model, example, candidate.ratios, candidate.importance,
-                             candidate.round_to, batches=batches, kept_indices=context.kept)
+                             candidate.round_to, batches=batches, kept_indices=context.kept,
+                             gradients=gradients)
         return {f"channels/{name}": n for name, n in kept.items()}
 
     def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgeslim.compress import apply_pruning, quantize_onnx
-from edgeslim.compress.prune import CRITERIA, KeptIndices, criterion
+from edgeslim.compress.prune import CRITERIA, KeptIndices, criterion, loss_gradients
 from edgeslim.compress.reconstruct import reconstruct
 from edgeslim.distill import BlockAttention, attention_map, block_names
 from edgeslim.errors import CandidateError
@@ -79,6 +79,31 @@ def test_gradient_criteria_keep_the_channels_the_loss_depends_on(name):
     apply_pruning(m, X, {"conv1": 0.5}, name, batches=batches, kept_indices=kept)
     assert kept["conv1"].out == list(range(8))
     assert all(p.grad is None for p in m.parameters())  # no gradient left behind
+
+
+def test_taylor_from_gradients_computed_once_prunes_as_from_the_batches():
+    """The search prunes many copies of one base model: the base's loss gradients, computed
+    once, rank channels exactly as the backward passes on each copy do, and leave the base
+    without gradients."""
+    base = _randomised(build_model("resnet20", 1, 10))
+    batches = [(torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))) for _ in range(2)]
+    ratios = {"layer1.0.conv1": 0.5, "layer2.0.conv1": 0.25, "layer3.1.conv1": 0.75}
+    gradients = loss_gradients(base, batches)
+    assert all(p.grad is None for p in base.parameters())
+    outcomes = []
+    for source in ({"batches": batches}, {"gradients": gradients}):
+        model, kept = copy.deepcopy(base), {}
+        apply_pruning(model, X, ratios, "taylor", kept_indices=kept, **source)
+        outcomes.append((kept, model.state_dict()))
+    (kept_a, state_a), (kept_b, state_b) = outcomes
+    assert kept_a == kept_b and kept_a["layer1.0.conv1"].out != list(range(8))
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_gradients_of_another_model_are_refused():
+    gradients = loss_gradients(PlainNet(), [(torch.randn(4, 1, 8, 8), torch.arange(4))])
+    with pytest.raises(ValueError, match="the gradients given do not match the model"):
+        apply_pruning(ResidualNet(), X, {"conv1": 0.5}, "taylor", gradients=gradients)
 
 
 def test_unknown_criterion_lists_the_valid_ones():

@@ -292,11 +292,39 @@ def _first_channels(group: tp.Group) -> torch.Tensor:
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (normalised inputs, labels)
 
 
-def _scorer(name: str, model: nn.Module, batches: Batches | None):
-    """The criterion's scorer, its gradients computed on ``model`` when it reads them."""
+Gradients = Mapping[str, torch.Tensor]  # parameter name -> gradient of the loss
+
+
+def loss_gradients(model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
+    """The gradient of the summed cross-entropy over ``batches`` with respect to each
+    parameter of ``model`` (eval mode: batch-norm statistics stay the model's), by parameter
+    name: what a gradient criterion of ``apply_pruning`` reads. Computed on a copy: ``model``
+    is untouched. A search prunes many copies of one base model with the same training
+    images; their gradients, computed once, serve every copy (``apply_pruning``'s
+    ``gradients``)."""
+    twin = copy.deepcopy(model).eval()
+    twin.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for x, y in batches:
+            F.cross_entropy(twin(x), y, reduction="sum").backward()
+    return {name: p.grad.detach() for name, p in twin.named_parameters() if p.grad is not None}
+
+
+def _scorer(name: str, model: nn.Module, batches: Batches | None,
+            gradients: Gradients | None = None):
+    """The criterion's scorer, its gradients computed on ``model`` when it reads them (or
+    taken from ``gradients``, those of the same weights, when the criterion needs no
+    per-sample gradients)."""
     crit = criterion(name)
     scorer = crit.make()
     if not crit.needs_gradients:
+        return scorer
+    if gradients is not None and not crit.per_sample:
+        for pname, p in model.named_parameters():
+            grad = gradients.get(pname)
+            if grad is None or grad.shape != p.shape:
+                raise ValueError(f"the gradients given do not match the model at {pname!r}")
+            p.grad = grad.clone()
         return scorer
     if not batches:
         raise ValueError(f"importance {name!r} reads loss gradients: give training batches")
@@ -326,14 +354,17 @@ def _scorer(name: str, model: nn.Module, batches: Batches | None):
 
 def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping[str, float],
                   importance: str = "l2", round_to: int = 8, batches: Batches | None = None,
-                  kept_indices: dict[str, KeptIndices] | None = None) -> dict[str, int]:
+                  kept_indices: dict[str, KeptIndices] | None = None,
+                  gradients: Gradients | None = None) -> dict[str, int]:
     """Removes channels from ``model`` in place: for each group root named in ``ratios``, the
     least important channels (by ``importance``) until ``kept_channels`` remain.
 
     Every group is scored on the unpruned model, then pruned. ``batches`` (training images and
-    labels) feed the criteria that read loss gradients (``taylor``, ``hessian``). When
-    ``kept_indices`` is given, it receives, for every layer that lost channels, the indices of
-    the unpruned layer's output and input channels it keeps (``KeptIndices``).
+    labels) feed the criteria that read loss gradients (``taylor``, ``hessian``);
+    ``gradients`` (``loss_gradients`` of a model with the same weights) spare ``taylor`` the
+    backward passes. When ``kept_indices`` is given, it receives, for every layer that lost
+    channels, the indices of the unpruned layer's output and input channels it keeps
+    (``KeptIndices``).
 
     Returns:
         The kept output channels of every group root named in ``ratios``.
@@ -360,7 +391,7 @@ def apply_pruning(model: nn.Module, example_input: torch.Tensor, ratios: Mapping
         return kept
     graph = graph or dependency_graph(model, example_input)
     modules = {m: n for n, m in model.named_modules()}
-    scorer = _scorer(importance, model, batches)
+    scorer = _scorer(importance, model, batches, gradients)
     plan: list[tuple[str, nn.Module, list[int]]] = []
     for name, module in todo:
         current = _out_dim(module)

@@ -123,3 +123,36 @@ def test_a_prunable_copy_prunes_like_the_model_without_tracing_it_again(net, mon
     for pruned in (first, second):
         assert torch.equal(pruned.eval()(y), traced.eval()(y))
     assert count_params(base, X).value == count_params(net(), X).value  # base untouched
+
+
+def test_a_graph_too_deep_to_copy_is_traced_again_for_each_copy(monkeypatch):
+    """copy.deepcopy recurses once per node along a dependency graph's chain, and a deep
+    network's chain (EfficientNet's) exceeds Python's recursion limit: those copies come
+    without the graph, and their pruning traces one."""
+    import copy
+
+    from edgeslim.compress import prunable_copy
+    from edgeslim.compress import prune as prune_module
+
+    torch.manual_seed(0)
+    base = ResidualNet()
+    ratios = {g.name: 0.5 for g in prunable_groups(base, X, 10)}
+    expected = copy.deepcopy(base)
+    kept = apply_pruning(expected, X, ratios, "l1")
+    real = copy.deepcopy
+
+    def deepcopy(obj, memo=None):
+        if isinstance(obj, tuple):  # the model with its graph
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(obj, memo)
+
+    monkeypatch.setattr(prune_module.copy, "deepcopy", deepcopy)
+    calls = []
+    trace = prune_module.dependency_graph
+    monkeypatch.setattr(prune_module, "dependency_graph",
+                        lambda *a: calls.append(1) or trace(*a))
+    twins = [prunable_copy(base, X) for _ in range(2)]
+    assert [apply_pruning(t, X, ratios, "l1") for t in twins] == [kept, kept]
+    assert len(calls) == 3  # the base's graph once, then each copy's
+    y = torch.randn(2, 1, 8, 8)
+    assert all(torch.equal(t.eval()(y), expected.eval()(y)) for t in twins)

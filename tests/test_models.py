@@ -85,6 +85,15 @@ def test_channels_and_classes_follow_the_dataset():
     assert adapted(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
 
 
+def test_torchvision_models_with_auxiliary_heads_train_on_their_logits_alone():
+    """GoogLeNet returns its auxiliary classifiers' outputs beside the logits in training
+    mode, which no loss of a fine-tune reads: it is built without them."""
+    model = build_model("torchvision:googlenet", 3, 10).train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    assert not any("aux" in name for name, _ in model.named_modules())
+
+
 def test_user_model_from_a_file(tmp_path):
     (tmp_path / "mine.py").write_text(
         "import sys\nsys.path.insert(0, %r)\nfrom toys import PlainNet\n"

@@ -126,6 +126,9 @@ def _build(model: nn.Module, example_input: torch.Tensor,
 # of tracing the model again (a second or more per candidate for ResNet-20 at 32x32, most of
 # the cost of pruning it). Weak keys: a model's graph goes when the model does.
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tp.DependencyGraph] = weakref.WeakKeyDictionary()
+# Models whose dependency graph is too deep a chain of nodes for copy.deepcopy (Python's
+# recursion limit; EfficientNet's graph is): their copies trace a graph of their own.
+_DEEP_GRAPHS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _graph_of(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -145,12 +148,18 @@ def prunable_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """A deep copy of ``model`` that ``apply_pruning`` prunes without tracing it: the
     dependency graph of ``model`` is traced once (on the first call) and copied along with
     it. The copy must keep the structure ``model`` had (its weights and device may change)
-    until it is pruned."""
+    until it is pruned. A graph too deep to copy is not: each copy's is traced when pruned."""
+    if model in _DEEP_GRAPHS:
+        return copy.deepcopy(model)
     graph = _graph_of(model, example_input)
     # torch-pruning's pruners are stateless singletons the graph compares by identity, and
     # ``ops`` is a module: shared, not copied.
     shared = [tp.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
-    twin, twin_graph = copy.deepcopy((model, graph), {id(o): o for o in shared})
+    try:
+        twin, twin_graph = copy.deepcopy((model, graph), {id(o): o for o in shared})
+    except RecursionError:
+        _DEEP_GRAPHS.add(model)
+        return copy.deepcopy(model)  # ``apply_pruning`` traces the copy's graph
     _GRAPHS[twin] = twin_graph
     return twin
 

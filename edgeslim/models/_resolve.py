@@ -159,6 +159,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
+AUXILIARY_HEADS = ("googlenet", "inception_v3")
+
+
 def _torchvision_factory(name: str) -> ModelFactory:
     import torchvision
 
@@ -167,8 +170,13 @@ def _torchvision_factory(name: str) -> ModelFactory:
         raise ModelError(f"unknown torchvision classification model {name!r}; "
                          f"available: {', '.join(names)}")
 
+    # GoogLeNet and Inception v3 add auxiliary classifiers whose outputs they return beside
+    # the logits while training; a deployed model never runs them.
+    options = {"aux_logits": False} if name in AUXILIARY_HEADS else {}
+
     def factory(num_classes: int = 1000) -> nn.Module:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                            **options)
 
     return factory
 

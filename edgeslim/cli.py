@@ -246,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
 
         # A malformed budget is refused in a fraction of a second, before PyTorch loads.
         budget = load_budget(args.budget)
+        from edgeslim.runtimes import check_installed
+
+        # So is a runtime whose packages are missing (an optional extra).
+        check_installed(budget.runtime.name)
         for note in budget.notes:  # how the file was read, where it is not what it says
             console.print(f"note: {note}", soft_wrap=True)
         from edgeslim._options import search_config
@@ -305,8 +309,9 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     card = export_trial(study, args.out, args.trial, args.data_dir, formats)
-    m, check = card["measures"], card["onnx_vs_pytorch"]
-    agreement = (f"ONNX matches PyTorch within {check['tolerance']:g}: "
+    m, check = card["measures"], card.get("litert_vs_pytorch", card["onnx_vs_pytorch"])
+    kind = "LiteRT" if "litert_vs_pytorch" in card else "ONNX"
+    agreement = (f"{kind} matches PyTorch within {check['tolerance']:g}: "
                  f"{'yes' if check['pass'] else 'NO'}" if check["tolerance"] is not None else
                  f"quantized file agrees with the float model on "
                  f"{100 * check['argmax_agree']:.0f}% of {check['images']} images")

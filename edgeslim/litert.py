@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -36,9 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.errors import CandidateError
-from edgeslim.export import one_line
+from edgeslim.export import _cut, one_line
 from edgeslim.fsutil import atomic_write
+from edgeslim.logs import captured_stderr
 
+_MLIR_ERROR = re.compile(r"error: ([^\n]+)")
 # The sample images onnx2tf looks for in the working directory (``_keras_model``).
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -82,14 +85,31 @@ def onnx_to_tflite(onnx_path: Path, dst: Path, quantize: str = "none",
     if quantize == "int8_static" and calibration is None:
         raise ValueError("int8_static needs calibration batches")
     tf = _tensorflow()
+    # The converter prints its diagnostics (MLIR locations, a failed op's context) to the
+    # process's stderr: kept in the run's log, off the terminal.
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, captured_stderr("the LiteRT converter"):
             keras_model = _keras_model(onnx_path, Path(tmp))
             data = _converted(tf, keras_model, quantize, calibration, int8_io)
+    except ModuleNotFoundError as exc:
+        # onnx2tf imports one module per ONNX operator: a missing one is an operator it lacks.
+        if not (exc.name or "").startswith("onnx2tf.ops."):
+            raise
+        raise CandidateError(f"LiteRT conversion failed: onnx2tf cannot convert the ONNX "
+                             f"operator {exc.name.removeprefix('onnx2tf.ops.')}") from exc
     except _convert_errors(tf) as exc:
         raise CandidateError(f"LiteRT conversion failed: {type(exc).__name__}: "
-                             f"{one_line(exc) if str(exc) else 'see the log'}") from exc
+                             f"{convert_reason(exc)}") from exc
     return atomic_write(Path(dst), lambda tmp: tmp.write_bytes(data))
+
+
+def convert_reason(exc: BaseException) -> str:
+    """The converter's message on one line: its first ``error:`` (the MLIR converter's names
+    the operator it refused: ``'tf.Erf' op is neither a custom op nor a flex op``), else the
+    first line."""
+    found = _MLIR_ERROR.search(str(exc))
+    return _cut(found.group(1).strip()) if found else (one_line(exc) if str(exc)
+                                                       else "see the log")
 
 
 def _keras_model(onnx_path: Path, workdir: Path):

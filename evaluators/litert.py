@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from edgeslim.data import DataBundle, Split
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators.latency import LatencyResult, available_cores
 from edgeslim.evaluators.memory import memory_bytes
-from edgeslim.export import one_line, runtime_errors
+from edgeslim.export import _cut, one_line, runtime_errors
 from edgeslim.litert import channels_last
 from edgeslim.timing import timed
 
@@ -105,8 +108,16 @@ def open_runner(path: Path, runtime: str, threads: int = 1) -> Runner:
         if runtime == "litert-micro":
             from tflite_micro.python.tflite_micro import runtime as micro
 
-            interpreter = micro.Interpreter.from_bytes(path.read_bytes(),
-                                                       arena_size=HOST_ARENA_BYTES)
+            # Why it refuses a file (the operator, the node) is printed to stderr, not raised.
+            said: list[str] = []
+            try:
+                with _fd2_lines(said):
+                    interpreter = micro.Interpreter.from_bytes(path.read_bytes(),
+                                                               arena_size=HOST_ARENA_BYTES)
+            except RuntimeError as exc:
+                reason = " ".join(said[-2:]) or one_line(exc)
+                raise CandidateError(f"{runtime} rejected the artifact {path.name}: "
+                                     f"{_cut(reason)}") from exc
         else:
             from ai_edge_litert.interpreter import Interpreter
 
@@ -184,16 +195,27 @@ def micro_arena_bytes(path: Path, input_shape: tuple[int, ...]) -> int:
 
 def _fd2_output(call) -> str:
     """What ``call`` writes to file descriptor 2 (C++ code's stderr)."""
+    lines: list[str] = []
+    with _fd2_lines(lines):
+        call()
+    return "\n".join(lines)
+
+
+@contextmanager
+def _fd2_lines(lines: list[str]) -> Iterator[None]:
+    """Appends to ``lines`` what the body writes to file descriptor 2 (C++ code's stderr)."""
+    sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
         try:
-            call()
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        sink.seek(0)
-        return sink.read().decode(errors="replace")
+            sink.seek(0)
+            lines += [line.strip() for line in sink.read().decode(errors="replace")
+                      .splitlines() if line.strip()]
 
 
 @timed("measuring")

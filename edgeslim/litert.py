@@ -32,6 +32,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,16 @@ def channels_last(x: np.ndarray) -> np.ndarray:
 
 
 def _tensorflow():
+    # TensorFlow and Triton (which PyTorch imports when torch._dynamo loads, as torchvision
+    # does) each carry LLVM: whichever loads second registers LLVM's options again, and loading
+    # Triton after TensorFlow aborts the process ("LLVM ERROR: inconsistency in registered
+    # CommandLine options"); the other order works. So Triton, where installed, comes first.
+    if find_spec("triton") is not None:
+        import triton  # noqa: F401
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up messages
-    import tensorflow as tf
+    # Some are printed before its logging reads that: kept in the run's log.
+    with captured_stderr("TensorFlow's import"):
+        import tensorflow as tf
 
     return tf
 

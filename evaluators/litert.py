@@ -121,8 +121,10 @@ def open_runner(path: Path, runtime: str, threads: int = 1) -> Runner:
         else:
             from ai_edge_litert.interpreter import Interpreter
 
-            interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            interpreter.allocate_tensors()
+            # It announces its CPU delegate on stderr each time: not for the terminal.
+            with _fd2_lines([]):
+                interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         raise CandidateError(f"{runtime} rejected the artifact {path.name}: "
                              f"{one_line(exc)}") from exc

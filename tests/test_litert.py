@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from edgeslim.data import Split
 from edgeslim.errors import BudgetError, CandidateError, ConfigError
 from edgeslim.export import write_onnx
 from edgeslim.runtimes import RUNTIMES, RuntimeInfo, check_installed, register_runtime
-from toys import PlainNet
+from toys import REPO, PlainNet
 
 INSTALLED = all(find_spec(m) is not None for m, _ in RUNTIMES["litert-micro"].modules) \
     and find_spec("ai_edge_litert") is not None
@@ -249,6 +251,17 @@ def test_an_onnx_operator_onnx2tf_lacks_fails_the_candidate_naming_it(tmp_path):
         "operator Bogus"
 
 
+@needs_litert
+@pytest.mark.slow
+def test_pytorch_compilers_load_after_a_conversion_in_the_same_process():
+    """TensorFlow and Triton both carry LLVM; loaded in the wrong order the process aborts."""
+    code = ("from edgeslim.litert import _tensorflow\n_tensorflow()\n"
+            "import torch._dynamo, torchvision.ops\nprint('loaded')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert (proc.returncode, proc.stdout) == (0, "loaded\n"), proc.stderr[-2000:]
+
+
 # --- a search ----------------------------------------------------------------------------------
 
 @needs_litert
@@ -273,7 +286,7 @@ def test_a_search_in_litert_micro_records_the_arena_of_each_trial(workdir, tmp_p
     assert attrs["candidate"]["quantize"] == "int8_static"
     assert study.user_attrs["base"]["activation_bytes"] > 0
 
-    out = tmp_path / "out"
+    out = tmp_path / "best"
     assert main(["export", "--workdir", str(workdir), "--out", str(out), "--trial", "0"]) == 0
     card = json.loads((out / "model_card.json").read_text())
     assert (card["files"]["deployable"], card["files"]["tflite"]) == ("model.tflite",) * 2
@@ -286,3 +299,24 @@ def test_a_search_in_litert_micro_records_the_arena_of_each_trial(workdir, tmp_p
     assert card["litert_vs_pytorch"]["runtime"] == "litert-micro"
     assert card["litert_vs_pytorch"]["argmax_agree"] >= 0.9
     assert card["onnx_vs_pytorch"]["pass"] is True
+    _readme_example_classifies_like_the_runtime(out / "model.tflite", tmp_path)
+
+
+def _readme_example_classifies_like_the_runtime(tflite: Path, folder: Path) -> None:
+    """The README's LiteRT example, run as written in a fresh process beside ``best/``."""
+    from PIL import Image
+
+    from edgeslim.data import load_dataset
+    from edgeslim.evaluators.litert import open_runner
+
+    data = load_dataset("digits", Path("unused"))
+    pixels = data.val.x[7]  # uint8, 1 x 8 x 8
+    Image.fromarray(pixels[0].numpy(), mode="L").save(folder / "digit.png")
+    logits = open_runner(tflite, "litert").run(data.normalize(pixels[None]).numpy())
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    code = [b for b in blocks if "ai_edge_litert" in b]
+    assert len(code) == 1
+    proc = subprocess.run([sys.executable, "-I", "-c", code[0]], capture_output=True,
+                          text=True, cwd=folder, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == f"{data.class_names[int(logits.argmax())]}\n"

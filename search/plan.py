@@ -180,10 +180,12 @@ def host_line(budget: Budget) -> str | None:
     if device_arm == host_arm:
         return None
     kind = "an Arm" if device_arm else "another kind of"
-    return (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
-            "device): its figures are this host's; for the device's, make a profile on the "
-            "board (optimize profile, then latency: {source: profile}) or time on it over ssh "
-            "(latency: {source: ssh})")
+    start = (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
+             "device): its figures are this host's; for the device's, ")
+    if budget.runtime.name != "onnxruntime":  # profiles and ssh time ONNX files only
+        return start + f"run the search on the device itself (runtime {budget.runtime.name})"
+    return start + ("make a profile on the board (optimize profile, then latency: {source: "
+                    "profile}) or time on it over ssh (latency: {source: ssh})")
 
 
 def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecipe,

@@ -99,6 +99,18 @@ def test_a_litert_runtime_is_timed_on_this_host_only():
                                "runtime litert-micro is timed on this host (host), got 'ssh'"]
 
 
+def test_the_plan_does_not_offer_onnx_latency_sources_to_a_litert_budget(monkeypatch):
+    from edgeslim.search.plan import host_line
+
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    budget = parse_budget({"device": "Raspberry Pi 4", "runtime": {"name": "litert"},
+                           "limits": {"latency": "5ms"}})
+    assert host_line(budget) == (
+        "latency is timed on this x86_64 host, not on Raspberry Pi 4 (an Arm device): its "
+        "figures are this host's; for the device's, run the search on the device itself "
+        "(runtime litert)")
+
+
 # --- the runtimes themselves ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

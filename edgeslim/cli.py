@@ -20,6 +20,7 @@ from pathlib import Path
 from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
+from edgeslim.runtimes import DEFAULT_QUANTIZE
 
 COMMANDS = ("search", "plan", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
@@ -127,9 +128,9 @@ def _search_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--cluster-methods", default="kmeans",
                    help="codebook methods the search chooses from: kmeans, density, linear "
                    "(default: %(default)s)")
-    s.add_argument("--quantize", default="int8_static,int8_dynamic,fp16",
-                   help="quantization modes the search chooses from when it quantizes "
-                   "(default: %(default)s)")
+    s.add_argument("--quantize", help="quantization modes the search chooses from when it "
+                   f"quantizes (default: {DEFAULT_QUANTIZE}, those of them the budget's "
+                   "runtime runs: int8_static for litert-micro)")
     s.add_argument("--preset", help="run one named pipeline instead of searching (one trial, "
                    "its own study): prune-cluster-int8, prune-dynamic-int8, uniform, "
                    "convnext-prune-dynamic-int8, complexity-pa, complexity-fa, complexity-ma, "

@@ -25,6 +25,9 @@ class RuntimeInfo:
     suffix: str  # of the deployable artifact
     modules: tuple[tuple[str, str], ...] = ()
     install: str = ""
+    # The quantization modes whose files it runs, and why others are left out; None: all.
+    quant_modes: tuple[str, ...] | None = None
+    quant_reason: str = ""
 
     @property
     def litert(self) -> bool:
@@ -33,6 +36,9 @@ class RuntimeInfo:
 
 
 RUNTIMES: dict[str, RuntimeInfo] = {}
+# The quantization modes a search chooses from unless ``--quantize`` names others; a runtime
+# with ``quant_modes`` keeps those of them it runs.
+DEFAULT_QUANTIZE = "int8_static,int8_dynamic,fp16"
 
 
 def register_runtime(info: RuntimeInfo) -> None:
@@ -49,7 +55,9 @@ register_runtime(RuntimeInfo("litert", ".tflite",
                              "uv sync --extra litert"))
 register_runtime(RuntimeInfo("litert-micro", ".tflite",
                              (*_CONVERTER, ("tflite_micro", "tflite-micro")),
-                             "uv sync --extra litert"))
+                             "uv sync --extra litert", quant_modes=("int8_static",),
+                             quant_reason="LiteRT for Microcontrollers has no kernels for "
+                             "dynamic-range (hybrid) or float16 files"))
 
 
 def runtime_info(name: str) -> RuntimeInfo:

@@ -99,6 +99,24 @@ def test_a_litert_runtime_is_timed_on_this_host_only():
                                "runtime litert-micro is timed on this host (host), got 'ssh'"]
 
 
+def test_litert_micro_searches_the_quantization_it_runs():
+    from edgeslim._options import search_config
+    from edgeslim.cli import build_parser
+
+    budget = parse_budget({"device": DEVICE, "runtime": {"name": "litert-micro"}})
+    args = build_parser().parse_args(["search", "--budget", "b.yaml"])
+    assert search_config(args, budget).space.quant_modes == ("int8_static",)
+    assert search_config(args, parse_budget({"device": DEVICE})).space.quant_modes == (
+        "int8_static", "int8_dynamic", "fp16")
+    args = build_parser().parse_args(["search", "--budget", "b.yaml", "--quantize",
+                                      "int8_static,fp16"])
+    with pytest.raises(ConfigError) as err:
+        search_config(args, budget)
+    assert str(err.value) == (
+        "--quantize: runtime litert-micro runs int8_static only (LiteRT for Microcontrollers "
+        "has no kernels for dynamic-range (hybrid) or float16 files), got 'int8_static,fp16'")
+
+
 def test_the_plan_does_not_offer_onnx_latency_sources_to_a_litert_budget(monkeypatch):
     from edgeslim.search.plan import host_line
 

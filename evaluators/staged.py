@@ -198,8 +198,8 @@ class StagedEvaluator(Evaluator):
         return tflite, deployable or tflite
 
     def measure_built(self, built: Built, split: Split | None, latency: bool,
-                 latency_below_ms: float | None = None) -> tuple[dict[str, float],
-                                                                 dict[str, Any]]:
+                      latency_below_ms: float | None = None,
+                      ) -> tuple[dict[str, float], dict[str, Any]]:
         """The artifact's measures in the budget's runtime (size from the runnable file)."""
         if built.onnx is not None:
             return measure_litert_file(built.runnable, built.onnx, self.data, self.runtime,
@@ -237,8 +237,8 @@ class StagedEvaluator(Evaluator):
         cap = self.caps.limits.get("latency_ms")
         # Recorded (``accuracy``): timed in full when the budget asks for latency at all.
         values, _ = self.measure_built(built, self.data.val if accuracy else None,
-                                  latency=cap is not None or (accuracy and self.timed),
-                                  latency_below_ms=None if accuracy else cap)
+                                       latency=cap is not None or (accuracy and self.timed),
+                                       latency_below_ms=None if accuracy else cap)
         values["size_bytes"] = float(built.deployable.stat().st_size)
         return values
 
@@ -254,6 +254,6 @@ class StagedEvaluator(Evaluator):
                     finetune_images_per_s=round(images / seconds, 1) if seconds else 0.0)
         state = atomic_torch_save(built.model.state_dict(), workdir / ARTIFACT_STATE)
         # A LiteRT file is kept beside the packed file its size was measured on.
-        files = {path.name: path for path in {built.deployable, built.runnable}
+        files = {path.name: path for path in dict.fromkeys((built.deployable, built.runnable))
                  if path.suffix != ".onnx" or path == built.deployable}
         return Measurement(values, info, artifacts={**files, ARTIFACT_STATE: state})

@@ -13,7 +13,7 @@ from torch import nn
 from edgeslim.budget import Runtime
 from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError, StudyError
-from edgeslim.evaluators.litert import measure_litert_file, open_runner
+from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file, open_runner
 
 # How each runtime ran the file, for the card.
 RUNTIME_TEXT = {
@@ -31,8 +31,8 @@ def litert_measures(tflite: Path, onnx_path: Path, data: DataBundle, runtime: Ru
     try:
         values, info = measure_litert_file(tflite, onnx_path, data, runtime, data.val)
         if data.test is not None:
-            values["test_acc"] = measure_litert_file(tflite, None, data, runtime, data.test,
-                                                     "test_acc", latency=False)[0]["test_acc"]
+            values["test_acc"] = litert_accuracy(tflite, data.test, data, runtime.name,
+                                                 runtime.threads)
     except CandidateError as exc:
         raise StudyError(f"cannot measure the exported file in {runtime.name}: {exc}") from None
     return values, info

@@ -18,7 +18,7 @@ from edgeslim.compress import parse_order, weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
-from edgeslim.evaluators.litert import measure_litert_file
+from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
 from edgeslim.litert import onnx_to_tflite
@@ -69,19 +69,17 @@ def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Pat
             tflite = onnx_to_tflite(path, out_dir / "base.tflite")
             measured, _ = measure_litert_file(tflite, path, data, budget.runtime, data.val,
                                               latency=budget.asks_for("latency_ms"))
-            test = data.test and measure_litert_file(tflite, None, data, budget.runtime,
-                                                     data.test, "test_acc", latency=False)[0]
         else:
             measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter,
                                             latency=budget.asks_for("latency_ms"))
-            test = data.test and {"test_acc": onnx_accuracy(path, data.test, data,
-                                                            threads=torch.get_num_threads())}
     except CandidateError as exc:  # every candidate would fail the same way
         raise ModelError(f"the base model cannot be deployed: {exc}; every candidate is "
                          f"measured in {budget.runtime.name}") from None
     values.update(measured)
-    if test:
-        values["test_acc"] = test["test_acc"]
+    if data.test is not None:
+        values["test_acc"] = litert_accuracy(tflite, data.test, data, budget.runtime.name,
+                                             budget.runtime.threads) if litert else \
+            onnx_accuracy(path, data.test, data, threads=torch.get_num_threads())
     return values
 
 

@@ -26,6 +26,7 @@ Writes benchmarks/results/litert_conversion.md and .json; takes about five minut
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
 import re
 import subprocess
@@ -49,7 +50,27 @@ from edgeslim.training import TrainRecipe, train
 
 ROOT = Path(__file__).resolve().parent
 COMPARED = 256  # images compared between the runtimes
-# The paths not taken, as resolved by uv (not installed: see why).
+# The paths compared, as resolved by uv; the others were not installed (the reason is given).
+PATHS = [
+    ("path", "installs beside torch 2.15?", "added download", "notes"),
+    ("onnx2tf 1.28 + TensorFlow 2.21 (chosen)",
+     "yes: numpy 2.4.6 and protobuf 7.36.2 are shared, no version of the lock changes; "
+     "TensorFlow and torch run in one process, provided Triton (which torch._dynamo loads) "
+     "loads before TensorFlow: both carry LLVM, and the other order aborts",
+     "638 MB of wheels (TensorFlow 572 MB), installed size above",
+     "reads the ONNX file the search already writes and checks; LiteRT's own int8 with "
+     "`representative_dataset`"),
+    ("litert-torch 0.10 (PyTorch to LiteRT directly)",
+     "no: it pins torch < 2.15, and overriding that does not help: its converter "
+     "(`ai-edge-litert[model-utils]`) pins `xdsl==0.28.0`, which needs typing-extensions "
+     "< 4.13, while torch 2.15 needs >= 4.13",
+     "2,787 MB in an environment of its own (torch 2.14.1 with its CUDA libraries, jax, "
+     "transformers)",
+     "would need a second PyTorch and a subprocess per conversion; not installed"),
+    ("onnx2tf 2.x", "no: needs Python >= 3.12 (the project supports 3.11) and pins numpy "
+     "2.2.6, onnx 1.20.1, onnxruntime 1.26.0 exactly", "-", ""),
+    ("onnx2tf 1.29", "no: pins numpy 1.26.4, TensorFlow 2.19, protobuf 4.25.5", "-", ""),
+]
 ALTERNATIVES = """
 ## Why this path
 
@@ -62,12 +83,7 @@ microcontroller's time.
 
 Paths compared (resolved with `uv lock` against this project's lock, Python 3.11):
 
-| path | installs beside torch 2.15? | added download | notes |
-|---|---|---|---|
-| onnx2tf 1.28 + TensorFlow 2.21 (chosen) | yes: numpy 2.4.6 and protobuf 7.36.2 are shared, no version of the lock changes; TensorFlow and torch import and run in one process | 638 MB of wheels (TensorFlow 572 MB), installed size above | reads the ONNX file the search already writes and checks; LiteRT's own int8 with `representative_dataset` |
-| litert-torch 0.10 (PyTorch to LiteRT directly) | no: it pins torch < 2.15, and overriding that does not help: its converter (`ai-edge-litert[model-utils]`) pins `xdsl==0.28.0`, which needs typing-extensions < 4.13, while torch 2.15 needs >= 4.13 | 2,787 MB in an environment of its own (torch 2.14.1 with its CUDA libraries, jax, transformers) | would need a second PyTorch and a subprocess per conversion; not installed |
-| onnx2tf 2.x | no: needs Python >= 3.12 (the project supports 3.11) and pins numpy 2.2.6, onnx 1.20.1, onnxruntime 1.26.0 exactly | - | |
-| onnx2tf 1.29 | no: pins numpy 1.26.4, TensorFlow 2.19, protobuf 4.25.5 | - | |
+{paths}
 
 `tensorflow-cpu` is not used: `tf-keras` (which onnx2tf imports) depends on `tensorflow`, so both
 would be installed.
@@ -129,11 +145,12 @@ def run_case(name: str, case, tmp: Path) -> list[dict]:
     for mode in ("none", "int8_static"):
         onnx_file = quantize_onnx(float_onnx, tmp / f"{name}-{mode}.onnx", mode,
                                   iter(calibration) if mode != "none" else None)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         tflite = onnx_to_tflite(float_onnx, tmp / f"{name}-{mode}.tflite", mode,
                                 iter(calibration) if mode != "none" else None)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         row = {"model": name, "mode": mode, "convert_s": round(seconds, 2),
+               "convert_cpu_s": round(cpu, 2),
                "tflite_bytes": tflite.stat().st_size, "onnx_bytes": onnx_file.stat().st_size,
                **compare(tflite, ort_session(onnx_file), x[:COMPARED] if y is None else x, y),
                "litert_ms_1t": litert_latency(tflite, shape, "litert").latency_ms}
@@ -145,17 +162,21 @@ def run_case(name: str, case, tmp: Path) -> list[dict]:
     return rows
 
 
-def write_table(rows: list[dict], first_s: float, sizes: dict[str, float]) -> str:
+def write_table(rows: list[dict], first_s: float, sizes: dict[str, float],
+                load: float) -> str:
     lines = ["# LiteRT conversion: onnx2tf + TFLiteConverter", "",
              f"Host: {platform.machine()}, {platform.python_version()}; tensorflow "
              f"{md.version('tensorflow')}, onnx2tf {md.version('onnx2tf')}, ai-edge-litert "
              f"{md.version('ai-edge-litert')}, tflite-micro {md.version('tflite-micro')}, "
              f"torch {torch.__version__}. Command: `OMP_NUM_THREADS=1 nice -n 19 uv run python "
              "benchmarks/litert_conversion.py` (written by it).", "",
-             f"First conversion of the process, TensorFlow's import included: {first_s:.1f} s.",
-             "", "| model | mode | convert s | .tflite bytes | ONNX bytes | max abs logit diff "
-             "vs onnxruntime (logit range) | same class | val acc LiteRT / onnxruntime | "
-             "LiteRT ms (1 thread) | Micro arena bytes | Micro ms |",
+             f"First conversion of the process, TensorFlow's import included: {first_s:.1f} s. "
+             f"Load average when the run started: {load:.1f} on {os.cpu_count()} cores (other "
+             "work on the host stretches wall times; CPU seconds count this process alone).",
+             "", "| model | mode | convert s wall / CPU | .tflite bytes | ONNX bytes | "
+             "max abs logit diff vs onnxruntime (logit range) | same class | "
+             "val acc LiteRT / onnxruntime | LiteRT ms (1 thread) | Micro arena bytes | "
+             "Micro ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = (f"{100 * r['acc_litert']:.2f}% / {100 * r['acc_onnxruntime']:.2f}%"
@@ -163,19 +184,26 @@ def write_table(rows: list[dict], first_s: float, sizes: dict[str, float]) -> st
         micro = (f"{r['micro_arena_bytes']:,} | {r['micro_ms']:.2f}" if "micro_ms" in r
                  else "- | -")
         lines.append(
-            f"| {r['model']} | {r['mode']} | {r['convert_s']:.2f} | {r['tflite_bytes']:,} | "
+            f"| {r['model']} | {r['mode']} | {r['convert_s']:.2f} / {r['convert_cpu_s']:.2f} | "
+            f"{r['tflite_bytes']:,} | "
             f"{r['onnx_bytes']:,} | {r['max_abs_diff']:.3g} ({r['logit_range']:.3g}) | "
             f"{100 * r['same_class']:.1f}% | {acc} | {r['litert_ms_1t']:.3f} | {micro} |")
     total = sum(sizes.values())
     biggest = ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])
                         if v >= 5)
     lines += ["", f"Installed by `--extra litert`: {len(sizes)} distributions, {total:.0f} MB "
-              f"(MB: {biggest}).", ALTERNATIVES]
+              f"(MB: {biggest}).", ALTERNATIVES.format(paths=_table(PATHS))]
     return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    lines = [f"| {' | '.join(row)} |" for row in rows]
+    return "\n".join([lines[0], "|" + "---|" * len(rows[0]), *lines[1:]])
 
 
 def main() -> None:
     torch.manual_seed(0)
+    load = os.getloadavg()[0]
     sizes = added_packages()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -187,9 +215,9 @@ def main() -> None:
         rows = run_case("resnet20 digits 1x8x8", digits_case, tmp)
         rows += run_case("resnet20 CIFAR 3x32x32", cifar_case, tmp)
     out = ROOT / "results" / "litert_conversion"
-    atomic_write_json({"rows": rows, "first_convert_s": first_s, "installed_mb": sizes},
-                      out.with_suffix(".json"))
-    table = write_table(rows, first_s, sizes)
+    atomic_write_json({"rows": rows, "first_convert_s": first_s, "installed_mb": sizes,
+                       "load_average": load}, out.with_suffix(".json"))
+    table = write_table(rows, first_s, sizes, load)
     out.with_suffix(".md").write_text(table)
     sys.stdout.write(table)
 

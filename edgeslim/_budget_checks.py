@@ -135,6 +135,12 @@ def argument(value: Any) -> str:
     return text
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise fail("must be true or false")
+    return value
+
+
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise fail("must be an integer >= 1")

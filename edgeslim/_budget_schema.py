@@ -38,7 +38,7 @@ LIMIT_KEYS: dict[str, tuple[str, Kind]] = {
 ALIASES = {"flops": "macs"}
 ACCURACY_DROP_KEY = "accuracy_drop"
 # Closed choices (``edgeslim.budget`` types its fields with them).
-RuntimeName = Literal["onnxruntime"]
+RuntimeName = Literal["onnxruntime", "litert", "litert-micro"]
 LatencySourceName = Literal["host", "profile", "ssh"]
 RUNTIME_NAMES: tuple[str, ...] = get_args(RuntimeName)
 LATENCY_SOURCES: tuple[str, ...] = get_args(LatencySourceName)
@@ -87,9 +87,14 @@ class RuntimeSpec(_Section):
     """The runtime the artifact is deployed in, and the threads latency is timed with."""
 
     name: _typed(check.one_of(RUNTIME_NAMES), {"type": "string", "enum": list(RUNTIME_NAMES)},
-                 "the deployment runtime") = "onnxruntime"
+                 "the deployment runtime: onnxruntime (an ONNX file), litert (a .tflite "
+                 "file run by LiteRT) or litert-micro (the same file run by LiteRT for "
+                 "Microcontrollers)") = "onnxruntime"
     threads: _typed(check.positive_int, {"type": "integer", "minimum": 1},
                     "intra-op threads at inference, batch 1") = 1
+    int8_io: _typed(check.boolean, {"type": "boolean"},
+                    "litert, litert-micro: an int8 file takes and returns int8 tensors "
+                    "instead of float32") = False
 
 
 class LatencySpec(_Section):
@@ -228,6 +233,25 @@ def cross_problems(raw: Any) -> list[tuple[tuple[Any, ...], str]]:
     latency = raw.get("latency")
     if isinstance(latency, dict):
         out += _latency_problems(latency)
+    runtime = raw.get("runtime")
+    if isinstance(runtime, dict):
+        out += _runtime_problems(runtime, latency if isinstance(latency, dict) else {})
+    return out
+
+
+def _runtime_problems(raw: dict[Any, Any], latency: dict[Any, Any],
+                      ) -> list[tuple[tuple[Any, ...], str]]:
+    name = raw.get("name", "onnxruntime")
+    if not isinstance(name, str) or name not in RUNTIME_NAMES:
+        return []  # reported on its own
+    out = []
+    if "int8_io" in raw and name == "onnxruntime":
+        out.append((("runtime", "int8_io"), "applies to runtime litert and litert-micro only, "
+                    f"got {shown(raw['int8_io'])}"))
+    source = latency.get("source", "host")
+    if name != "onnxruntime" and source in ("profile", "ssh"):
+        out.append((("latency", "source"), f"{source} times ONNX files in onnxruntime; runtime "
+                    f"{name} is timed on this host (host), got {shown(source)}"))
     return out
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from edgeslim.errors import ConfigError
+from edgeslim.runtimes import DEFAULT_QUANTIZE, runtime_info
 from edgeslim.search.config import SearchConfig, SpaceOptions
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
     if screen < 0:
         raise ConfigError(f"--screen: must be >= 0, got {screen}")
     stage_options = stage_options_of(args)
+    stage_options["quant_modes"] = runtime_quant_modes(args.quantize, budget,
+                                                       stage_options["quant_modes"])
     trials = args.trials
     if args.preset is not None:
         p = preset(args.preset)
@@ -86,6 +89,21 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
         recovery=recovery,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
                            round_to=args.round_to, **stage_options))
+
+
+def runtime_quant_modes(given: str | None, budget: Budget | None, modes: tuple[str, ...],
+                        ) -> tuple[str, ...]:
+    """The quantization modes the budget's runtime runs: by default those of ``modes`` it
+    runs; an explicit ``--quantize`` (``given``) that names another is refused."""
+    info = runtime_info(budget.runtime.name if budget is not None else "onnxruntime")
+    if info.quant_modes is None:
+        return modes
+    other = [m for m in modes if m not in info.quant_modes]
+    if other and given is not None:
+        raise ConfigError(f"--quantize: runtime {info.name} runs "
+                          f"{', '.join(info.quant_modes)} only ({info.quant_reason}), got "
+                          f"{given!r}")
+    return tuple(m for m in modes if m in info.quant_modes)
 
 
 def _names(text: str, flag: str, valid: tuple[str, ...]) -> tuple[str, ...]:
@@ -132,6 +150,6 @@ def stage_options_of(args: argparse.Namespace) -> dict[str, object]:
     return {"stages": stages, "order": order, "cluster_counts": counts,
             "cluster_methods": _names(args.cluster_methods, "--cluster-methods",
                                       CLUSTER_METHODS),
-            "quant_modes": _names(args.quantize, "--quantize",
+            "quant_modes": _names(args.quantize or DEFAULT_QUANTIZE, "--quantize",
                                   tuple(m for m in QUANT_MODES if m != "none")),
             "sparsity": (low, high)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 from edgeslim.packing import SUFFIX
 
 ARTIFACT_ONNX = "model.onnx"
+ARTIFACT_TFLITE = "model.tflite"  # with a LiteRT runtime
 ARTIFACT_PACKED = "model" + SUFFIX
 ARTIFACT_STATE = "model_state.pt"
-DEPLOYABLE = (ARTIFACT_PACKED, ARTIFACT_ONNX)  # the first a trial has is what a user deploys
+# The first a trial has is what a user deploys.
+DEPLOYABLE = (ARTIFACT_PACKED, ARTIFACT_TFLITE, ARTIFACT_ONNX)

@@ -62,6 +62,8 @@ class Runtime:
 
     name: RuntimeName = "onnxruntime"
     threads: int = 1  # intra-op threads at inference, batch 1
+    # litert, litert-micro: a full-integer int8 file takes and returns int8 tensors.
+    int8_io: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def _budget(spec: BudgetSpec, raw: dict[str, Any], source: str, name: str) -> Bu
         name=name,
         device=Device(name=dev.name, cpu=dev.cpu, cores=dev.cores, memory_bytes=dev.memory,
                       notes=dev.notes),
-        runtime=Runtime(name=rt.name, threads=rt.threads),
+        runtime=Runtime(name=rt.name, threads=rt.threads, int8_io=rt.int8_io),
         latency=LatencySource(source=lat.source, profile=path(lat.profile, True),
                               host=lat.host, port=lat.port, identity=path(lat.identity),
                               known_hosts=path(lat.known_hosts), python=lat.python,

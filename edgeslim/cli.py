@@ -20,6 +20,7 @@ from pathlib import Path
 from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
+from edgeslim.runtimes import DEFAULT_QUANTIZE
 
 COMMANDS = ("search", "plan", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
@@ -127,9 +128,9 @@ def _search_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--cluster-methods", default="kmeans",
                    help="codebook methods the search chooses from: kmeans, density, linear "
                    "(default: %(default)s)")
-    s.add_argument("--quantize", default="int8_static,int8_dynamic,fp16",
-                   help="quantization modes the search chooses from when it quantizes "
-                   "(default: %(default)s)")
+    s.add_argument("--quantize", help="quantization modes the search chooses from when it "
+                   f"quantizes (default: {DEFAULT_QUANTIZE}, those of them the budget's "
+                   "runtime runs: int8_static for litert-micro)")
     s.add_argument("--preset", help="run one named pipeline instead of searching (one trial, "
                    "its own study): prune-cluster-int8, prune-dynamic-int8, uniform, "
                    "convnext-prune-dynamic-int8, complexity-pa, complexity-fa, complexity-ma, "
@@ -246,6 +247,10 @@ def run(args: argparse.Namespace) -> int:
 
         # A malformed budget is refused in a fraction of a second, before PyTorch loads.
         budget = load_budget(args.budget)
+        from edgeslim.runtimes import check_installed
+
+        # So is a runtime whose packages are missing (an optional extra).
+        check_installed(budget.runtime.name)
         for note in budget.notes:  # how the file was read, where it is not what it says
             console.print(f"note: {note}", soft_wrap=True)
         from edgeslim._options import search_config
@@ -305,8 +310,9 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     card = export_trial(study, args.out, args.trial, args.data_dir, formats)
-    m, check = card["measures"], card["onnx_vs_pytorch"]
-    agreement = (f"ONNX matches PyTorch within {check['tolerance']:g}: "
+    m, check = card["measures"], card.get("litert_vs_pytorch", card["onnx_vs_pytorch"])
+    kind = "LiteRT" if "litert_vs_pytorch" in card else "ONNX"
+    agreement = (f"{kind} matches PyTorch within {check['tolerance']:g}: "
                  f"{'yes' if check['pass'] else 'NO'}" if check["tolerance"] is not None else
                  f"quantized file agrees with the float model on "
                  f"{100 * check['argmax_agree']:.0f}% of {check['images']} images")

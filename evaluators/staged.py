@@ -3,7 +3,11 @@ each, export the file a user would deploy, and measure that file.
 
 Every measure but params and MACs comes from the deployable artifact: size is its byte length
 (the packed file when clustering or sparsity ran, else the ONNX file), and accuracy, latency and
-peak memory come from the ONNX model restored from it, run in onnxruntime.
+peak memory come from the ONNX model restored from it, run in onnxruntime. With a LiteRT
+runtime (``litert``, ``litert-micro``) the artifact is a ``.tflite`` file converted from the
+float ONNX file (restored from its packed file when one is kept, which then gives the size),
+quantized by LiteRT's converter and measured in that runtime
+(``edgeslim.evaluators.litert``).
 """
 
 from __future__ import annotations
@@ -18,21 +22,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE
+from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, ARTIFACT_TFLITE
 from edgeslim.budget import Runtime
 from edgeslim.compress import prunable_copy, quantize_onnx, tied
 from edgeslim.compress.prune import GRADIENT_IMAGES, loss_gradients
-from edgeslim.data import DataBundle
+from edgeslim.data import DataBundle, Split
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators._base import Caps, Evaluator, Measurement
 from edgeslim.evaluators.artifact import measure_onnx_file
+from edgeslim.evaluators.litert import measure_litert_file
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import Recovery, labelled_batches, recover
 from edgeslim.evaluators.stages import StageContext, model_stage
 from edgeslim.export import one_line, write_onnx
 from edgeslim.fsutil import atomic_torch_save
+from edgeslim.litert import onnx_to_tflite
 from edgeslim.packing import restore_onnx, write_packed
+from edgeslim.runtimes import runtime_info
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, TrainStats, train
 
@@ -42,10 +49,11 @@ class Built:
     """A candidate after its stages: the fine-tuned float model and its exported files."""
 
     model: nn.Module  # float32 PyTorch model after the last fine-tune (before quantization)
-    runnable: Path  # the ONNX file onnxruntime runs (restored from ``deployable`` if packed)
+    runnable: Path  # the file the runtime runs (ONNX restored from ``deployable`` if packed)
     deployable: Path  # what a user ships: ``runnable`` itself, or the packed file
     info: dict[str, Any]
     finetunes: tuple[TrainStats, ...] = ()
+    onnx: Path | None = None  # the float ONNX file a LiteRT ``runnable`` was converted from
 
 
 def calibration_batches(data: DataBundle, images: int, seed: int, batch: int = 64,
@@ -162,6 +170,11 @@ class StagedEvaluator(Evaluator):
         calibration = self.calibration() if candidate.quantize == "int8_static" else None
         if calibration and not finetune:
             calibration = calibration[:1]
+        if runtime_info(self.runtime.name).litert:
+            runnable, deployable = self._litert_files(float_onnx, candidate, workdir,
+                                                      calibration)
+            return Built(model, runnable, deployable, self._sparsity(model, masked, info),
+                         tuple(finetunes), onnx=float_onnx)
         runnable = quantize_onnx(float_onnx, workdir / ARTIFACT_ONNX, candidate.quantize,
                                  iter(calibration) if calibration else None)
         deployable = runnable
@@ -172,12 +185,41 @@ class StagedEvaluator(Evaluator):
             deployable = write_packed(runnable, workdir / ARTIFACT_PACKED)
             # What is measured is what the packed file restores to, not the file packed.
             restore_onnx(deployable, runnable)
+        return Built(model, runnable, deployable, self._sparsity(model, masked, info),
+                     tuple(finetunes))
+
+    @staticmethod
+    def _sparsity(model: nn.Module, masked: set[str], info: dict[str, Any]) -> dict[str, Any]:
         if masked:
             weights = [m.weight for m in model.modules()
                        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
             info["weight_sparsity"] = float(sum((w == 0).sum() for w in weights)
                                             / sum(w.numel() for w in weights))
-        return Built(model, runnable, deployable, info, tuple(finetunes))
+        return info
+
+    def _litert_files(self, float_onnx: Path, candidate: Candidate, workdir: Path,
+                      calibration: list[np.ndarray] | None) -> tuple[Path, Path]:
+        """The LiteRT file and what a user ships (it, or the packed file kept for the size of
+        clustered or sparse weights, from whose restored ONNX file it is converted)."""
+        source, deployable = float_onnx, None
+        if candidate.packed:
+            deployable = write_packed(float_onnx, workdir / ARTIFACT_PACKED)
+            source = restore_onnx(deployable, workdir / "restored.onnx")
+        tflite = onnx_to_tflite(source, workdir / ARTIFACT_TFLITE, candidate.quantize,
+                                iter(calibration) if calibration else None,
+                                int8_io=self.runtime.int8_io)
+        return tflite, deployable or tflite
+
+    def measure_built(self, built: Built, split: Split | None, latency: bool,
+                      latency_below_ms: float | None = None,
+                      ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The artifact's measures in the budget's runtime (size from the runnable file)."""
+        if built.onnx is not None:
+            return measure_litert_file(built.runnable, built.onnx, self.data, self.runtime,
+                                       split, latency=latency)
+        return measure_onnx_file(built.runnable, self.data, self.runtime, split,
+                                 meter=self.meter, latency=latency,
+                                 latency_below_ms=latency_below_ms)
 
     def measure(self, built: Built, with_accuracy: bool) -> tuple[dict[str, float],
                                                                   dict[str, Any]]:
@@ -190,9 +232,8 @@ class StagedEvaluator(Evaluator):
             values[name] = float(count.value)
             if count.uncounted_ops:
                 info[f"{name}_uncounted_ops"] = dict(count.uncounted_ops)
-        measured, latency_info = measure_onnx_file(
-            built.runnable, self.data, self.runtime, self.data.val if with_accuracy else None,
-            meter=self.meter, latency=self.timed)
+        measured, latency_info = self.measure_built(
+            built, self.data.val if with_accuracy else None, latency=self.timed)
         values.update(measured)
         values["size_bytes"] = float(built.deployable.stat().st_size)
         info.update(latency_info)
@@ -208,10 +249,9 @@ class StagedEvaluator(Evaluator):
         built = self.build(candidate, workdir, finetune=False)
         cap = self.caps.limits.get("latency_ms")
         # Recorded (``accuracy``): timed in full when the budget asks for latency at all.
-        values, _ = measure_onnx_file(built.runnable, self.data, self.runtime,
-                                      self.data.val if accuracy else None, meter=self.meter,
-                                      latency=cap is not None or (accuracy and self.timed),
-                                      latency_below_ms=None if accuracy else cap)
+        values, _ = self.measure_built(built, self.data.val if accuracy else None,
+                                       latency=cap is not None or (accuracy and self.timed),
+                                       latency_below_ms=None if accuracy else cap)
         values["size_bytes"] = float(built.deployable.stat().st_size)
         return values
 
@@ -226,5 +266,7 @@ class StagedEvaluator(Evaluator):
                     finetune_seconds=round(seconds, 3),
                     finetune_images_per_s=round(images / seconds, 1) if seconds else 0.0)
         state = atomic_torch_save(built.model.state_dict(), workdir / ARTIFACT_STATE)
-        return Measurement(values, info, artifacts={built.deployable.name: built.deployable,
-                                                    ARTIFACT_STATE: state})
+        # A LiteRT file is kept beside the packed file its size was measured on.
+        files = {path.name: path for path in dict.fromkeys((built.deployable, built.runnable))
+                 if path.suffix != ".onnx" or path == built.deployable}
+        return Measurement(values, info, artifacts={**files, ARTIFACT_STATE: state})

@@ -18,10 +18,13 @@ from edgeslim.compress import parse_order, weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
+from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import write_onnx
+from edgeslim.litert import onnx_to_tflite
 from edgeslim.models import build_model, load_checkpoint
 from edgeslim.models.check import check_model
+from edgeslim.runtimes import runtime_info
 from edgeslim.search._progress import _Progress
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import ACCURACY
@@ -54,21 +57,29 @@ def resolve_caps(budget: Budget, base_values: dict[str, float]) -> Caps:
 def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Path,
                  meter: LatencyMeter | None = None) -> dict[str, float]:
     """The base model measured exactly like a candidate: counted in PyTorch, then exported to
-    ONNX and measured on that file (size, peak memory, validation and test accuracy, and
-    latency when the budget asks for it)."""
+    ONNX (and converted to a float32 LiteRT file with a LiteRT runtime) and measured on that
+    file in the budget's runtime (size, peak memory, validation and test accuracy, and latency
+    when the budget asks for it)."""
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(base.model, example).value) for name, m in MODEL_MEASURES.items()}
+    litert = runtime_info(budget.runtime.name).litert
     try:
         path = write_onnx(base.model, example, out_dir / "base.onnx")
-        measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter,
-                                        latency=budget.asks_for("latency_ms"))
+        if litert:
+            tflite = onnx_to_tflite(path, out_dir / "base.tflite")
+            measured, _ = measure_litert_file(tflite, path, data, budget.runtime, data.val,
+                                              latency=budget.asks_for("latency_ms"))
+        else:
+            measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter,
+                                            latency=budget.asks_for("latency_ms"))
     except CandidateError as exc:  # every candidate would fail the same way
         raise ModelError(f"the base model cannot be deployed: {exc}; every candidate is "
-                         "measured as an ONNX file in onnxruntime") from None
+                         f"measured in {budget.runtime.name}") from None
     values.update(measured)
     if data.test is not None:
-        values["test_acc"] = onnx_accuracy(path, data.test, data,
-                                           threads=torch.get_num_threads())
+        values["test_acc"] = litert_accuracy(tflite, data.test, data, budget.runtime.name,
+                                             budget.runtime.threads) if litert else \
+            onnx_accuracy(path, data.test, data, threads=torch.get_num_threads())
     return values
 
 

@@ -21,6 +21,7 @@ from edgeslim.evaluators import MODEL_MEASURES, UNITS, measure_onnx_file, onnx_a
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import make_meter
 from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
+from edgeslim.search._card_litert import RUNTIME_TEXT, check_litert_against_torch, litert_measures
 from edgeslim.search.objective import ACCURACY
 from edgeslim.spaces import Candidate
 
@@ -75,23 +76,31 @@ def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict
 
 
 def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
-               onnx_path: Path, deployable: Path, data: DataBundle) -> dict[str, Any]:
+               onnx_path: Path, deployable: Path, data: DataBundle,
+               tflite: Path | None = None) -> dict[str, Any]:
     """The card of ``trial``, measuring ``onnx_path`` (what onnxruntime runs) and
-    ``deployable`` (what a user ships: the same file, or the packed file it is restored from)."""
+    ``deployable`` (what a user ships: the same file, or the packed file it is restored from).
+    With a LiteRT runtime, ``tflite`` is the file measured, in that runtime, and
+    ``onnx_path`` the float ONNX file it was converted from."""
     attrs = study.user_attrs
     runtime = Runtime(**attrs["budget"]["runtime"])
     source = LatencySource(**attrs["budget"].get("latency", {}))
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
-    meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
-    try:
-        measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val, meter=meter)
-    except CandidateError as exc:
-        raise StudyError(f"cannot measure the exported file's latency: {exc}") from None
+    if tflite is not None:
+        measured, latency = litert_measures(tflite, onnx_path, data, runtime)
+    else:
+        meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
+        try:
+            measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val,
+                                                  meter=meter)
+        except CandidateError as exc:
+            raise StudyError(f"cannot measure the exported file's latency: {exc}") from None
+        if data.test is not None:
+            measured["test_acc"] = onnx_accuracy(onnx_path, data.test, data,
+                                                 threads=available_cores())
     values.update(measured)
     values["size_bytes"] = float(Path(deployable).stat().st_size)
-    if data.test is not None:
-        values["test_acc"] = onnx_accuracy(onnx_path, data.test, data, threads=available_cores())
     caps, budget = attrs["caps"], attrs["budget"]
     limits: dict[str, Any] = {}
     for measure, cap in caps["limits"].items():
@@ -110,7 +119,9 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     shape = attrs["data"]["input_shape"]
     compression = _compression(trial, attrs["space"])
     files = {"deployable": Path(deployable).name, "onnx": Path(onnx_path).name}
-    if Path(deployable) != Path(onnx_path):
+    if tflite is not None:
+        files["tflite"] = Path(tflite).name
+    if Path(deployable) not in (Path(onnx_path), Path(tflite or onnx_path)):
         files["packed"] = Path(deployable).name
         files["restore"] = (f"python -m edgeslim.packing {files['packed']} {files['onnx']} "
                             "(needs numpy and onnx only)")
@@ -129,6 +140,8 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "formula": "x = (pixels / 255 - mean) / std, per channel; pixels are uint8",
             "mean": attrs["data"]["mean"], "std": attrs["data"]["std"],
             "class_names": attrs["data"]["class_names"],
+            # The LiteRT file takes the same values channels last, one image at a time.
+            **({"tflite_input_shape": [1, *shape[1:], shape[0]]} if tflite is not None else {}),
         },
         "compression": compression,
         "measures": {k: {"value": v, "unit": UNITS.get(k, "")} for k, v in values.items()},
@@ -136,7 +149,8 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "files": "every measure above was taken on the exported files by this export",
             "size_bytes": f"byte length of {files['deployable']}",
             "params_macs": "counted on the float PyTorch model with the exported structure",
-            "runtime": "onnxruntime CPUExecutionProvider, batch 1",
+            "runtime": RUNTIME_TEXT.get(runtime.name,
+                                        "onnxruntime CPUExecutionProvider, batch 1"),
             "latency": latency,
             "latency_source": {"host": "timed on the measuring host",
                                "profile": f"predicted from the device profile {source.profile}",
@@ -150,7 +164,10 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
         "limits": limits,
         "fits_budget": all(v["pass"] for v in limits.values()),
         "onnx_vs_pytorch": check_onnx_against_torch(
-            model, onnx_path, data, exact=compression["quantize"] == "none"),
+            model, onnx_path, data, exact=compression["quantize"] == "none" or tflite is not None),
+        **({"litert_vs_pytorch": check_litert_against_torch(
+            model, tflite, runtime.name, data, CHECK_IMAGES,
+            exact=compression["quantize"] == "none")} if tflite is not None else {}),
     }
 
 
@@ -211,7 +228,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"Input `{pre['input_name']}`: float32 {pre['layout']} {pre['input_shape']}, "
         f"{pre['formula']}, mean {pre['mean']}, std {pre['std']}. Output `{pre['output_name']}`: "
-        f"one score per class ({', '.join(pre['class_names'])}).",
+        f"one score per class ({', '.join(pre['class_names'])})."
+        + (f" The LiteRT file takes them channels last: {pre['tflite_input_shape']}."
+           if "tflite_input_shape" in pre else ""),
         "",
         f"Measured on {card['measured_on']['host']} ({card['measured_on']['runtime']}); "
         f"size is the byte length of `{card['files'].get('deployable', 'the artifact')}`. "

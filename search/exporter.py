@@ -19,15 +19,16 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from torch import nn
 
-from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE
+from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, ARTIFACT_TFLITE
 from edgeslim.compress import apply_pruning
 from edgeslim.compress.prune import UNRANKED
 from edgeslim.data import load_dataset
 from edgeslim.errors import ConfigError, StudyError
-from edgeslim.export import write_torch_program
+from edgeslim.export import write_onnx, write_torch_program
 from edgeslim.fsutil import atomic_write, atomic_write_json
 from edgeslim.models import build_model
 from edgeslim.packing import restore_onnx
+from edgeslim.runtimes import runtime_info
 from edgeslim.search.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
 from edgeslim.search.picking import choose_trial, deployable_artifact
 from edgeslim.spaces import Candidate
@@ -76,7 +77,9 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
     """Writes the trial's files into ``out`` and returns its card:
 
     ``onnx``     ``model.onnx`` (float32, int8 or fp16 weights, as searched) and, when
-                 clustering or sparsity ran, the packed ``model.eslim`` it is restored from
+                 clustering or sparsity ran, the packed ``model.eslim`` it is restored from;
+                 with a LiteRT runtime, ``model.tflite`` (as searched) and the float
+                 ``model.onnx`` it was converted from
     ``pytorch``  the float model as a ``torch.export`` program (``model.pt2``) or TorchScript
     ``json``     ``model_card.json``
     ``md``       ``model_card.md``, a short summary of the card
@@ -96,11 +99,13 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
                          "study searched on (its fingerprint changed); point --data-dir at the "
                          "original files")
     deployable = deployable_artifact(trial)
+    litert = runtime_info(attrs["budget"]["runtime"]["name"]).litert
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=out) as tmp:
         tmp = Path(tmp)
-        for name in (deployable, ARTIFACT_STATE):
+        for name in dict.fromkeys((deployable, ARTIFACT_STATE,
+                                   *((ARTIFACT_TFLITE,) if litert else ()))):
             artifact_id = trial.user_attrs.get(f"artifact:{name}")
             try:
                 download_artifact(artifact_store=store, artifact_id=artifact_id,
@@ -111,20 +116,25 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
         model = rebuild_model(study, trial, tmp / ARTIFACT_STATE)
         if deployable == ARTIFACT_PACKED:
             restore_onnx(tmp / ARTIFACT_PACKED, tmp / ARTIFACT_ONNX)
+        elif litert:  # the float ONNX file the LiteRT file was converted from
+            write_onnx(model, torch.zeros(1, *data.input_shape), tmp / ARTIFACT_ONNX)
         files = {"onnx": ARTIFACT_ONNX}
+        if litert:
+            files["tflite"] = ARTIFACT_TFLITE
         if deployable == ARTIFACT_PACKED:
             files["packed"] = ARTIFACT_PACKED
         where = out if "onnx" in formats else tmp
         for name in files.values():
             atomic_write(where / name, lambda t, name=name: shutil.copyfile(tmp / name, t))
-        card = build_card(study, trial, model, where / ARTIFACT_ONNX, where / deployable, data)
+        card = build_card(study, trial, model, where / ARTIFACT_ONNX, where / deployable, data,
+                          tflite=where / ARTIFACT_TFLITE if litert else None)
         if "pytorch" in formats:
             example = torch.zeros(1, *data.input_shape)
             torch_path, torch_format = write_torch_program(model, example, out)
             card["files"].update(pytorch=torch_path.name, pytorch_format=torch_format)
         if "onnx" not in formats:
             card["files"] = {k: v for k, v in card["files"].items()
-                             if k not in ("onnx", "packed", "deployable")}
+                             if k not in ("onnx", "packed", "deployable", "tflite")}
     if "json" in formats:
         atomic_write_json(card, out / CARD_JSON)
     if "md" in formats:

@@ -32,7 +32,7 @@ from torch import nn
 from edgeslim.budget import Budget
 from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError, ModelError
-from edgeslim.evaluators import Caps, measure_onnx_file
+from edgeslim.evaluators import Caps
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.staged import StagedEvaluator
 from edgeslim.search.config import SearchConfig
@@ -47,6 +47,15 @@ SOURCES = {
     "size_bytes": "the exported file's length",
     "peak_memory_bytes": "estimated from the ONNX graph",
     "activation_bytes": "estimated from the ONNX graph",
+}
+# What the measures are in a LiteRT runtime (``edgeslim.evaluators.litert``), where they differ.
+RUNTIME_SOURCES = {
+    "litert-micro": {
+        "peak_memory_bytes": "the tensor arena LiteRT for Microcontrollers plans, plus the file",
+        "activation_bytes": "the tensor arena LiteRT for Microcontrollers plans",
+        "latency_ms": "timed in LiteRT for Microcontrollers on this host",
+    },
+    "litert": {"latency_ms": "timed in LiteRT on this host"},
 }
 LATENCY_SOURCES = {
     "host": "timed on this host",
@@ -154,9 +163,8 @@ def measure_candidate(evaluator: StagedEvaluator, candidate: Candidate, workdir:
                                 if "prune" in candidate.order else {}, "l2", candidate.round_to)
     with tempfile.TemporaryDirectory(prefix="plan-", dir=workdir) as tmp:
         built = evaluator.build(candidate, Path(tmp), finetune=False)
-        measured, _ = measure_onnx_file(built.runnable, evaluator.data, evaluator.runtime,
-                                        None, meter=evaluator.meter, latency=timed,
-                                        latency_below_ms=latency_below_ms)
+        measured, _ = evaluator.measure_built(built, None, latency=timed,
+                                              latency_below_ms=latency_below_ms)
         measured["size_bytes"] = float(built.deployable.stat().st_size)
     values.update(measured)
     return values
@@ -173,10 +181,12 @@ def host_line(budget: Budget) -> str | None:
     if device_arm == host_arm:
         return None
     kind = "an Arm" if device_arm else "another kind of"
-    return (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
-            "device): its figures are this host's; for the device's, make a profile on the "
-            "board (optimize profile, then latency: {source: profile}) or time on it over ssh "
-            "(latency: {source: ssh})")
+    start = (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
+             "device): its figures are this host's; for the device's, ")
+    if budget.runtime.name != "onnxruntime":  # profiles and ssh time ONNX files only
+        return start + f"run the search on the device itself (runtime {budget.runtime.name})"
+    return start + ("make a profile on the board (optimize profile, then latency: {source: "
+                    "profile}) or time on it over ssh (latency: {source: ssh})")
 
 
 def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
@@ -221,7 +231,7 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
                                          timed)
             except CandidateError as exc:  # every candidate would fail the same way
                 raise ModelError(f"the base model cannot be deployed: {exc}; every candidate "
-                                 "is measured as an ONNX file in onnxruntime") from None
+                                 f"is measured in {evaluator.runtime.name}") from None
         # The verdict only compares the candidates' latency with the limit: each is timed
         # only as closely as that needs (the base, which a relative limit scales, in full).
         below = (latency_limit.resolve(base["latency_ms"])
@@ -238,7 +248,8 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
         cap = lim.resolve(base[m])
         low, high = min(v[m] for v in values), max(v[m] for v in values)
         verdict = EVERY if high <= cap else SOME if low <= cap else NONE
-        source = SOURCES.get(m) or LATENCY_SOURCES[budget.latency.source]
+        source = RUNTIME_SOURCES.get(budget.runtime.name, {}).get(m) or SOURCES.get(m) \
+            or LATENCY_SOURCES[budget.latency.source]
         limits.append(LimitPlan(m, cap, base[m], low, high, source, verdict,
                                 _fixes(m, config, space) if verdict == NONE else ()))
     step = trial = None

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import argparse
-from typing import get_args
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgeslim.budget import RuntimeName
 from edgeslim.errors import ConfigError
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.profile_build import ProfileOptions, build_profile
 from edgeslim.fsutil import atomic_write_json
 from edgeslim.models import resolve_factory
 
+# The runtimes whose latency a profile predicts: it times layers as ONNX files.
+PROFILED_RUNTIMES = ("onnxruntime",)
+
 
 def profile_options(args: argparse.Namespace) -> ProfileOptions:
     """The options of ``optimize profile``, validated before anything is timed."""
-    if args.runtime not in get_args(RuntimeName):
-        raise ConfigError(f"--runtime: must be one of {', '.join(get_args(RuntimeName))}, "
-                          f"got {args.runtime!r}")
+    if args.runtime not in PROFILED_RUNTIMES:
+        raise ConfigError(f"--runtime: must be one of {', '.join(PROFILED_RUNTIMES)}, got "
+                          f"{args.runtime!r} (a profile times layers as ONNX files in "
+                          "onnxruntime)")
     try:
         shape = tuple(int(v) for v in args.input_shape.lower().split("x"))
     except ValueError:

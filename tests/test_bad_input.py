@@ -176,7 +176,8 @@ BUDGETS: dict[str, tuple[str | bytes | None, str]] = {
     "objectives a string": ("device: {name: b}\nobjectives: macs\n",
                             "objectives: must be a list of measure names, got 'macs'"),
     "unknown runtime": ("device: {name: b}\nruntime: {name: tflite}\n",
-                        "runtime.name: must be one of onnxruntime, got 'tflite'"),
+                        "runtime.name: must be one of onnxruntime, litert, litert-micro (did "
+                        "you mean litert?), got 'tflite'"),
     "unknown latency source": ("device: {name: b}\nlatency: {source: gpu}\n",
                                "latency.source: must be one of host, profile, ssh, got 'gpu'"),
     "ssh without host": ("device: {name: b}\nlatency: {source: ssh, host: ''}\n",

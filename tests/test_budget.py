@@ -105,7 +105,8 @@ DEVICE = {"name": "board"}
     ({"device": DEVICE, "runtime": {"threads": 0}},
      "runtime.threads: must be an integer >= 1, got 0"),
     ({"device": DEVICE, "runtime": {"name": "tflite"}},
-     "runtime.name: must be one of onnxruntime, got 'tflite'"),
+     "runtime.name: must be one of onnxruntime, litert, litert-micro (did you "
+     "mean litert?), got 'tflite'"),
     ({"device": DEVICE, "limits": {"accuracy_drop": "120%"}},
      "limits.accuracy_drop: must be >= 0 and < 100 percentage points, got '120%'"),
     ({"device": DEVICE, "objectives": ["macs", "accuracy"]},

@@ -164,11 +164,13 @@ def test_search_with_a_profile_for_another_model_exits_2(plain_profile, tmp_path
     assert not (tmp_path / "w").exists()
 
 
-def test_profile_command_refuses_an_unknown_runtime(tmp_path, capsys):
-    code = main(["profile", "--runtime", "tflite", "--out", str(tmp_path / "p.json")])
+@pytest.mark.parametrize("runtime", ["tflite", "litert"])
+def test_profile_command_refuses_an_unknown_runtime(tmp_path, capsys, runtime):
+    code = main(["profile", "--runtime", runtime, "--out", str(tmp_path / "p.json")])
     assert code == 2
-    assert capsys.readouterr().err == ("optimize: error: --runtime: must be one of "
-                                       "onnxruntime, got 'tflite'\n")
+    assert capsys.readouterr().err == (
+        f"optimize: error: --runtime: must be one of onnxruntime, got {runtime!r} (a profile "
+        "times layers as ONNX files in onnxruntime)\n")
     assert not (tmp_path / "p.json").exists()
 
 

@@ -97,7 +97,8 @@ def test_plan_mcu_resnet20_on_digits(tmp_path):
     assert by["params"].high == params and by["params"].low < params / 4
     assert by["size_bytes"].low < 600e3 < by["size_bytes"].high
     assert (by["params"].source, by["size_bytes"].source, by["activation_bytes"].source) == (
-        "counted in PyTorch", "the exported file's length", "estimated from the ONNX graph")
+        "counted in PyTorch", "the exported file's length",
+        "the tensor arena LiteRT for Microcontrollers plans")
     assert plan.host_line is None and plan.trial_seconds > 0
     # What the search samples lies within the planned range.
     config.workdir.mkdir(parents=True)

@@ -1,0 +1,58 @@
+"""The parts of a model card that differ when the artifact is a LiteRT file: its measures in
+the budget's LiteRT runtime, and its logits against the float PyTorch model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeslim.budget import Runtime
+from edgeslim.data import DataBundle
+from edgeslim.errors import CandidateError, StudyError
+from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file, open_runner
+
+# How each runtime ran the file, for the card.
+RUNTIME_TEXT = {
+    "litert": "LiteRT (ai-edge-litert) CPU interpreter, batch 1, channels last",
+    "litert-micro": "LiteRT for Microcontrollers (tflite-micro) built for this host, batch 1, "
+                    "channels last: the device's reference kernels and arena planner",
+}
+# Float32 LiteRT against PyTorch: the same 1e-3 bound as the ONNX file (``ONNX_ATOL``).
+LITERT_ATOL = 1e-3
+
+
+def litert_measures(tflite: Path, onnx_path: Path, data: DataBundle, runtime: Runtime,
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
+    """The file's measures in ``runtime``, validation and test accuracy included."""
+    try:
+        values, info = measure_litert_file(tflite, onnx_path, data, runtime, data.val)
+        if data.test is not None:
+            values["test_acc"] = litert_accuracy(tflite, data.test, data, runtime.name,
+                                                 runtime.threads)
+    except CandidateError as exc:
+        raise StudyError(f"cannot measure the exported file in {runtime.name}: {exc}") from None
+    return values, info
+
+
+def check_litert_against_torch(model: nn.Module, tflite: Path, runtime: str,
+                               data: DataBundle, images: int, exact: bool) -> dict[str, Any]:
+    """The first ``images`` validation images through the float PyTorch model and the LiteRT
+    file in ``runtime``: with ``exact`` (float32 file) the logits must agree within
+    ``LITERT_ATOL``; a quantized file differs by design, and the check reports how much and
+    how often the predicted class agrees."""
+    x = data.normalize(data.val.x[:images])
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    runner = open_runner(tflite, runtime)
+    got = np.concatenate([runner.run(x[i:i + 1].numpy()) for i in range(len(x))])
+    diff = float(np.max(np.abs(expected - got)))
+    return {"runtime": runtime, "max_abs_diff": diff,
+            "tolerance": LITERT_ATOL if exact else None, "images": int(x.shape[0]),
+            "argmax_agree": float((expected.argmax(1) == got.argmax(1)).mean()),
+            "pass": diff <= LITERT_ATOL if exact else None,
+            "note": "float32 weights: logits must match" if exact else
+                    "quantized file: logits differ by design; accuracy above is the file's"}

@@ -238,6 +238,13 @@ def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
             on_step(step + 1, total)
     if features is not None:
         features.close()
+    # The last step's update is never seen by a loss: weights it made infinite or nan would
+    # reach the export and the quantizer's calibration ("scale issue") instead.
+    broken = next((name for name, p in model.named_parameters()
+                   if not bool(torch.isfinite(p).all())), None)
+    if broken is not None:
+        raise CandidateError(f"training diverged: {broken} is not finite after step "
+                             f"{total}/{total}")
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -38,6 +38,19 @@ def test_training_on_a_subset_sees_only_its_images(digits):
     assert stats.steps == 30 and stats.final_loss == stats.final_loss  # not NaN
 
 
+def test_weights_left_infinite_fail_the_candidate(digits):
+    """The loss is computed before each update, so weights the last step throws to infinity
+    are seen by no loss: they are checked after training, and one is named. (Here a weight
+    the forward pass does not read, so that the loss itself stays finite.)"""
+    from edgeslim.errors import CandidateError
+
+    model = PlainNet()
+    model.unused = torch.nn.Parameter(torch.tensor([1.0, float("inf")]))
+    with pytest.raises(CandidateError, match=r"training diverged: unused is not finite after "
+                                             r"step 2/2"):
+        train(model, digits, TrainRecipe(steps=2, batch_size=32, precision="fp32"))
+
+
 def test_a_fine_tune_leaves_the_model_and_its_teacher_where_they_were(digits):
     """On the CPU-only machines here this checks the CPU path; where CUDA is present, training
     runs there and both models come back to the CPU for the stages and export after it."""

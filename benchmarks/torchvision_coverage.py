@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torchvision
 
+from edgeslim.models import build_model
 from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study
 
@@ -58,8 +59,13 @@ SEARCH = ["--trials", "2", "--order", "prune,cluster,quantize", "--quantize", "i
 
 
 def parameters(name: str) -> int:
-    """Counted on the meta device: nothing is allocated, even for 600M-parameter models."""
-    with torch.device("meta"):
+    """Counted on the meta device: nothing is allocated, even for 600M-parameter models. A
+    builder that computes its widths with tensors (RegNet) cannot run there: built on the
+    CPU."""
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    except NotImplementedError:
         model = torchvision.models.get_model(name, weights=None, num_classes=10)
     return sum(p.numel() for p in model.parameters())
 
@@ -67,7 +73,7 @@ def parameters(name: str) -> int:
 def smallest_input(name: str) -> tuple[int | None, str]:
     """The smallest of ``SIZES`` the model runs on, or None and the last error."""
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    model = build_model(f"torchvision:{name}", 3, 10).eval()
     error = ""
     for size in SIZES:
         try:
@@ -87,7 +93,7 @@ def write_inputs(name: str, size: int, folder: Path) -> tuple[Path, Path]:
         np.savez(data, x_train=rng.integers(0, 256, (120, 3, size, size), dtype=np.uint8),
                  y_train=np.arange(120) % 10)
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    model = build_model(f"torchvision:{name}", 3, 10)  # as the search builds it
     init = folder / f"{name}-init.pt"
     torch.save(model.state_dict(), init)
     return data, init

@@ -47,16 +47,7 @@ def measure_onnx_file(path: Path, data: DataBundle, runtime: Runtime,
     if latency:
         timing = (meter or HostMeter(runtime.threads)).measure(path, latency_below_ms)
         values["latency_ms"] = timing.latency_ms
-        info = {
-            "latency_median_ms": timing.median_ms,
-            "latency_p90_ms": timing.p90_ms,
-            "latency_runs": timing.runs,
-            "latency_threads": timing.threads,
-            "latency_threads_capped": timing.capped,
-            "latency_source": timing.source,
-            "latency_spread": round(timing.spread, 4),
-            "latency_unstable": timing.unstable,
-        }
+        info = timing.attrs()
     if split is not None:
         # With the threads training runs with: the idle cores (``edgeslim.cores``), as
         # onnxruntime's threads, like PyTorch's, wait for one that shares a busy core.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -56,6 +57,13 @@ class LatencyResult:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def attrs(self) -> dict[str, object]:
+        """The timing's details as a trial records them (``latency_ms`` aside)."""
+        return {"latency_median_ms": self.median_ms, "latency_p90_ms": self.p90_ms,
+                "latency_runs": self.runs, "latency_threads": self.threads,
+                "latency_threads_capped": self.capped, "latency_source": self.source,
+                "latency_spread": round(self.spread, 4), "latency_unstable": self.unstable}
+
 
 def available_cores() -> int:
     try:
@@ -73,41 +81,45 @@ def input_shape_of(onnx_path: Path) -> tuple[int, ...]:
 
 
 def time_once(onnx_path: Path, input_shape: tuple[int, ...], threads: int, warmup: int = 10,
-              min_runs: int = 30, max_runs: int = 1000, min_seconds: float = 0.3,
-              max_seconds: float = 1.0, stable_within: float = 0.01,
-              seed: int = 0) -> LatencyResult:
-    """One timing: ``warmup`` untimed runs, then runs in blocks of ``BLOCK``. Once at least
-    ``min_runs`` are done and ``min_seconds`` have passed (a timing long enough to span the
-    spells of other work on a shared machine), it stops when the latency (``latency_ms``)
-    moved by at most ``stable_within`` (relative) over the last block, or ``max_runs`` are
-    done, or ``max_seconds`` have passed. (A timing of 0.3 to 1 s is as repeatable as one of 1
-    to 3 s in nine cases of ten, its rare outliers larger: ``benchmarks/results/
-    latency_timing.md``.)"""
+              seed: int = 0, **stopping: float) -> LatencyResult:
+    """One timing of ``session.run`` (see ``timed_runs`` for warm-ups and when runs stop)."""
     used = max(1, min(threads, available_cores()))
     session, feed = _session(onnx_path, input_shape, used, seed)
-    times: list[float] = []
     # A kernel that cannot run this file's graph fails at the first run. (A try block costs
     # nothing in the timed loop.)
     with runtime_errors(onnx_path):
-        for _ in range(warmup):
-            session.run(None, feed)
-        start = time.perf_counter()
-        previous = None
-        while True:
-            for _ in range(BLOCK):
-                t0 = time.perf_counter()
-                session.run(None, feed)
-                times.append((time.perf_counter() - t0) * 1e3)
-            elapsed = time.perf_counter() - start
-            fast = float(np.percentile(times, 10))
-            if len(times) >= min_runs and (elapsed >= max_seconds or (
-                    elapsed >= min_seconds and (
-                        len(times) >= max_runs
-                        or (previous is not None
-                            and abs(fast - previous) <= stable_within * fast)))):
-                break
-            previous = fast
-    return _result(times, used, threads)
+        times = timed_runs(lambda: session.run(None, feed), warmup, **stopping)
+    return timing_result(times, used, threads)
+
+
+def timed_runs(run: Callable[[], object], warmup: int = 10, min_runs: int = 30,
+               max_runs: int = 1000, min_seconds: float = 0.3, max_seconds: float = 1.0,
+               stable_within: float = 0.01) -> list[float]:
+    """The milliseconds of each timed ``run``: ``warmup`` untimed runs, then runs in blocks
+    of ``BLOCK``. Once at least ``min_runs`` are done and ``min_seconds`` have passed (a timing
+    long enough to span the spells of other work on a shared machine), it stops when the
+    latency (``LatencyResult.latency_ms``) moved by at most ``stable_within`` (relative) over
+    the last block, or ``max_runs`` are done, or ``max_seconds`` have passed. (A timing of 0.3
+    to 1 s is as repeatable as one of 1 to 3 s in nine cases of ten, its rare outliers larger:
+    ``benchmarks/results/latency_timing.md``.)"""
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    start = time.perf_counter()
+    previous = None
+    while True:
+        for _ in range(BLOCK):
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1e3)
+        elapsed = time.perf_counter() - start
+        fast = float(np.percentile(times, 10))
+        if len(times) >= min_runs and (elapsed >= max_seconds or (
+                elapsed >= min_seconds and (
+                    len(times) >= max_runs
+                    or (previous is not None and abs(fast - previous) <= stable_within * fast)))):
+            return times
+        previous = fast
 
 
 def time_interleaved(files: list[tuple[Path, tuple[int, ...]]], threads: int, seconds: float,
@@ -137,7 +149,7 @@ def time_interleaved(files: list[tuple[Path, tuple[int, ...]]], threads: int, se
                 t0 = time.perf_counter()
                 session.run(None, feed)
                 runs.append((time.perf_counter() - t0) * 1e3)
-    return [_result(runs, used, threads) for runs in times]
+    return [timing_result(runs, used, threads) for runs in times]
 
 
 def _session(onnx_path: Path, input_shape: tuple[int, ...], threads: int, seed: int):
@@ -148,9 +160,11 @@ def _session(onnx_path: Path, input_shape: tuple[int, ...], threads: int, seed: 
     return session, {inp.name: x}
 
 
-def _result(times: list[float], used: int, threads: int) -> LatencyResult:
+def timing_result(times: list[float], used: int, threads: int, source: str = "host",
+                  ) -> LatencyResult:
+    """The ``LatencyResult`` of run times ``times`` made with ``used`` of ``threads``."""
     p10, med, p90 = np.percentile(times, [10, 50, 90])
-    return LatencyResult(float(med), float(p10), float(p90), len(times), used, threads)
+    return LatencyResult(float(med), float(p10), float(p90), len(times), used, threads, source)
 
 
 def measure_latency(onnx_path: Path, input_shape: tuple[int, ...] | None, threads: int,

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,12 @@ import numpy as np
 from edgeslim.budget import Runtime
 from edgeslim.data import DataBundle, Split
 from edgeslim.errors import CandidateError
-from edgeslim.evaluators.latency import LatencyResult, available_cores
+from edgeslim.evaluators.latency import (
+    LatencyResult,
+    available_cores,
+    timed_runs,
+    timing_result,
+)
 from edgeslim.evaluators.memory import memory_bytes
 from edgeslim.export import _cut, one_line, runtime_errors
 from edgeslim.litert import channels_last
@@ -148,32 +152,17 @@ def litert_accuracy(path: Path, split: Split, data: DataBundle, runtime: str = "
 
 
 def litert_latency(path: Path, input_shape: tuple[int, ...], runtime: str = "litert",
-                   threads: int = 1, warmup: int = 10, min_runs: int = 30,
-                   min_seconds: float = 1.0, max_seconds: float = 3.0,
-                   seed: int = 0) -> LatencyResult:
+                   threads: int = 1, seed: int = 0, **stopping: float) -> LatencyResult:
     """latency_ms: the wall time of one ``invoke`` at batch 1 in ``runtime`` on this machine,
     with ``threads`` threads (capped at this process's cores; one for LiteRT for
-    Microcontrollers), on random normal input of shape ``(1, *input_shape)`` (ONNX layout):
-    ``warmup`` untimed runs, then at least ``min_runs`` and ``min_seconds``, at most
-    ``max_seconds``. The result's ``latency_ms`` is the 10th percentile, as for onnxruntime
-    (``LatencyResult``)."""
+    Microcontrollers), on random normal input of shape ``(1, *input_shape)`` (ONNX layout);
+    warm-ups and when runs stop as for onnxruntime (``timed_runs``)."""
     used = 1 if runtime == "litert-micro" else max(1, min(threads, available_cores()))
     runner = open_runner(path, runtime, used)
-    x = np.random.default_rng(seed).standard_normal((1, *input_shape)).astype(np.float32)
-    runner.run(x)
-    for _ in range(warmup):
-        runner.invoke()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        runner.invoke()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > max_seconds and len(times) >= min_runs:
-            break
-    p10, med, p90 = np.percentile(times, [10, 50, 90])
-    return LatencyResult(float(med), float(p10), float(p90), len(times), used, threads,
-                         source=f"host ({runtime})")
+    runner.run(np.random.default_rng(seed).standard_normal((1, *input_shape))
+               .astype(np.float32))
+    times = timed_runs(runner.invoke, **stopping)
+    return timing_result(times, used, threads, source=f"host ({runtime})")
 
 
 def micro_arena_bytes(path: Path, input_shape: tuple[int, ...]) -> int:
@@ -260,11 +249,7 @@ def measure_litert_file(path: Path, onnx_path: Path | None, data: DataBundle, ru
     if latency:
         timing = litert_latency(path, shape, runtime.name, runtime.threads)
         values["latency_ms"] = timing.latency_ms
-        info.update(latency_median_ms=timing.median_ms, latency_p90_ms=timing.p90_ms,
-                    latency_runs=timing.runs, latency_threads=timing.threads,
-                    latency_threads_capped=timing.capped, latency_source=timing.source,
-                    latency_spread=round(timing.spread, 4),
-                    latency_unstable=timing.unstable)
+        info.update(timing.attrs())
     if split is not None:
         values[split_name] = litert_accuracy(path, split, data, runtime.name, runtime.threads)
     return values, info

@@ -45,21 +45,12 @@ LADDER_STEPS = 16
 
 
 def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
-                       importance: str = "l2", round_to: int = 8,
-                       caps: Mapping[str, float] | None = None) -> dict[str, float]:
-    """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched).
-    With ``caps``, counting stops at the first measure over its cap, and the result lacks the
-    measures after it: params are counted first (a sum), MACs (a trace of the model, 45 ms
-    for ResNet-20) only when params fit."""
+                       importance: str = "l2", round_to: int = 8) -> dict[str, float]:
+    """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
     pruned = prunable_copy(model, example).cpu().eval()
     if ratios:
         apply_pruning(pruned, example, ratios, importance, round_to)
-    out: dict[str, float] = {}
-    for name in STRUCTURAL:
-        out[name] = float(MODEL_MEASURES[name](pruned, example).value)
-        if caps is not None and out[name] > caps.get(name, float("inf")):
-            break
-    return out
+    return {name: float(MODEL_MEASURES[name](pruned, example).value) for name in STRUCTURAL}
 
 
 @dataclass
@@ -77,8 +68,6 @@ class StaticCheck:
     limits: Mapping[str, float]
     artifact: Callable[[Candidate], dict[str, float]] | None = None
     _structure: dict[Any, dict[str, float]] = field(default_factory=dict, repr=False)
-    # Structures counted only until a measure broke its cap (see ``structure_measures``).
-    _over: dict[Any, dict[str, float]] = field(default_factory=dict, repr=False)
     _artifact: dict[Any, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def with_limits(self, limits: Mapping[str, float]) -> StaticCheck:
@@ -115,19 +104,6 @@ class StaticCheck:
                                                       "l2", candidate.round_to)
         return self._structure[key]
 
-    def _counted(self, candidate: Candidate, caps: Mapping[str, float]) -> dict[str, float]:
-        """The structure's measures, as far as telling whether it meets ``caps`` needs."""
-        key = self._channels(candidate)
-        if key in self._structure:
-            return self._structure[key]
-        if key in self._over and _broken(self._over[key], caps):
-            return self._over[key]
-        ratios = candidate.ratios if "prune" in candidate.order else {}
-        values = structure_measures(self.model, self.example, ratios, "l2",
-                                    candidate.round_to, caps)
-        (self._structure if len(values) == len(STRUCTURAL) else self._over)[key] = values
-        return values
-
     def _artifact_key(self, candidate: Candidate) -> tuple[Any, ...]:
         return (self._channels(candidate), dataclasses.replace(
             candidate, prune_ratios=(), importance="l2"))
@@ -136,7 +112,8 @@ class StaticCheck:
         """The static limits ``candidate`` breaks (empty when it fits), as ``measure value >
         cap`` texts; the artifact is measured only when the counted structure fits."""
         caps = self.caps
-        broken = _broken(self._counted(candidate, caps), caps)
+        values = self.structure(candidate)
+        broken = _broken(values, caps)
         if broken or self.artifact is None or not set(caps) - set(STRUCTURAL):
             return broken
         key = self._artifact_key(candidate)

@@ -63,13 +63,18 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
         raise ConfigError(f"--finalists: must be >= 0, got {finalists}")
     final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,
                                 steps=None, subset=1.0)
-    screen = entry.screen_per_trial * args.trials if args.screen is None else args.screen
+    # A warm start's imported trials tell the sampler more than screening's one-shot scores.
+    screen = (0 if args.resume_from else entry.screen_per_trial * args.trials) \
+        if args.screen is None else args.screen
     if screen < 0:
         raise ConfigError(f"--screen: must be >= 0, got {screen}")
     stage_options = stage_options_of(args)
     stage_options["quant_modes"] = runtime_quant_modes(args.quantize, budget,
                                                        stage_options["quant_modes"])
     trials = args.trials
+    if args.preset is not None and args.resume_from is not None:
+        raise ConfigError("--resume-from: a --preset runs one pipeline and searches nothing; "
+                          "give one or the other")
     if args.preset is not None:
         p = preset(args.preset)
         # The space holds exactly the preset's pipeline, and the study runs it once.
@@ -86,7 +91,7 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
         base_recipe=base, finetune=finetune, references=not args.no_references,
         preset=args.preset, repair=not args.no_repair, workers=args.workers,
         finalists=finalists, final=final if finalists else None, screen=screen,
-        recovery=recovery,
+        recovery=recovery, resume_from=args.resume_from,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
                            round_to=args.round_to, **stage_options))
 

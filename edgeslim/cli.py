@@ -3,7 +3,9 @@
     optimize --budget budgets/pi4.yaml [options]          search (the default command)
     optimize plan --budget budgets/pi4.yaml [options]     what the search can reach, untrained
     optimize export --study NAME --out DIR [--trial N]    write the deployable files and card
-    optimize show --study NAME                            print a study's Pareto table
+                    [--budget OTHER.yaml]                 (for another device's budget)
+    optimize show --study NAME [--budget OTHER.yaml]      print a study's Pareto table, or
+                                                          which trials fit another budget
     optimize profile --out profiles/NAME.json [--model M]  make a device's latency table
     optimize dashboard [--study NAME] [--host H --port P] serve the study in optuna-dashboard
     optimize report --study NAME --out DIR [--trial N]    write an HTML report with figures
@@ -15,12 +17,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
 from edgeslim.runtimes import DEFAULT_QUANTIZE
+
+if TYPE_CHECKING:
+    import optuna
+    from rich.console import Console
+
+    from edgeslim.budget import Budget
+    from edgeslim.search.retarget import Verdict
 
 COMMANDS = ("search", "plan", "export", "show", "dashboard", "report", "profile")
 DEFAULT_WORKDIR = Path("edgeslim-runs")
@@ -72,6 +83,11 @@ def _search_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--study-name", help="default: <model>-<dataset>-<budget>; an existing "
                    "study of that name is resumed")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume-from", metavar="STUDY",
+                   help="start a new study for this budget from the trials of STUDY (same "
+                   "storage), searched for another budget: they are judged against this one "
+                   "without training and seed the sampler; --trials counts new trials only, "
+                   "and screening is off unless --screen is given")
     s.add_argument("--sampler", choices=("tpe", "nsga2", "gp", "random"),
                    help="gp (Gaussian process), tpe (multivariate), nsga2 or random; all "
                    "constraint-aware but random (default: per dataset, tpe on digits and gp "
@@ -164,10 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="onnx,pytorch,json,md",
                    help="files to write: onnx (with the packed file when there is one), "
                    "pytorch, json (the card), md (its summary) (default: %(default)s)")
+    e.add_argument("--budget", type=Path, help="another device's budget file: export the "
+                   "best trial that fits it (or --trial), without training, with its files "
+                   "for that budget's runtime and a card judged against it")
     _common(e)
 
-    w = sub.add_parser("show", help="print a study's Pareto table")
+    w = sub.add_parser("show", help="print a study's Pareto table, or which of its trials fit "
+                       "another budget")
     w.add_argument("--study", help="study name (default: the storage's only study)")
+    w.add_argument("--budget", type=Path, help="another device's budget file: judge every "
+                   "fine-tuned trial against it (latency timed again for its latency source; "
+                   "files made again for another runtime)")
+    w.add_argument("--data-dir", type=Path,
+                   help="dataset files, when they moved since the search (with --budget)")
     _common(w)
 
     d = sub.add_parser("dashboard", help="serve the study in optuna-dashboard, with its "
@@ -284,8 +309,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command in ("export", "report"):
         _check_out(args.out)
+    other = None
+    if getattr(args, "budget", None) is not None:  # show or export for another device
+        from edgeslim.budget import load_budget
+        from edgeslim.runtimes import check_installed
+
+        other = load_budget(args.budget)
+        check_installed(other.runtime.name)
+        for note in other.notes:
+            console.print(f"note: {note}", soft_wrap=True)
     study = load_study(args.study, _storage_url(args))
     if args.command == "show":
+        if other is not None:
+            return _show_for(study, other, args, console)
         from edgeslim.search.report import print_report
 
         print_report(study, console)
@@ -305,11 +341,13 @@ def run(args: argparse.Namespace) -> int:
     from edgeslim.search.picking import choose_trial
 
     # A trial with nothing to export is refused in seconds, before the model code loads.
-    choose_trial(study, args.trial)
+    if args.trial is not None or other is None:
+        choose_trial(study, args.trial)
     from edgeslim.search.exporter import export_trial, parse_formats
 
     formats = parse_formats(args.format)
-    card = export_trial(study, args.out, args.trial, args.data_dir, formats)
+    card = export_trial(study, args.out, args.trial, args.data_dir, formats, budget=other,
+                        on_judged=None if other is None else _judged_line(console))
     m, check = card["measures"], card.get("litert_vs_pytorch", card["onnx_vs_pytorch"])
     kind = "LiteRT" if "litert_vs_pytorch" in card else "ONNX"
     agreement = (f"{kind} matches PyTorch within {check['tolerance']:g}: "
@@ -322,6 +360,44 @@ def run(args: argparse.Namespace) -> int:
                   f"{m['size_bytes']['value'] / 1e3:.1f} kB, "
                   f"{m['latency_ms']['value']:.3f} ms; "
                   f"fits the budget: {'yes' if card['fits_budget'] else 'NO'}; {agreement}")
+    return 0
+
+
+def _judged_line(console: Console) -> Callable[[Verdict], None]:
+    def show(verdict: Verdict) -> None:
+        why = verdict.reason or ("fits" if verdict.fits else
+                                 f"breaks {', '.join(verdict.broken)}")
+        console.print(f"trial {verdict.trial.number}: {why}", soft_wrap=True, highlight=False)
+    return show
+
+
+def _show_for(study: optuna.Study, budget: Budget, args: argparse.Namespace,
+              console: Console) -> int:
+    """``show --budget``: every fine-tuned trial of ``study`` judged against ``budget``."""
+    import tempfile
+
+    from edgeslim.search._progress import _Progress
+    from edgeslim.search.report import print_judged
+    from edgeslim.search.retarget import Retarget, judged_trials
+
+    workdir = Path(study.user_attrs["paths"]["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    trials = judged_trials(study)
+    with tempfile.TemporaryDirectory(prefix="judged-", dir=workdir) as scratch:
+        retarget = Retarget.open(study, budget, Path(scratch), args.data_dir)
+        with _Progress(console) as progress:
+            update = progress.task(f"judging against {budget.name}", len(trials))
+            verdicts = []
+            for verdict in retarget.judge_all(trials):
+                verdicts.append(verdict)
+                update(completed=len(verdicts))
+        print_judged(retarget, verdicts, console)
+    if any(v.fits for v in verdicts):
+        where = (("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
+                 + (f" --storage {args.storage}" if args.storage else ""))
+        console.print(f"export the best of them with: optimize export --study "
+                      f"{study.study_name} --budget {args.budget} --out best-{budget.name}/"
+                      f"{where}", soft_wrap=True)
     return 0
 
 

@@ -164,8 +164,20 @@ class StagedEvaluator(Evaluator):
         model = model.cpu().eval()
         # Every step of a build raises CandidateError, naming the step, for what is wrong with
         # this candidate (a stage it cannot take, a diverged fine-tune above; an operator the
-        # exporter lacks, a graph the quantizer or onnxruntime refuses below and in
+        # exporter lacks, a graph the quantizer or onnxruntime refuses in ``deploy`` and
         # ``measure``). Anything else fails the trial too (``Objective``), with its type.
+        runnable, deployable, float_onnx = self.deploy(model, candidate, workdir, finetune)
+        return Built(model, runnable, deployable, self._sparsity(model, masked, info),
+                     tuple(finetunes), onnx=float_onnx)
+
+    def deploy(self, model: nn.Module, candidate: Candidate, workdir: Path,
+               finetune: bool = True) -> tuple[Path, Path, Path | None]:
+        """Writes the files ``model`` (a candidate's float model after its stages) deploys to
+        in the evaluator's runtime: ``(runnable, deployable, float_onnx)``, where
+        ``float_onnx`` is the float ONNX file a LiteRT ``runnable`` was converted from (None
+        for onnxruntime). The candidate's quantization runs here, calibrated on
+        ``calibration_images`` training images (one batch for a structure, ``finetune``
+        False)."""
         float_onnx = write_onnx(model, self.example, workdir / "float.onnx")
         calibration = self.calibration() if candidate.quantize == "int8_static" else None
         if calibration and not finetune:
@@ -173,8 +185,7 @@ class StagedEvaluator(Evaluator):
         if runtime_info(self.runtime.name).litert:
             runnable, deployable = self._litert_files(float_onnx, candidate, workdir,
                                                       calibration)
-            return Built(model, runnable, deployable, self._sparsity(model, masked, info),
-                         tuple(finetunes), onnx=float_onnx)
+            return runnable, deployable, float_onnx
         runnable = quantize_onnx(float_onnx, workdir / ARTIFACT_ONNX, candidate.quantize,
                                  iter(calibration) if calibration else None)
         deployable = runnable
@@ -185,8 +196,7 @@ class StagedEvaluator(Evaluator):
             deployable = write_packed(runnable, workdir / ARTIFACT_PACKED)
             # What is measured is what the packed file restores to, not the file packed.
             restore_onnx(deployable, runnable)
-        return Built(model, runnable, deployable, self._sparsity(model, masked, info),
-                     tuple(finetunes))
+        return runnable, deployable, None
 
     @staticmethod
     def _sparsity(model: nn.Module, masked: set[str], info: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +76,33 @@ def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict
     return out
 
 
+@dataclass(frozen=True)
+class Target:
+    """The budget a card is judged against (``Budget.to_dict``), its caps resolved against
+    the base model's measures, and those measures. By default the study's own."""
+
+    budget: dict[str, Any]
+    caps: dict[str, Any]
+    base: dict[str, float]
+
+    @classmethod
+    def of_study(cls, study: optuna.Study) -> Target:
+        attrs = study.user_attrs
+        return cls(attrs["budget"], attrs["caps"], attrs["base"])
+
+
 def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
                onnx_path: Path, deployable: Path, data: DataBundle,
-               tflite: Path | None = None) -> dict[str, Any]:
+               tflite: Path | None = None, target: Target | None = None) -> dict[str, Any]:
     """The card of ``trial``, measuring ``onnx_path`` (what onnxruntime runs) and
     ``deployable`` (what a user ships: the same file, or the packed file it is restored from).
     With a LiteRT runtime, ``tflite`` is the file measured, in that runtime, and
-    ``onnx_path`` the float ONNX file it was converted from."""
+    ``onnx_path`` the float ONNX file it was converted from. ``target``: the budget the
+    trial was chosen for, when it is not the one the study searched for."""
     attrs = study.user_attrs
-    runtime = Runtime(**attrs["budget"]["runtime"])
-    source = LatencySource(**attrs["budget"].get("latency", {}))
+    target = target or Target.of_study(study)
+    runtime = Runtime(**target.budget["runtime"])
+    source = LatencySource(**target.budget.get("latency", {}))
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
     if tflite is not None:
@@ -101,7 +119,7 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
                                                  threads=available_cores())
     values.update(measured)
     values["size_bytes"] = float(Path(deployable).stat().st_size)
-    caps, budget = attrs["caps"], attrs["budget"]
+    caps, budget = target.caps, target.budget
     limits: dict[str, Any] = {}
     for measure, cap in caps["limits"].items():
         rule = budget["limits"][measure]
@@ -114,7 +132,7 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "limit": caps["min_val_acc"], "value": values[ACCURACY],
             "pass": values[ACCURACY] >= caps["min_val_acc"],
             "declared": f"{budget['accuracy_drop_points']} percentage points below the base "
-                        f"({100 * attrs['base'][ACCURACY]:.2f}%)",
+                        f"({100 * target.base[ACCURACY]:.2f}%)",
         }
     shape = attrs["data"]["input_shape"]
     compression = _compression(trial, attrs["space"])
@@ -159,8 +177,11 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "host_cores": available_cores(),
         },
         "search_measures": {k: trial.user_attrs[k] for k in UNITS if k in trial.user_attrs},
-        "base": attrs["base"],
+        "base": target.base,
         "budget": budget,
+        # The budget the trial was chosen for, and the one the study searched for.
+        "chosen_for": budget["name"],
+        "searched_for": attrs["budget"]["name"],
         "limits": limits,
         "fits_budget": all(v["pass"] for v in limits.values()),
         "onnx_vs_pytorch": check_onnx_against_torch(
@@ -201,7 +222,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"**{'yes' if card['fits_budget'] else 'NO'}**. Stages: "
         f"{' > '.join(card['compression']['stage_order'])}"
         + (f" ({card['compression']['quantize']})"
-           if card["compression"]["quantize"] != "none" else "") + ".",
+           if card["compression"]["quantize"] != "none" else "") + "."
+        + (f" Chosen for `{card['chosen_for']}` from a study searched for "
+           f"`{card['searched_for']}`, without training it again."
+           if card.get("searched_for", card["budget"]["name"]) != card["budget"]["name"]
+           else ""),
         "",
         "| measure | exported | base | limit | pass |",
         "|---|---|---|---|---|",

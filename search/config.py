@@ -62,6 +62,9 @@ class SearchConfig:
     final: TrainRecipe | None = None  # the finalists' long fine-tune (default: ``finetune``)
     screen: int = 0  # allocations ranked by recalibrated accuracy before fine-tuning (0: off)
     recovery: Recovery = field(default_factory=Recovery)  # between each stage and its fine-tune
+    # A study of the same storage, searched for another budget, whose trials a new study
+    # starts from (``edgeslim.search.warmstart``).
+    resume_from: str | None = None
 
     @property
     def name(self) -> str:

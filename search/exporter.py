@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from torch import nn
 
 from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, ARTIFACT_TFLITE
+from edgeslim.budget import Budget
 from edgeslim.compress import apply_pruning
 from edgeslim.compress.prune import UNRANKED
-from edgeslim.data import load_dataset
 from edgeslim.errors import ConfigError, StudyError
 from edgeslim.export import write_onnx, write_torch_program
 from edgeslim.fsutil import atomic_write, atomic_write_json
@@ -30,11 +30,19 @@ from edgeslim.models import build_model
 from edgeslim.packing import restore_onnx
 from edgeslim.runtimes import runtime_info
 from edgeslim.search.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
-from edgeslim.search.picking import choose_trial, deployable_artifact
+from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, choose_trial, deployable_artifact
+from edgeslim.search.retarget import (
+    Retarget,
+    Verdict,
+    download_trial_artifact,
+    judged_trials,
+    load_study_data,
+    rank,
+)
 from edgeslim.spaces import Candidate
 
-__all__ = ["FORMATS", "choose_trial", "deployable_artifact", "export_trial", "parse_formats",
-           "rebuild_model"]
+__all__ = ["FORMATS", "choose_fitting", "choose_trial", "deployable_artifact", "export_trial",
+           "parse_formats", "rebuild_model"]
 
 FORMATS = ("onnx", "pytorch", "json", "md")
 
@@ -73,7 +81,8 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 def export_trial(study: optuna.Study, out: Path, number: int | None = None,
                  data_dir: Path | None = None, formats: tuple[str, ...] = FORMATS,
-                 ) -> dict[str, Any]:
+                 budget: Budget | None = None,
+                 on_judged: Callable[[Verdict], None] | None = None) -> dict[str, Any]:
     """Writes the trial's files into ``out`` and returns its card:
 
     ``onnx``     ``model.onnx`` (float32, int8 or fp16 weights, as searched) and, when
@@ -84,36 +93,40 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
     ``json``     ``model_card.json``
     ``md``       ``model_card.md``, a short summary of the card
 
+    With ``budget`` (another device's budget), the trial is ``number`` or the best of the
+    study's trials that fit that budget (``edgeslim.search.retarget``; ``on_judged`` sees each
+    trial judged), its files are those that budget's runtime deploys (made again from the
+    trial's float weights in another runtime), and the card is judged against it.
+
     The measures are taken on the deployable files whatever ``formats`` asks to keep. Files are
     written atomically, so an interrupted export leaves no partial file.
     """
-    trial = choose_trial(study, number)
-    attrs = study.user_attrs
-    store = FileSystemArtifactStore(attrs["paths"]["artifacts"])
-    setup = attrs["setup"]
-    data = load_dataset(setup["dataset"], Path(data_dir or attrs["paths"]["data_dir"]),
-                        Path(attrs["paths"]["workdir"]) / "cache" / "data",
-                        setup["seed"])
-    if data.fingerprint != setup["data_fingerprint"]:
-        raise StudyError(f"the dataset {setup['dataset']!r} found now differs from the one the "
-                         "study searched on (its fingerprint changed); point --data-dir at the "
-                         "original files")
-    deployable = deployable_artifact(trial)
-    litert = runtime_info(attrs["budget"]["runtime"]["name"]).litert
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=out) as tmp:
         tmp = Path(tmp)
-        for name in dict.fromkeys((deployable, ARTIFACT_STATE,
-                                   *((ARTIFACT_TFLITE,) if litert else ()))):
-            artifact_id = trial.user_attrs.get(f"artifact:{name}")
-            try:
-                download_artifact(artifact_store=store, artifact_id=artifact_id,
-                                  file_path=str(tmp / name))
-            except Exception as exc:
-                raise StudyError(f"trial {trial.number}: artifact {name} ({artifact_id}) cannot "
-                                 f"be read from {attrs['paths']['artifacts']}: {exc}") from None
-        model = rebuild_model(study, trial, tmp / ARTIFACT_STATE)
+        target, made = None, {}
+        if budget is None:
+            trial = choose_trial(study, number)
+            data = load_study_data(study, data_dir)
+            runtime = study.user_attrs["budget"]["runtime"]["name"]
+        else:
+            retarget = Retarget.open(study, budget, tmp / "judged", data_dir)
+            trial, verdict = choose_fitting(retarget, number, on_judged)
+            data, target, runtime = retarget.data, retarget.target, budget.runtime.name
+            made = {} if retarget.same_files else verdict.files
+        litert = runtime_info(runtime).litert
+        if made:  # made again for the other budget's runtime
+            for name, path in made.items():
+                if name != "onnx":
+                    shutil.copyfile(path, tmp / path.name)
+            deployable = made["deployable"].name
+        else:
+            deployable = deployable_artifact(trial)
+            for name in dict.fromkeys((deployable, *((ARTIFACT_TFLITE,) if litert else ()))):
+                download_trial_artifact(study, trial, name, tmp)
+        model = rebuild_model(study, trial, download_trial_artifact(study, trial,
+                                                                    ARTIFACT_STATE, tmp))
         if deployable == ARTIFACT_PACKED:
             restore_onnx(tmp / ARTIFACT_PACKED, tmp / ARTIFACT_ONNX)
         elif litert:  # the float ONNX file the LiteRT file was converted from
@@ -127,7 +140,7 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
         for name in files.values():
             atomic_write(where / name, lambda t, name=name: shutil.copyfile(tmp / name, t))
         card = build_card(study, trial, model, where / ARTIFACT_ONNX, where / deployable, data,
-                          tflite=where / ARTIFACT_TFLITE if litert else None)
+                          tflite=where / ARTIFACT_TFLITE if litert else None, target=target)
         if "pytorch" in formats:
             example = torch.zeros(1, *data.input_shape)
             torch_path, torch_format = write_torch_program(model, example, out)
@@ -141,3 +154,50 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
         text = card_markdown(card)
         atomic_write(out / CARD_MARKDOWN, lambda t: t.write_text(text))
     return card
+
+
+def choose_fitting(retarget: Retarget, number: int | None = None,
+                   on_judged: Callable[[Verdict], None] | None = None,
+                   ) -> tuple[optuna.trial.FrozenTrial, Verdict]:
+    """``number`` judged against the retarget's budget, or the best trial that fits it, by the
+    rule of ``choose_trial``: the finalists first when one fits, then the highest validation
+    accuracy, ties to the lower latency. In the same runtime the trials' accuracies do not
+    change, so judging stops once no trial left can rank higher."""
+    study = retarget.study
+    if number is not None:
+        verdict = retarget.judge(choose_trial(study, number))
+        if on_judged is not None:
+            on_judged(verdict)
+        if verdict.reason is not None:
+            raise StudyError(f"trial {number} cannot be judged against "
+                             f"{retarget.budget.source}: {verdict.reason}")
+        return verdict.trial, verdict
+    fits: list[Verdict] = []
+    judged = []
+    for trial in judged_trials(study):
+        if retarget.same_files and fits and rank(trial)[:2] > rank(fits[0].trial)[:2]:
+            break
+        verdict = retarget.judge(trial)
+        if on_judged is not None:
+            on_judged(verdict)
+        judged.append(verdict)
+        if verdict.fits:
+            fits.append(verdict)
+    if not fits:
+        raise StudyError(f"no trial of {study.study_name!r} fits {retarget.budget.source} "
+                         f"({len(judged)} judged: {_why_not(judged)}); run a search for it, "
+                         "warm-started from this one with --resume-from")
+    finalists = [v for v in fits if FINALIST_ATTR in v.trial.user_attrs]
+    best = min(finalists or fits, key=lambda v: (-v.values[ACCURACY],
+                                                 v.values.get("latency_ms", 0.0),
+                                                 v.trial.number))
+    return best.trial, best
+
+
+def _why_not(judged: list[Verdict]) -> str:
+    """What kept the judged trials out, most frequent first."""
+    counts: dict[str, int] = {}
+    for v in judged:
+        for why in ([v.reason] if v.reason else v.broken):
+            counts[why] = counts.get(why, 0) + 1
+    return ", ".join(f"{why} ({n})" for why, n in sorted(counts.items(), key=lambda i: -i[1]))

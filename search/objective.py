@@ -15,7 +15,7 @@ from optuna_dashboard import save_note
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
 from edgeslim.export import one_line
-from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, is_feasible
+from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, IMPORTED_ATTR, is_feasible
 from edgeslim.search.references import REFERENCE_ATTR, reference_note
 from edgeslim.search.repair import StaticCheck, repair
 from edgeslim.spaces import Candidate, StagedSpace
@@ -26,7 +26,8 @@ DUPLICATE_ATTR = "duplicate_of"
 BUILT_AS_ATTR = "built_as"
 # Attributes that describe a trial itself, not the model it built: never copied to a repeat.
 _OWN_ATTRS = {"candidate", "sampled", "repaired", "repair_step", BUILT_AS_ATTR, "reference",
-              "same_as", "screened", "worker", "retry_of", "failed_trial", DUPLICATE_ATTR}
+              "same_as", "screened", "worker", "retry_of", "failed_trial", DUPLICATE_ATTR,
+              IMPORTED_ATTR}
 
 
 __all__ = ["ACCURACY", "BUILT_AS_ATTR", "DUPLICATE_ATTR", "FINALIST_ATTR", "Objective",

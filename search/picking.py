@@ -12,6 +12,9 @@ from edgeslim.errors import StudyError
 ACCURACY = "val_acc"
 # A finalist trial re-runs the candidate of the search trial it names with the long fine-tune.
 FINALIST_ATTR = "finalist_of"
+# A trial imported from a study searched for another budget (``edgeslim.search.warmstart``):
+# the study and trial it came from.
+IMPORTED_ATTR = "imported_from"
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
 from rich import box
 from rich.console import Console
@@ -9,6 +11,9 @@ from rich.table import Table
 
 from edgeslim.search.objective import ACCURACY, DUPLICATE_ATTR, FINALIST_ATTR, is_feasible
 from edgeslim.search.references import REFERENCE_ATTR
+
+if TYPE_CHECKING:
+    from edgeslim.search.retarget import Retarget, Verdict
 
 # (measure, column header, format)
 COLUMNS = (
@@ -162,3 +167,52 @@ def print_report(study: optuna.Study, console: Console) -> None:
     console.print(pareto_table(study))
     console.print(STAGES_LEGEND, style="dim")
     console.print(summary_line(study))
+
+
+def judged_table(retarget: Retarget, verdicts: list[Verdict]) -> Table:
+    """The study's trials against another budget: each limited measure there (``!`` marks one
+    over its limit), whether the trial fits, or why it cannot be judged."""
+    budget = retarget.budget
+    limited = [(k, h, f) for k, h, f in (*COLUMNS, ACTIVATION_COLUMN)
+               if k == ACCURACY or k in retarget.caps.limits or k in budget.objectives]
+    table = Table(title=f"{retarget.study.study_name} against {budget.source} "
+                        f"({budget.device.name}, {budget.runtime.name})",
+                  title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+                  pad_edge=False)
+    table.add_column("trial", justify="right")
+    for _, header, _ in limited:
+        table.add_column(header, justify="right")
+    table.add_column("fits")
+    table.add_column("stages")
+    base = retarget.base_values
+    table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in limited),
+                  "", "", style="dim")
+    caps = retarget.caps.limits
+    for v in verdicts:
+        if v.reason is not None:
+            table.add_row(str(v.trial.number), *("" for _ in limited), "-",
+                          f"{trial_label(v.trial)}: {v.reason}", style="dim")
+            continue
+        cells = []
+        for key, _, fmt in limited:
+            value = v.values.get(key)
+            over = (key == ACCURACY and not v.limits.get("accuracy_drop", {"pass": True})["pass"]
+                    ) or (key in caps and value is not None and value > caps[key])
+            cells.append("-" if value is None else fmt(value) + ("!" if over else ""))
+        table.add_row(str(v.trial.number), *cells, "yes" if v.fits else "no",
+                      trial_label(v.trial))
+    return table
+
+
+def print_judged(retarget: Retarget, verdicts: list[Verdict], console: Console) -> None:
+    console.print(judged_table(retarget, verdicts))
+    fit = [v for v in verdicts if v.fits]
+    unjudged = sum(v.reason is not None for v in verdicts)
+    same = ("the trials' files, latency timed again for this budget" if retarget.same_files
+            else f"files made again from the trials' float weights for "
+                 f"{retarget.budget.runtime.name}, every measure taken on them")
+    legend = STAGES_LEGEND.splitlines()[0].rstrip(",")
+    console.print(f"{legend}; ! over the limit. Measured on {same}.", style="dim",
+                  soft_wrap=True)
+    console.print(f"{len(fit)} of {len(verdicts)} trials fit {retarget.budget.source}"
+                  + (f"; {unjudged} cannot be judged" if unjudged else ""), soft_wrap=True)

@@ -16,6 +16,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from edgeslim.errors import StudyError
+from edgeslim.search.picking import IMPORTED_ATTR
 
 # A running trial on an RDB storage (PostgreSQL, MySQL) refreshes its heartbeat this often;
 # one silent for the grace period (its machine or process died) is marked FAIL by the next
@@ -253,8 +254,8 @@ def recover_interrupted(study: optuna.Study, workdir: Path | None = None) -> lis
             _enqueue_retry(study, trial)
             recovered.append(trial.number)
             continue
-        if trial.state != TrialState.RUNNING:
-            continue
+        if trial.state != TrialState.RUNNING or IMPORTED_ATTR in trial.user_attrs:
+            continue  # an import cut short is imported again (``edgeslim.search.warmstart``)
         reason = _dead(trial.user_attrs.get(WORKER_ATTR), trial)
         if reason is None:
             continue

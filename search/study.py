@@ -47,7 +47,8 @@ from edgeslim.search._prepare import (
 from edgeslim.search._progress import _Progress, _progress_callback
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.notes import annotate
-from edgeslim.search.objective import ACCURACY, Objective, directions
+from edgeslim.search.objective import ACCURACY, Objective, directions, is_feasible
+from edgeslim.search.picking import IMPORTED_ATTR
 from edgeslim.search.plan import Plan, make_plan, print_plan
 from edgeslim.search.references import enqueue_references
 from edgeslim.search.repair import StaticCheck
@@ -65,6 +66,7 @@ from edgeslim.search.storage import (
     open_storage,
     recover_interrupted,
 )
+from edgeslim.search.warmstart import import_trials, source_study
 from edgeslim.search.workers import counted, run_finalists, run_trials, spawn_workers
 from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.timing import STOPWATCH, timed
@@ -240,6 +242,9 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
     check_storage_url(config.storage_url)  # a bad URL fails before any training
     inputs = load_inputs(config)
     refuse_other_setup(config, inputs[0])
+    # The study to warm-start from must exist and compare, before anything is trained.
+    source = source_study(config, setup_identity(config, inputs[0])) \
+        if config.resume_from else None
     if config.workers == 1:
         threads, cores = training_threads(), available_cores()
         torch.set_num_threads(threads)
@@ -258,6 +263,8 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
     search, final, check = make_evaluators(config, prepared, meter)
     study = open_or_create_study(config, prepared, check)
     recover_interrupted(study, config.workdir)
+    if source is not None:
+        warm_start(config, prepared, study, source, meter, console)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials",
                           check=check, final_evaluator=final, repair=config.repair)
@@ -283,6 +290,18 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
     print_report(study, console)
     console.print(STOPWATCH.breakdown(), highlight=False)
     return study
+
+
+def warm_start(config: SearchConfig, prepared: Prepared, study: optuna.Study,
+               source: optuna.Study, meter: LatencyMeter, console: Console) -> None:
+    """Imports ``source``'s trials into the new ``study`` (``edgeslim.search.warmstart``)."""
+    summary = import_trials(config, prepared, study, source, meter)  # counted as measuring
+    left = "; ".join(f"{why}: {n}" for why, n in summary["left_out"].items())
+    console.print(f"warm start: {summary['imported']} trials of {summary['study']} (searched "
+                  f"for {summary['budget']}) judged against {config.budget.name} without "
+                  f"training, in {summary['seconds']:.0f} s; "
+                  f"{sum(is_feasible(t) for t in study.trials if IMPORTED_ATTR in t.user_attrs)}"
+                  f" of them fit" + (f"; left out: {left}" if left else ""), soft_wrap=True)
 
 
 def keep_out_of_collections() -> None:

@@ -32,6 +32,7 @@ from rich.console import Console
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.interrupts import exit_status, interruption, stop_on_signals
 from edgeslim.search.objective import DUPLICATE_ATTR, FINALIST_ATTR, Objective
+from edgeslim.search.picking import IMPORTED_ATTR
 from edgeslim.search.references import REFERENCE_ATTR
 from edgeslim.search.screening import SCREENED_ATTR
 from edgeslim.search.storage import (
@@ -66,8 +67,8 @@ def counts(trial: optuna.trial.FrozenTrial, again: set[int] | None = None) -> bo
     """Whether ``trial`` spends one of the ``--trials``: a search trial that was fine-tuned,
     or that failed (unless it was interrupted and ``again`` holds it: its retry counts).
     Candidates recorded untrained because no repair fits them, repeats of a model already
-    built, surplus trials and finalists do not count."""
-    if FINALIST_ATTR in trial.user_attrs or DUPLICATE_ATTR in trial.user_attrs:
+    built, surplus trials, finalists and trials imported from another study do not count."""
+    if any(k in trial.user_attrs for k in (FINALIST_ATTR, DUPLICATE_ATTR, IMPORTED_ATTR)):
         return False
     if trial.state == TrialState.FAIL:
         return trial.number not in (again or set())

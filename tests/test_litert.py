@@ -351,6 +351,35 @@ def test_a_search_in_litert_micro_records_the_arena_of_each_trial(workdir, tmp_p
     _readme_example_classifies_like_the_runtime(out / "model.tflite", tmp_path)
 
 
+
+@pytest.mark.slow
+def test_a_pi4_study_exports_for_the_microcontroller_without_training(searched, tmp_path):
+    """The digits study searched under budgets/pi4.yaml (onnxruntime) exported for
+    budgets/mcu.yaml (LiteRT for Microcontrollers): the int8 file is made again from a
+    trial's float weights, and the card's arena is what that runtime reports for it."""
+    from edgeslim.data import load_dataset
+    from edgeslim.evaluators.litert import litert_accuracy, micro_arena_bytes
+    from edgeslim.search.config import default_storage
+    from edgeslim.search.storage import load_study
+
+    study = load_study(None, default_storage(searched))
+    int8 = {t.number for t in study.trials if t.user_attrs.get("finetuned")
+            and t.user_attrs["candidate"]["quantize"] == "int8_static"}
+    out = tmp_path / "mcu"
+    assert main(["export", "--budget", str(REPO / "budgets" / "mcu.yaml"),
+                 "--workdir", str(searched), "--out", str(out)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert (card["chosen_for"], card["searched_for"]) == ("mcu", "pi4")
+    assert card["trial"] in int8  # LiteRT Micro runs int8 files only
+    assert card["measured_on"]["runtime"].startswith("LiteRT for Microcontrollers")
+    tflite = out / "model.tflite"
+    assert card["measures"]["activation_bytes"]["value"] == micro_arena_bytes(tflite, (1, 8, 8))
+    data = load_dataset("digits", Path("unused"))
+    assert card["measures"]["val_acc"]["value"] == litert_accuracy(tflite, data.val, data,
+                                                                   "litert-micro")
+    assert set(card["limits"]) == {"params", "size_bytes", "activation_bytes", "accuracy_drop"}
+    assert card["fits_budget"] == all(v["pass"] for v in card["limits"].values())
+
 def _readme_example_classifies_like_the_runtime(tflite: Path, folder: Path) -> None:
     """The README's LiteRT example, run as written in a fresh process beside ``best/``."""
     from PIL import Image

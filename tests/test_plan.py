@@ -152,3 +152,29 @@ def test_plan_pi4_vgg16_bn(tmp_path, monkeypatch):
     assert by["latency_ms"].source == "timed on this host"
     assert plan.host_line is not None and plan.host_line.startswith("latency is timed on this")
 
+
+
+def test_the_plan_verdicts_hold_for_what_a_search_found(searched, tmp_path):
+    """The plan of the digits search under budgets/pi4.yaml, against the trials that search
+    recorded (``searched``): every trial lies in the planned range of each limited measure,
+    and a limit every candidate meets is met by every trial."""
+    from edgeslim.search.config import default_storage
+    from edgeslim.search.storage import load_study
+
+    config = _config(tmp_path, PI4)
+    data, space = load_inputs(config)
+    model = build_model("resnet20", data.in_channels, data.num_classes)
+    plan = make_plan(config, data, space, model, latency_meter(config, data))
+    study = load_study(None, default_storage(searched))
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert trials
+    by = {lim.measure: lim for lim in plan.limits}
+    assert (by["params"].verdict, by["macs"].verdict) == (SOME, SOME)
+    for lim in plan.limits:
+        # Latency is timed again at another moment: a timing's spread on a shared host.
+        slack = 0.5 if lim.measure == "latency_ms" else 1e-6
+        for t in trials:
+            value = t.user_attrs[lim.measure]
+            assert lim.low * (1 - slack) <= value <= lim.high * (1 + slack), (lim, t.number)
+            if lim.verdict == EVERY:
+                assert t.constraints[lim.measure] <= 0, (lim, t.number)

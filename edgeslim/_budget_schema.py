@@ -249,9 +249,10 @@ def _runtime_problems(raw: dict[Any, Any], latency: dict[Any, Any],
         out.append((("runtime", "int8_io"), "applies to runtime litert and litert-micro only, "
                     f"got {shown(raw['int8_io'])}"))
     source = latency.get("source", "host")
-    if name != "onnxruntime" and source in ("profile", "ssh"):
-        out.append((("latency", "source"), f"{source} times ONNX files in onnxruntime; runtime "
-                    f"{name} is timed on this host (host), got {shown(source)}"))
+    if name != "onnxruntime" and source == "profile":
+        out.append((("latency", "source"), f"a profile times ONNX layers in onnxruntime; runtime "
+                    f"{name} is timed on this host (host) or on the device (ssh), got "
+                    f"{shown(source)}"))
     return out
 
 

@@ -67,14 +67,16 @@ def runtime_info(name: str) -> RuntimeInfo:
         raise ConfigError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}") from None
 
 
-def check_installed(name: str) -> RuntimeInfo:
-    """The runtime ``name``, once its packages are found (nothing is imported).
+def check_installed(name: str, to_run: bool = False) -> RuntimeInfo:
+    """The runtime ``name``, once its packages are found (nothing is imported); with
+    ``to_run``, those that run its files only (a device that times them needs no converter).
 
     Raises:
         ConfigError: naming the runtime's missing packages and how to install them.
     """
     info = runtime_info(name)
-    missing = [package for module, package in info.modules if find_spec(module) is None]
+    modules = [m for m in info.modules if not (to_run and m in _CONVERTER)]
+    missing = [package for module, package in modules if find_spec(module) is None]
     if missing:
         raise ConfigError(f"runtime {name} needs {', '.join(missing)}, not installed; install "
                           f"with: {info.install}")

@@ -1,7 +1,8 @@
 """The ``ssh`` latency source: copy the artifact to the device and time it there.
 
 The device runs the same timing code as the host (``python -m edgeslim.evaluators.remote``), so
-it needs this package installed; authentication is by key only (``BatchMode``: never a password
+it needs this package installed, with onnxruntime or the budget's LiteRT runtime;
+authentication is by key only (``BatchMode``: never a password
 prompt in the middle of a search). Results are cached by the artifact's SHA-256, the device and
 the thread count, so re-measuring a file (the model card, a resumed study) costs nothing.
 """
@@ -40,6 +41,7 @@ class SshMeter:
     spec: LatencySource
     threads: int
     cache: Path | None = None
+    runtime: str = "onnxruntime"  # the runtime the device times files in
     source: str = field(default="ssh", init=False)
 
     def _options(self) -> list[str]:
@@ -82,27 +84,41 @@ class SshMeter:
         (unreachable host, refused key, no edgeslim on the device)."""
         python = shlex.quote(self.spec.python)
         try:
-            out = self._ssh(f"{python} -m edgeslim.evaluators.remote --check",
-                            CONNECT_TIMEOUT_S * 3)
+            out = self._ssh(f"{python} -m edgeslim.evaluators.remote --check "
+                            f"--runtime {shlex.quote(self.runtime)}", CONNECT_TIMEOUT_S * 3)
             return json.loads(out.strip().splitlines()[-1])
         except (CandidateError, ValueError, IndexError) as exc:
             raise ConfigError(f"latency.host: cannot time artifacts on {self.spec.host} "
                               f"port {self.spec.port} with {self.spec.python}: {exc}") from None
 
-    def measure(self, onnx_path: Path, below_ms: float | None = None) -> LatencyResult:
-        digest = sha256(onnx_path)
-        key = f"{self.spec.host}:{self.spec.port}|{self.threads}|{digest}"
+    def measure(self, onnx_path: Path, below_ms: float | None = None,
+                input_shape: tuple[int, ...] | None = None) -> LatencyResult:
+        """The file's latency on the device: an ONNX file in onnxruntime, a LiteRT file
+        (``.tflite``, with the ``input_shape`` of one input, ONNX layout) in the meter's
+        runtime."""
+        path = Path(onnx_path)
+        litert = path.suffix == ".tflite"
+        digest = sha256(path)
+        runtime = self.runtime if litert else "onnxruntime"
+        key = f"{self.spec.host}:{self.spec.port}|{self.threads}|{digest}" \
+            + (f"|{runtime}" if litert else "")
         cached = self._cached().get(key)
         if cached is not None:
             return LatencyResult(**cached)
-        remote = f"{REMOTE_DIR}/{digest}.onnx"
+        remote = f"{REMOTE_DIR}/{digest}{path.suffix}"
         # Copied through ssh's stdin (no scp or sftp needed on the device), then renamed, so a
         # broken transfer never leaves a half-written file under the final name.
         self._ssh(f"mkdir -p {REMOTE_DIR} && cat > {remote}.part && mv {remote}.part {remote}",
-                  MEASURE_TIMEOUT_S, stdin=onnx_path)
+                  MEASURE_TIMEOUT_S, stdin=path)
+        extra = ""
+        if litert:
+            if input_shape is None:
+                raise ValueError("a LiteRT file is timed with its input shape")
+            extra = f" --runtime {shlex.quote(runtime)} --input-shape " \
+                    + "x".join(str(int(v)) for v in input_shape)
         out = self._ssh(f"{shlex.quote(self.spec.python)} -m edgeslim.evaluators.remote "
                         f"{remote} --threads {self.threads} "
-                        f"--max-spread {self.spec.max_spread}", MEASURE_TIMEOUT_S)
+                        f"--max-spread {self.spec.max_spread}{extra}", MEASURE_TIMEOUT_S)
         try:
             fields = json.loads(out.strip().splitlines()[-1])
             result = LatencyResult(**{**fields, "source": "ssh"})

@@ -31,6 +31,7 @@ from edgeslim.evaluators.latency import (
     timing_result,
 )
 from edgeslim.evaluators.memory import memory_bytes
+from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.export import _cut, one_line, runtime_errors
 from edgeslim.litert import channels_last
 from edgeslim.timing import timed
@@ -212,10 +213,12 @@ def _fd2_lines(lines: list[str]) -> Iterator[None]:
 @timed("measuring")
 def measure_litert_file(path: Path, onnx_path: Path | None, data: DataBundle, runtime: Runtime,
                         split: Split | None = None, split_name: str = "val_acc",
-                        latency: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+                        latency: bool = True, meter: LatencyMeter | None = None,
+                        ) -> tuple[dict[str, float], dict[str, Any]]:
     """The measures of a LiteRT file in the budget's runtime (``litert`` or
     ``litert-micro``): size_bytes (its length); latency_ms timed in that runtime on this host
-    (``litert_latency``; not with ``latency`` False); the accuracy on ``split`` under
+    (``litert_latency``), or on the device by an ssh ``meter`` (not with ``latency`` False);
+    the accuracy on ``split`` under
     ``split_name``, run in that runtime; and memory:
 
     - ``litert-micro``: activation_bytes is the tensor arena the runtime uses
@@ -247,7 +250,10 @@ def measure_litert_file(path: Path, onnx_path: Path | None, data: DataBundle, ru
                       + values["size_bytes"])
         info["micro_arena_bytes"] = arena
     if latency:
-        timing = litert_latency(path, shape, runtime.name, runtime.threads)
+        if meter is not None and meter.source == "ssh":
+            timing = meter.measure(path, input_shape=shape)
+        else:
+            timing = litert_latency(path, shape, runtime.name, runtime.threads)
         values["latency_ms"] = timing.latency_ms
         info.update(timing.attrs())
     if split is not None:

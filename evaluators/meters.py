@@ -59,5 +59,5 @@ def make_meter(spec: LatencySource, runtime: Runtime, cache_dir: Path | None = N
         from edgeslim.evaluators.latency_ssh import SshMeter
 
         cache = cache_dir / "latency-ssh.json" if cache_dir is not None else None
-        return SshMeter(spec, runtime.threads, cache)
+        return SshMeter(spec, runtime.threads, cache, runtime=runtime.name)
     return HostMeter(runtime.threads, spec.max_spread)

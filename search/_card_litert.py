@@ -14,6 +14,7 @@ from edgeslim.budget import Runtime
 from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file, open_runner
+from edgeslim.evaluators.meters import LatencyMeter
 
 # How each runtime ran the file, for the card.
 RUNTIME_TEXT = {
@@ -26,10 +27,13 @@ LITERT_ATOL = 1e-3
 
 
 def litert_measures(tflite: Path, onnx_path: Path, data: DataBundle, runtime: Runtime,
+                    meter: LatencyMeter | None = None,
                     ) -> tuple[dict[str, float], dict[str, Any]]:
-    """The file's measures in ``runtime``, validation and test accuracy included."""
+    """The file's measures in ``runtime``, validation and test accuracy included; latency
+    on the device with an ssh ``meter``."""
     try:
-        values, info = measure_litert_file(tflite, onnx_path, data, runtime, data.val)
+        values, info = measure_litert_file(tflite, onnx_path, data, runtime, data.val,
+                                           meter=meter)
         if data.test is not None:
             values["test_acc"] = litert_accuracy(tflite, data.test, data, runtime.name,
                                                  runtime.threads)

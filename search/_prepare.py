@@ -68,7 +68,8 @@ def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Pat
         if litert:
             tflite = onnx_to_tflite(path, out_dir / "base.tflite")
             measured, _ = measure_litert_file(tflite, path, data, budget.runtime, data.val,
-                                              latency=budget.asks_for("latency_ms"))
+                                              latency=budget.asks_for("latency_ms"),
+                                              meter=meter)
         else:
             measured, _ = measure_onnx_file(path, data, budget.runtime, data.val, meter=meter,
                                             latency=budget.asks_for("latency_ms"))

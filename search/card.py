@@ -105,10 +105,10 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     source = LatencySource(**target.budget.get("latency", {}))
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
+    meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
     if tflite is not None:
-        measured, latency = litert_measures(tflite, onnx_path, data, runtime)
+        measured, latency = litert_measures(tflite, onnx_path, data, runtime, meter)
     else:
-        meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
         try:
             measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val,
                                                   meter=meter)

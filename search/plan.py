@@ -183,8 +183,9 @@ def host_line(budget: Budget) -> str | None:
     kind = "an Arm" if device_arm else "another kind of"
     start = (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
              "device): its figures are this host's; for the device's, ")
-    if budget.runtime.name != "onnxruntime":  # profiles and ssh time ONNX files only
-        return start + f"run the search on the device itself (runtime {budget.runtime.name})"
+    if budget.runtime.name != "onnxruntime":  # a profile times ONNX layers only
+        return start + "time on it over ssh (latency: {source: ssh}), or run the search on " \
+            "the device itself"
     return start + ("make a profile on the board (optimize profile, then latency: {source: "
                     "profile}) or time on it over ssh (latency: {source: ssh})")
 
@@ -248,8 +249,9 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
         cap = lim.resolve(base[m])
         low, high = min(v[m] for v in values), max(v[m] for v in values)
         verdict = EVERY if high <= cap else SOME if low <= cap else NONE
-        source = RUNTIME_SOURCES.get(budget.runtime.name, {}).get(m) or SOURCES.get(m) \
-            or LATENCY_SOURCES[budget.latency.source]
+        on_device = m == "latency_ms" and budget.latency.source == "ssh"
+        source = (None if on_device else RUNTIME_SOURCES.get(budget.runtime.name, {}).get(m)) \
+            or SOURCES.get(m) or LATENCY_SOURCES[budget.latency.source]
         limits.append(LimitPlan(m, cap, base[m], low, high, source, verdict,
                                 _fixes(m, config, space) if verdict == NONE else ()))
     step = trial = None

@@ -232,7 +232,8 @@ class Retarget:
         if self.budget.asks_for("latency_ms"):
             if self.stored_litert:
                 measured, info = measure_litert_file(files["runnable"], None, self.data,
-                                                     self.budget.runtime)
+                                                     self.budget.runtime,
+                                                     meter=self.evaluator.meter)
             else:
                 measured, info = measure_onnx_file(files["runnable"], self.data,
                                                    self.budget.runtime,

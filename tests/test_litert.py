@@ -91,12 +91,16 @@ def test_int8_io_is_read_for_litert_and_refused_for_onnxruntime():
     assert err.value.lines == ["b.yaml: runtime.int8_io: must be true or false, got 'yes'"]
 
 
-def test_a_litert_runtime_is_timed_on_this_host_only():
+def test_a_litert_runtime_is_timed_on_this_host_or_the_device_not_from_a_profile():
     with pytest.raises(BudgetError) as err:
         parse_budget({"device": DEVICE, "runtime": {"name": "litert-micro"},
-                      "latency": {"source": "ssh", "host": "pi@h"}}, source="b.yaml")
-    assert err.value.lines == ["b.yaml: latency.source: ssh times ONNX files in onnxruntime; "
-                               "runtime litert-micro is timed on this host (host), got 'ssh'"]
+                      "latency": {"source": "profile", "profile": "p.json"}}, source="b.yaml")
+    assert err.value.lines == ["b.yaml: latency.source: a profile times ONNX layers in "
+                               "onnxruntime; runtime litert-micro is timed on this host (host) "
+                               "or on the device (ssh), got 'profile'"]
+    budget = parse_budget({"device": DEVICE, "runtime": {"name": "litert"},
+                           "latency": {"source": "ssh", "host": "pi@h"}}, source="b.yaml")
+    assert budget.latency.source == "ssh"
 
 
 def test_litert_micro_searches_the_quantization_it_runs():
@@ -117,7 +121,19 @@ def test_litert_micro_searches_the_quantization_it_runs():
         "has no kernels for dynamic-range (hybrid) or float16 files), got 'int8_static,fp16'")
 
 
-def test_the_plan_does_not_offer_onnx_latency_sources_to_a_litert_budget(monkeypatch):
+
+def test_the_device_without_the_runtime_is_named_with_the_install_command(monkeypatch, capsys):
+    """What the ssh source runs on the device to check it (``remote --check --runtime``)."""
+    from edgeslim.evaluators import remote
+
+    monkeypatch.setattr("edgeslim.runtimes.find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as exit_:
+        remote.main(["--check", "--runtime", "litert"])
+    # The device runs LiteRT files: it needs the interpreter, not the converter.
+    assert str(exit_.value).startswith("runtime litert needs ai-edge-litert, not installed")
+    assert "install with: uv sync --extra litert on " in str(exit_.value)
+
+def test_the_plan_offers_a_litert_budget_ssh_not_a_profile(monkeypatch):
     from edgeslim.search.plan import host_line
 
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
@@ -125,8 +141,8 @@ def test_the_plan_does_not_offer_onnx_latency_sources_to_a_litert_budget(monkeyp
                            "limits": {"latency": "5ms"}})
     assert host_line(budget) == (
         "latency is timed on this x86_64 host, not on Raspberry Pi 4 (an Arm device): its "
-        "figures are this host's; for the device's, run the search on the device itself "
-        "(runtime litert)")
+        "figures are this host's; for the device's, time on it over ssh (latency: {source: "
+        "ssh}), or run the search on the device itself")
 
 
 # --- the runtimes themselves ------------------------------------------------------------------

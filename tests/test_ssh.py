@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -102,6 +103,32 @@ def test_ssh_source_times_the_artifact_on_the_device_and_caches_it(sshd, toy_onn
     assert list(cache) == [f"{spec.host}:{spec.port}|1|{sha256(toy_onnx)}"]
     assert meter.measure(toy_onnx) == result  # from the cache, not timed again
 
+
+
+def test_ssh_source_times_litert_files_in_the_budgets_runtime_on_the_device(sshd, toy_onnx,
+                                                                           tmp_path):
+    """A LiteRT budget timed over ssh: the .tflite file is copied and timed on the device in
+    LiteRT (float file) or LiteRT for Microcontrollers (int8 file), the device checked for
+    that runtime first."""
+    from edgeslim.budget import Runtime
+    from edgeslim.data import load_dataset
+    from edgeslim.evaluators.litert import measure_litert_file
+    from edgeslim.litert import onnx_to_tflite
+
+    spec, _ = sshd
+    calibration = [np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)]
+    files = {"litert": onnx_to_tflite(toy_onnx, tmp_path / "toy.tflite"),
+             "litert-micro": onnx_to_tflite(toy_onnx, tmp_path / "toy-int8.tflite",
+                                            "int8_static", iter(calibration))}
+    data = load_dataset("digits", Path("unused"))
+    for runtime, tflite in files.items():
+        meter = SshMeter(spec, threads=1, cache=tmp_path / f"{runtime}.json", runtime=runtime)
+        assert meter.check()["cores"] >= 1
+        values, info = measure_litert_file(tflite, None, data, Runtime(name=runtime),
+                                           meter=meter)
+        assert info["latency_source"] == "ssh" and values["latency_ms"] > 0
+        cache = json.loads((tmp_path / f"{runtime}.json").read_text())
+        assert list(cache) == [f"{spec.host}:{spec.port}|1|{sha256(tflite)}|{runtime}"]
 
 def test_unreachable_device_is_one_line(toy_onnx):
     spec = LatencySource(source="ssh", host="nobody@127.0.0.1", port=_free_port())

@@ -73,7 +73,7 @@ def _search_options(s: argparse.ArgumentParser) -> None:
                    "package.module:factory (default: %(default)s)")
     s.add_argument("--dataset", default="digits",
                    help="digits, cifar10, mnist, fashion-mnist, imagefolder:PATH or "
-                   "npz:PATH (arrays x_train, y_train; see README) (default: %(default)s)")
+                   "npz:PATH (arrays x_train, y_train; see docs/search.md) (default: %(default)s)")
     s.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="where the dataset's files are (default: %(default)s)")
     s.add_argument("--checkpoint", type=Path, help="base model weights (a state dict); "

@@ -2,7 +2,8 @@
 
 ``peak_memory_bytes`` is the measure the search uses (cheap, deterministic, device-independent).
 ``runtime_memory`` measures what onnxruntime really allocates on this host, so the estimate's
-error can be checked (tests/test_memory.py) and reported; see the README's "Peak memory" section.
+error can be checked (tests/test_memory.py) and reported; see "Peak memory" in
+docs/latency-and-memory.md.
 """
 
 from __future__ import annotations

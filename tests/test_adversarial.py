@@ -392,7 +392,7 @@ def test_the_help_says_what_the_defaults_and_choices_are():
         "mysql://... (default: the journal file studies.journal in --workdir)")
     assert _help("search", "--dataset") == (
         "digits, cifar10, mnist, fashion-mnist, imagefolder:PATH or npz:PATH (arrays x_train, "
-        "y_train; see README) (default: digits)")
+        "y_train; see docs/search.md) (default: digits)")
     assert default_storage(Path("w")) == f"journal:{Path('w/studies.journal').resolve()}"
 
 
@@ -404,9 +404,9 @@ def test_the_readme_shows_the_address_the_dashboard_serves(tmp_path):
     body = b"".join(wsgi(open_storage(default_storage(workdir)))(environ, lambda *a: None))
     served = {s["study_name"]: s["study_id"] for s in json.loads(body)["study_summaries"]}
     assert served == {study.study_name: study._study_id} == {"toy-digits-board": 0}
-    readme = (REPO / "README.md").read_text()
-    assert readme.count("http://127.0.0.1:8080/dashboard/studies/") == 2
-    assert readme.count("http://127.0.0.1:8080/dashboard/studies/0") == 2
+    docs = "".join(p.read_text() for p in (REPO / "README.md", REPO / "docs" / "deployment.md"))
+    assert docs.count("http://127.0.0.1:8080/dashboard/studies/") == 2
+    assert docs.count("http://127.0.0.1:8080/dashboard/studies/0") == 2
 
 
 def test_library_chatter_goes_to_the_log_file_not_the_terminal(tmp_path, capfd):

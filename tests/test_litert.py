@@ -397,7 +397,8 @@ def test_a_pi4_study_exports_for_the_microcontroller_without_training(searched, 
     assert card["fits_budget"] == all(v["pass"] for v in card["limits"].values())
 
 def _readme_example_classifies_like_the_runtime(tflite: Path, folder: Path) -> None:
-    """The README's LiteRT example, run as written in a fresh process beside ``best/``."""
+    """The LiteRT example of docs/deployment.md, run as written in a fresh process beside
+    ``best/``."""
     from PIL import Image
 
     from edgeslim.data import load_dataset
@@ -407,7 +408,8 @@ def _readme_example_classifies_like_the_runtime(tflite: Path, folder: Path) -> N
     pixels = data.val.x[7]  # uint8, 1 x 8 x 8
     Image.fromarray(pixels[0].numpy(), mode="L").save(folder / "digit.png")
     logits = open_runner(tflite, "litert").run(data.normalize(pixels[None]).numpy())
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "deployment.md").read_text(),
+                        re.S)
     code = [b for b in blocks if "ai_edge_litert" in b]
     assert len(code) == 1
     proc = subprocess.run([sys.executable, "-I", "-c", code[0]], capture_output=True,

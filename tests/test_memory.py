@@ -15,7 +15,7 @@ from edgeslim.models import build_model
 from toys import DepthwiseNet, PlainNet, ResidualNet
 
 # What the estimate leaves out (kernel scratch, prepacked weight copies) stays below this on
-# the hosts the tests run on; the README's "Peak memory" section states the same bound.
+# the hosts the tests run on; "Peak memory" in docs/latency-and-memory.md states the same bound.
 MAX_UNCOUNTED_BYTES = 1.5 * 2**20
 
 

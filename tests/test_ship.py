@@ -1,5 +1,6 @@
 """From a finished search to what a user browses and ships: the dashboard and the report in
-headless Chromium, the PyTorch file in a fresh Python process, and the README's example."""
+headless Chromium, the PyTorch file in a fresh Python process, and the example of
+docs/deployment.md."""
 
 from __future__ import annotations
 
@@ -185,7 +186,8 @@ def test_pytorch_file_runs_without_edgeslim_and_matches_the_onnx_file(exported, 
 
 
 def readme_predict_code() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "deployment.md").read_text(),
+                        re.S)
     found = [b for b in blocks if "ort.InferenceSession" in b]
     assert len(found) == 1
     return found[0]

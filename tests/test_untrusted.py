@@ -1,6 +1,6 @@
 """Files and services that others can reach: a budget or data file from elsewhere runs
-nothing, the dashboard serves this machine only unless told otherwise, and the README says
-which inputs are code."""
+nothing, the dashboard serves this machine only unless told otherwise, and the documentation
+says which inputs are code."""
 
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ def test_dashboard_listens_on_this_machine_only_by_default(tmp_path, capsys, mon
     assert "no login" not in out  # the warning printed for any other address
 
 
-def test_readme_says_a_model_file_is_run_as_code():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_say_a_model_file_is_run_as_code():
+    readme = (REPO / "docs" / "search.md").read_text()
     section = readme.split("\n## Models and data\n", 1)[1].split("\n## ", 1)[0]
     text = re.sub(r"\s+", " ", section).replace("**", "")
     assert ("A model given as a file path is imported and run as Python code: only use files "

@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from edgeslim.compress.prune import KeptIndices
+from edgeslim.compress.prune import GRADIENT_IMAGES, KeptIndices, loss_gradients
 from edgeslim.compress.reconstruct import reconstruct
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.screening import recalibrate_batch_norm
@@ -40,6 +40,25 @@ def labelled_batches(data: DataBundle, images: int, seed: int, batch: int = 128,
     idx = _draw(data, images, seed)
     return [(data.normalize(data.train.x[idx[i:i + batch]]), data.train.y[idx[i:i + batch]])
             for i in range(0, len(idx), batch)]
+
+
+class BaseGradients:
+    """The base model's loss gradients on the labelled batches the gradient criteria read
+    (``labelled_batches`` of ``GRADIENT_IMAGES`` images), computed on the first call and
+    shared by whoever holds this: a run's screening, its search and its finalists prune the
+    same base model with the same batches."""
+
+    def __init__(self, base: nn.Module, data: DataBundle, seed: int) -> None:
+        self.base, self.data, self.seed = base, data, seed
+        self._gradients: dict[str, torch.Tensor] | None = None
+
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return labelled_batches(self.data, GRADIENT_IMAGES, self.seed)
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        if self._gradients is None:
+            self._gradients = loss_gradients(self.base, self.batches())
+        return self._gradients
 
 
 def _draw(data: DataBundle, images: int, seed: int) -> torch.Tensor:

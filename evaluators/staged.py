@@ -25,7 +25,6 @@ from torch import nn
 from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, ARTIFACT_TFLITE
 from edgeslim.budget import Runtime
 from edgeslim.compress import prunable_copy, quantize_onnx, tied
-from edgeslim.compress.prune import GRADIENT_IMAGES, loss_gradients
 from edgeslim.data import DataBundle, Split
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators._base import Caps, Evaluator, Measurement
@@ -33,7 +32,7 @@ from edgeslim.evaluators.artifact import measure_onnx_file
 from edgeslim.evaluators.litert import measure_litert_file
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
-from edgeslim.evaluators.recovery import Recovery, labelled_batches, recover
+from edgeslim.evaluators.recovery import BaseGradients, Recovery, recover
 from edgeslim.evaluators.stages import StageContext, model_stage
 from edgeslim.export import one_line, write_onnx
 from edgeslim.fsutil import atomic_torch_save
@@ -94,28 +93,21 @@ class StagedEvaluator(Evaluator):
     # (``Budget.asks_for``). Otherwise it is timed once, for the card, at export.
     timed: bool = True
     recovery: Recovery = field(default_factory=Recovery)  # between each stage and its fine-tune
+    # The base model's loss gradients, shared with the run's other evaluators and screening.
+    gradients: BaseGradients | None = None
 
     def __post_init__(self) -> None:
         self.base = self.base.cpu().eval().to(memory_format=torch.contiguous_format)
         self.example = torch.zeros(1, *self.data.input_shape)
         self._calibration: list[np.ndarray] | None = None
-        self._gradients: dict[str, torch.Tensor] | None = None
+        if self.gradients is None:
+            self.gradients = BaseGradients(self.base, self.data, self.seed)
 
     def calibration(self) -> list[np.ndarray]:
         if self._calibration is None:
             self._calibration = calibration_batches(self.data, self.calibration_images,
                                                     self.seed)
         return self._calibration
-
-    def _gradient_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The labelled training images gradient criteria of pruning read."""
-        return labelled_batches(self.data, GRADIENT_IMAGES, self.seed)
-
-    def _base_gradients(self) -> dict[str, torch.Tensor]:
-        """The base model's loss gradients on ``_gradient_batches``, computed on first use."""
-        if self._gradients is None:
-            self._gradients = loss_gradients(self.base, self._gradient_batches())
-        return self._gradients
 
     def build(self, candidate: Candidate, workdir: Path, finetune: bool = True) -> Built:
         """Runs the candidate's stages on a copy of the base model and writes its files into
@@ -137,8 +129,8 @@ class StagedEvaluator(Evaluator):
             stage = model_stage(name)
             # The first stage receives the base model itself: its loss gradients are the
             # base's, computed once per evaluator.
-            context = StageContext(self.seed, batches=self._gradient_batches,
-                                   gradients=self._base_gradients if index == 0 else None)
+            context = StageContext(self.seed, batches=self.gradients.batches,
+                                   gradients=self.gradients if index == 0 else None)
             before = copy.deepcopy(model) if finetune and self.recovery.reconstruct else None
             start = time.perf_counter()
             try:

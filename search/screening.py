@@ -30,9 +30,9 @@ from optuna.trial import TrialState
 from torch import nn
 
 from edgeslim.compress import apply_pruning, prunable_copy
-from edgeslim.compress.prune import GRADIENT_IMAGES, criterion, loss_gradients
+from edgeslim.compress.prune import criterion
 from edgeslim.data import DataBundle
-from edgeslim.evaluators.recovery import labelled_batches
+from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.evaluators.screening import recalibrated_accuracy
 from edgeslim.search.objective import BUILT_AS_ATTR
 from edgeslim.search.repair import STRUCTURAL, StaticCheck, repair
@@ -55,12 +55,14 @@ class ScreenObjective:
     brings under the limits is pruned from the screening study with its reason."""
 
     def __init__(self, space: StagedSpace, base: nn.Module, data: DataBundle,
-                 check: StaticCheck, seed: int = 0) -> None:
+                 check: StaticCheck, seed: int = 0,
+                 gradients: BaseGradients | None = None) -> None:
         self.space, self.base, self.data, self.seed = space, base, data, seed
         self.check = check
         self.example = torch.zeros(1, *data.input_shape)
         self._scores: dict[str, float] = {}  # by what a candidate builds (``built_as``)
-        self._gradients: dict[str, torch.Tensor] | None = None  # the base's, for ``taylor``
+        # The base's loss gradients (``taylor``), shared with the search's evaluators.
+        self.gradients = gradients or BaseGradients(base, data, seed)
 
     def __call__(self, trial: optuna.Trial) -> float:
         ratios, importance = self.space.pruning.suggest(trial)
@@ -86,12 +88,9 @@ class ScreenObjective:
             if crit.needs_gradients and not crit.per_sample:
                 # Every allocation prunes a copy of the same base model: its gradients on
                 # the same images, computed once (1.8 s a CIFAR-10 ResNet-20 allocation).
-                if self._gradients is None:
-                    self._gradients = loss_gradients(self.base, labelled_batches(
-                        self.data, GRADIENT_IMAGES, self.seed))
-                gradients = self._gradients
+                gradients = self.gradients()
             elif crit.needs_gradients:
-                batches = labelled_batches(self.data, GRADIENT_IMAGES, self.seed)
+                batches = self.gradients.batches()
             apply_pruning(model, self.example, candidate.ratios, candidate.importance,
                           candidate.round_to, batches=batches, gradients=gradients)
             self._scores[key] = recalibrated_accuracy(model, self.data, CALIBRATION_IMAGES,

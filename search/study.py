@@ -32,6 +32,7 @@ from edgeslim.errors import ConfigError, StudyError
 from edgeslim.evaluators import StagedEvaluator
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter
+from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.logs import LOG_NAME, attach
 from edgeslim.models import build_model
 from edgeslim.search._prepare import (
@@ -207,11 +208,15 @@ def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMete
     """The search's evaluator (short fine-tune), the finalists' (long fine-tune), and the check
     of the limits that need no training, which measures candidates' structures with the
     first."""
+    # One computation of the base model's loss gradients a run, for both evaluators and
+    # screening (``screen`` reads the search evaluator's).
+    gradients = BaseGradients(prepared.base.model, prepared.data, config.seed)
+
     def evaluator(recipe: TrainRecipe) -> StagedEvaluator:
         return StagedEvaluator(prepared.base.model, prepared.data, recipe,
                                config.budget.runtime, prepared.caps, seed=config.seed,
                                meter=meter, timed=config.budget.asks_for("latency_ms"),
-                               recovery=config.recovery)
+                               recovery=config.recovery, gradients=gradients)
 
     search, final = evaluator(config.finetune), evaluator(config.final or config.finetune)
     scratch = config.workdir / "trials"
@@ -277,7 +282,7 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
                   f"{len(prepared.space.layers)} weight layers, "
                   f"{len(prepared.space.orders)} stage orders")
     if remaining and config.screen:
-        screen(config, prepared, check, study, remaining, console)
+        screen(config, prepared, check, study, remaining, console, search.gradients)
     if remaining:
         with _Progress(console) as progress:
             update = progress.task("search", config.trials, done)
@@ -328,7 +333,7 @@ def run_plan(config: SearchConfig, console: Console,
 
 
 def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: optuna.Study,
-           remaining: int, console: Console) -> None:
+           remaining: int, console: Console, gradients: BaseGradients | None = None) -> None:
     """Ranks ``config.screen`` pruning allocations that meet the budget's params and MAC limits
     by their recalibrated accuracy, and enqueues the best as trials of ``study``
     (``edgeslim.search.screening``); nothing when the budget limits neither."""
@@ -341,7 +346,7 @@ def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: 
         return  # the reference trials fill the count
     screening = screen_study(study, make_sampler(screening_sampler(config.sampler), config.seed))
     objective = ScreenObjective(prepared.space, prepared.base.model, prepared.data,
-                                check.with_limits(caps), config.seed)
+                                check.with_limits(caps), config.seed, gradients)
     start = time.perf_counter()
     with _Progress(console) as progress, STOPWATCH("screening"):
         update = progress.task("screening", config.screen)

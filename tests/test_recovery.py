@@ -100,6 +100,33 @@ def test_taylor_from_gradients_computed_once_prunes_as_from_the_batches():
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
+
+def test_a_run_computes_the_base_gradients_once_for_every_evaluator(digits, tmp_path,
+                                                                    monkeypatch):
+    """The search's evaluator, the finalists' and screening prune copies of one base model
+    with the same images: one ``BaseGradients`` serves them all, computed on first use."""
+    import edgeslim.evaluators.recovery as recovery_module
+    from edgeslim.budget import Runtime
+    from edgeslim.evaluators import StagedEvaluator
+    from edgeslim.evaluators.recovery import BaseGradients
+    from edgeslim.spaces import Candidate
+    from edgeslim.training import TrainRecipe
+
+    calls = []
+    real = recovery_module.loss_gradients
+    monkeypatch.setattr(recovery_module, "loss_gradients",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = build_model("resnet20", 1, 10).eval()
+    shared = BaseGradients(base, digits, 0)
+    candidate = Candidate(order=("prune",), prune_ratios=(("layer1.0.conv1", 0.5),),
+                          importance="taylor", round_to=8)
+    for n, steps in enumerate((1, 2)):
+        evaluator = StagedEvaluator(base, digits, TrainRecipe(steps=steps), Runtime(),
+                                    gradients=shared)
+        assert evaluator.gradients is shared
+        evaluator.build(candidate, tmp_path / str(n))
+    assert calls == [1]
+
 def test_gradients_of_another_model_are_refused():
     gradients = loss_gradients(PlainNet(), [(torch.randn(4, 1, 8, 8), torch.arange(4))])
     with pytest.raises(ValueError, match="the gradients given do not match the model"):

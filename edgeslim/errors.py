@@ -38,3 +38,9 @@ class CandidateError(Exception):
 
     Not a user error: the search records the trial as failed with this message and goes on.
     """
+
+
+class DeviceError(CandidateError):
+    """The device that measures a candidate failed (unreachable, busy, its runtime refused to
+    run), not the candidate: a check before training must not take it as "does not fit" and
+    move on to another candidate. The trial fails with this message and the search goes on."""

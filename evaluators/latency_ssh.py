@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeslim.budget import LatencySource
-from edgeslim.errors import CandidateError, ConfigError
+from edgeslim.errors import CandidateError, ConfigError, DeviceError
 from edgeslim.evaluators.latency import LatencyResult
+from edgeslim.evaluators.remote import REFUSED_EXIT
 from edgeslim.fsutil import atomic_write_json
 
 REMOTE_DIR = ".cache/edgeslim/artifacts"  # under the remote user's home
@@ -65,14 +66,16 @@ class SshMeter:
                 with open(stdin, "rb") as f:
                     done = subprocess.run(args, capture_output=True, timeout=timeout, stdin=f)
         except FileNotFoundError:
-            raise CandidateError("ssh is not installed on this machine") from None
+            raise DeviceError("ssh is not installed on this machine") from None
         except subprocess.TimeoutExpired:
-            raise CandidateError(f"{self.where}: no answer within {timeout:g} s") from None
+            raise DeviceError(f"{self.where}: no answer within {timeout:g} s") from None
         if done.returncode != 0:
             err = done.stderr.decode(errors="replace")
             lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-            raise CandidateError(f"{self.where}: {lines[-1] if lines else 'exit status '}"
-                                 f"{'' if lines else done.returncode}")
+            # The runtime on the device refused the file: the candidate's failure.
+            error = CandidateError if done.returncode == REFUSED_EXIT else DeviceError
+            raise error(f"{self.where}: {lines[-1] if lines else 'exit status '}"
+                        f"{'' if lines else done.returncode}")
         return done.stdout.decode(errors="replace")
 
     @property
@@ -123,7 +126,7 @@ class SshMeter:
             fields = json.loads(out.strip().splitlines()[-1])
             result = LatencyResult(**{**fields, "source": "ssh"})
         except (ValueError, TypeError, IndexError):
-            raise CandidateError(f"{self.where}: unreadable timing output {out[-200:]!r}") \
+            raise DeviceError(f"{self.where}: unreadable timing output {out[-200:]!r}") \
                 from None
         if self.cache is not None:
             atomic_write_json({**self._cached(), key: result.to_dict()}, self.cache)

@@ -13,9 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from edgeslim.errors import ConfigError
+from edgeslim.errors import CandidateError, ConfigError
 from edgeslim.evaluators.latency import host_description, measure_latency
 from edgeslim.runtimes import RUNTIMES, check_installed
+
+# The exit status when the runtime refuses or fails to run the file: the candidate's problem,
+# not the device's (any other failure is the device's: ``DeviceError`` on the host).
+REFUSED_EXIT = 3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,13 +40,18 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{exc} on {host_description()['node']}")
         print(json.dumps(host_description()))
         return
-    if args.runtime == "onnxruntime":
-        result = measure_latency(args.model, None, args.threads, max_spread=args.max_spread)
-    else:
-        from edgeslim.evaluators.litert import litert_latency
+    try:
+        if args.runtime == "onnxruntime":
+            result = measure_latency(args.model, None, args.threads,
+                                     max_spread=args.max_spread)
+        else:
+            from edgeslim.evaluators.litert import litert_latency
 
-        shape = tuple(int(v) for v in args.input_shape.split("x"))
-        result = litert_latency(args.model, shape, args.runtime, args.threads)
+            shape = tuple(int(v) for v in args.input_shape.split("x"))
+            result = litert_latency(args.model, shape, args.runtime, args.threads)
+    except CandidateError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(REFUSED_EXIT)
     print(json.dumps(result.to_dict()))
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from edgeslim.compress import apply_pruning, kept_channels, prunable_copy
-from edgeslim.errors import CandidateError
+from edgeslim.errors import CandidateError, DeviceError
 from edgeslim.evaluators import MODEL_MEASURES
 from edgeslim.evaluators._base import STATIC_MEASURES
 from edgeslim.spaces import Candidate, StagedSpace
@@ -120,6 +120,8 @@ class StaticCheck:
         if key not in self._artifact:
             try:
                 self._artifact[key] = self.artifact(candidate)
+            except DeviceError:
+                raise  # the measuring device failed: the trial fails, with its message
             except CandidateError as exc:
                 # Not buildable (export or runtime refused it) counts as not fitting: a repair
                 # or a reference's fit moves on, and a trial of it fails with the reason.

@@ -255,3 +255,25 @@ def test_a_linear_layer_applied_at_every_position_is_keyed_by_its_rows(tmp_path)
     # work of 4 rows, so it must not share a table entry with a Linear on one 8-vector.
     path = write_onnx(torch.nn.Linear(8, 16).eval(), torch.zeros(1, 4, 8), tmp_path / "l.onnx")
     assert layer_signatures(onnx.load(str(path))) == ["fc rows=4 in=8 out=16"]
+
+
+def test_the_remote_timer_tells_a_refused_file_from_a_failing_device(tmp_path, capsys):
+    """What the ssh source runs on the device: a file the runtime refuses exits with
+    ``REFUSED_EXIT`` (the host fails the candidate), anything else is the device's failure."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeslim.evaluators import remote
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"], domain="edgeslim.test")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("edgeslim.test", 1)])
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(SystemExit) as exit_:
+        remote.main([str(bad), "--threads", "1"])
+    assert exit_.value.code == remote.REFUSED_EXIT
+    assert "bad.onnx" in capsys.readouterr().err

@@ -73,6 +73,27 @@ def test_no_limit_the_space_can_meet_leaves_it_to_the_evaluator():
     assert not fixed.fits and not fixed.repaired
 
 
+
+def test_a_candidate_the_runtime_refuses_does_not_fit_but_a_failing_device_fails_the_trial():
+    """Repair moves past a candidate whose file cannot be built or run (it does not fit),
+    but a device that fails to measure (unreachable, busy) says nothing of the candidate:
+    the check raises, and the trial fails with the device's message."""
+    from edgeslim.errors import CandidateError, DeviceError
+
+    def refused(candidate):
+        raise CandidateError("onnxruntime rejected the artifact: NOT_IMPLEMENTED")
+
+    check = StaticCheck(PlainNet(), X, {"size_bytes": 1e9}, refused)
+    assert check.violations(_candidate(0.5, 0.5)) == [
+        "cannot be built: onnxruntime rejected the artifact: NOT_IMPLEMENTED"]
+
+    def busy(candidate):
+        raise DeviceError("ssh pi@board:22: device busy")
+
+    check = StaticCheck(PlainNet(), X, {"size_bytes": 1e9}, busy)
+    with pytest.raises(DeviceError, match="device busy"):
+        repair(_candidate(0.5, 0.5), _space(), check)
+
 @pytest.mark.parametrize("stages", [("prune",), ("prune", "quantize")])
 def test_size_limit_is_checked_on_the_untrained_artifact(digits, tmp_path: Path, stages):
     """Size is not counted but measured: the repaired candidate's exported file fits, and the

@@ -183,8 +183,7 @@ objectives: [latency]
     workdir = tmp_path / "w"
     code = main(["--budget", str(budget), "--trials", "3", "--workdir", str(workdir),
                  "--finetune-steps", "2", "--no-references", "--finalists", "0",
-                 # one measurement per trial before training (repair would try others)
-                 "--no-repair", "--study-name", "ssh"])
+                 "--study-name", "ssh"])
     assert code == 0
     study = load_study("ssh", default_storage(workdir))
     states = [t.state for t in study.trials]

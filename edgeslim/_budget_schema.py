@@ -249,9 +249,9 @@ def _runtime_problems(raw: dict[Any, Any], latency: dict[Any, Any],
         out.append((("runtime", "int8_io"), "applies to runtime litert and litert-micro only, "
                     f"got {shown(raw['int8_io'])}"))
     source = latency.get("source", "host")
-    if name != "onnxruntime" and source == "profile":
-        out.append((("latency", "source"), f"a profile times ONNX layers in onnxruntime; runtime "
-                    f"{name} is timed on this host (host) or on the device (ssh), got "
+    if name == "litert-micro" and source == "profile":
+        out.append((("latency", "source"), "a profile is made on a board that runs Python; "
+                    "runtime litert-micro is timed on this host (host) or over ssh (ssh), got "
                     f"{shown(source)}"))
     return out
 

@@ -219,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _profile_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="time, on this machine (the device), every layer "
                        "configuration the search can produce; write a latency profile")
-    p.add_argument("--runtime", default="onnxruntime", help="deployment runtime "
-                   "(default: %(default)s)")
+    p.add_argument("--runtime", default="onnxruntime", help="deployment runtime: onnxruntime "
+                   "or litert (each layer converted to a LiteRT file and timed in LiteRT; "
+                   "needs the litert extra) (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
     p.add_argument("--model", default="resnet20", help="model the search will compress "
                    "(default: %(default)s)")

@@ -1,4 +1,5 @@
-"""Latency of an ONNX artifact in onnxruntime, timed on this machine.
+"""Latency of an ONNX artifact in onnxruntime, timed on this machine (``time_once`` and
+``time_interleaved`` time LiteRT files too, in LiteRT, for a LiteRT profile).
 
 ``edgeslim.evaluators.remote`` runs the same timing as a command, which is how the ``ssh``
 latency source times an artifact on the device.
@@ -84,11 +85,11 @@ def time_once(onnx_path: Path, input_shape: tuple[int, ...], threads: int, warmu
               seed: int = 0, **stopping: float) -> LatencyResult:
     """One timing of ``session.run`` (see ``timed_runs`` for warm-ups and when runs stop)."""
     used = max(1, min(threads, available_cores()))
-    session, feed = _session(onnx_path, input_shape, used, seed)
+    run = _runner(onnx_path, input_shape, used, seed)
     # A kernel that cannot run this file's graph fails at the first run. (A try block costs
     # nothing in the timed loop.)
     with runtime_errors(onnx_path):
-        times = timed_runs(lambda: session.run(None, feed), warmup, **stopping)
+        times = timed_runs(run, warmup, **stopping)
     return timing_result(times, used, threads)
 
 
@@ -136,20 +137,36 @@ def time_interleaved(files: list[tuple[Path, tuple[int, ...]]], threads: int, se
     opened = []
     for path, shape in files:
         with runtime_errors(path):
-            session, feed = _session(path, shape, used, seed)
+            run = _runner(path, shape, used, seed)
             for _ in range(warmup):
-                session.run(None, feed)
-        opened.append((session, feed))
+                run()
+        opened.append(run)
     times: list[list[float]] = [[] for _ in files]
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(times[-1]) < min_runs:
-        for (session, feed), runs in zip(opened, times, strict=True):
-            session.run(None, feed)
+        for run, runs in zip(opened, times, strict=True):
+            run()
             for _ in range(burst):
                 t0 = time.perf_counter()
-                session.run(None, feed)
+                run()
                 runs.append((time.perf_counter() - t0) * 1e3)
     return [timing_result(runs, used, threads) for runs in times]
+
+
+def _runner(path: Path, input_shape: tuple[int, ...], threads: int, seed: int,
+            ) -> Callable[[], object]:
+    """One run of the file at batch 1 on random normal input of shape ``(1, *input_shape)``
+    (ONNX layout): in onnxruntime, or in LiteRT for a ``.tflite`` file (its input set once,
+    each run an ``invoke``)."""
+    if Path(path).suffix == ".tflite":
+        from edgeslim.evaluators.litert import open_runner
+
+        runner = open_runner(path, "litert", threads)
+        runner.run(np.random.default_rng(seed).standard_normal((1, *input_shape))
+                   .astype(np.float32))
+        return runner.invoke
+    session, feed = _session(path, input_shape, threads, seed)
+    return lambda: session.run(None, feed)
 
 
 def _session(onnx_path: Path, input_shape: tuple[int, ...], threads: int, seed: int):

@@ -214,10 +214,12 @@ def _fd2_lines(lines: list[str]) -> Iterator[None]:
 def measure_litert_file(path: Path, onnx_path: Path | None, data: DataBundle, runtime: Runtime,
                         split: Split | None = None, split_name: str = "val_acc",
                         latency: bool = True, meter: LatencyMeter | None = None,
-                        ) -> tuple[dict[str, float], dict[str, Any]]:
+                        mode: str = "none") -> tuple[dict[str, float], dict[str, Any]]:
     """The measures of a LiteRT file in the budget's runtime (``litert`` or
     ``litert-micro``): size_bytes (its length); latency_ms timed in that runtime on this host
-    (``litert_latency``), or on the device by an ssh ``meter`` (not with ``latency`` False);
+    (``litert_latency``), on the device by an ssh ``meter``, or predicted by a profile
+    ``meter`` from ``onnx_path`` and the file's quantization ``mode`` (not with ``latency``
+    False);
     the accuracy on ``split`` under
     ``split_name``, run in that runtime; and memory:
 
@@ -252,6 +254,8 @@ def measure_litert_file(path: Path, onnx_path: Path | None, data: DataBundle, ru
     if latency:
         if meter is not None and meter.source == "ssh":
             timing = meter.measure(path, input_shape=shape)
+        elif meter is not None and meter.source == "profile":
+            timing = meter.measure(path, graph=onnx_path, mode=mode)
         else:
             timing = litert_latency(path, shape, runtime.name, runtime.threads)
         values["latency_ms"] = timing.latency_ms

@@ -121,9 +121,11 @@ class LatencyProfile:
     def modes(self) -> tuple[str, ...]:
         return tuple(self.layers)
 
-    def predict_ms(self, model: onnx.ModelProto) -> float:
-        """Predicted latency of ``model`` (any graph the search exports) on the device."""
-        mode = graph_mode(model)
+    def predict_ms(self, model: onnx.ModelProto, mode: str | None = None) -> float:
+        """Predicted latency of ``model`` (any graph the search exports) on the device; for a
+        LiteRT file, ``model`` is the float graph it was converted from and ``mode`` its
+        quantization."""
+        mode = mode or graph_mode(model)
         table = self.layers.get(mode)
         if table is None:
             raise CandidateError(f"profile {self.path.name} has no {mode} table "
@@ -206,7 +208,15 @@ class ProfileMeter:
     threads_requested: int
     source: str = "profile"
 
-    def measure(self, onnx_path: Path, below_ms: float | None = None) -> LatencyResult:
-        ms = self.profile.predict_ms(onnx.load(str(onnx_path)))
+    def measure(self, onnx_path: Path, below_ms: float | None = None,
+                graph: Path | None = None, mode: str | None = None) -> LatencyResult:
+        """The predicted latency of an ONNX file; of a LiteRT file (``.tflite``), from the
+        ``graph`` it was converted from and its quantization ``mode``."""
+        if Path(onnx_path).suffix == ".tflite":
+            if graph is None or mode is None:
+                raise ValueError("a LiteRT file is predicted from its ONNX graph and mode")
+            ms = self.profile.predict_ms(onnx.load(str(graph)), mode)
+        else:
+            ms = self.profile.predict_ms(onnx.load(str(onnx_path)))
         return LatencyResult(ms, ms, ms, runs=0, threads=self.profile.threads,
                              threads_requested=self.threads_requested, source="profile")

@@ -5,7 +5,8 @@ What is timed:
 1. every weighted-layer configuration the search can produce for the model: each layer whose
    input or output channels belong to a prunable group, at every channel count the ratio grid
    gives that group (``kept_channels`` of each ratio from 0 to ``max_ratio``), as a one-layer
-   ONNX model in each quantization mode;
+   ONNX model in each quantization mode (with ``runtime`` litert, the LiteRT file converted
+   from it, LiteRT's own quantization, timed in LiteRT);
 2. whole models pruned with random per-group ratios (plus the unpruned one), in each mode. Most
    fit the calibration line ``latency = intercept + slope * sum(layer latencies)``; the others
    (``holdout``) are predicted and measured, and that error is written into the profile.
@@ -64,6 +65,9 @@ class ProfileOptions:
     layer_seconds: float = 0.5  # timing budget per layer configuration and mode
     model_seconds: float = 2.0  # timing budget per whole model and mode
     seed: int = 0
+    # onnxruntime (ONNX files) or litert (each file converted to a LiteRT file and timed in
+    # LiteRT, as a LiteRT budget deploys it; needs the litert extra on the device).
+    runtime: str = "onnxruntime"
 
 
 def _grid(opts: ProfileOptions) -> list[float]:
@@ -135,14 +139,23 @@ def _layer_module(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
     return module, torch.zeros(1, spec["cin"], *spec["in"])
 
 
-def _artifact(model: nn.Module, example: torch.Tensor, mode: str, folder: Path) -> Path:
+def _artifact(model: nn.Module, example: torch.Tensor, mode: str, folder: Path,
+              runtime: str = "onnxruntime") -> tuple[Path, Path]:
+    """The file timed (an ONNX file in ``mode``, or the LiteRT file converted from the float
+    one) and the ONNX graph its layers are read from."""
     folder.mkdir(parents=True, exist_ok=True)
     float_path = write_onnx(model.eval(), example, folder / "float.onnx")
     rng = np.random.default_rng(0)
     calibration = [rng.standard_normal((8, *example.shape[1:])).astype(np.float32)
                    for _ in range(2)]
-    return quantize_onnx(float_path, folder / f"{mode}.onnx", mode,
-                         iter(calibration) if mode == "int8_static" else None)
+    calibrated = iter(calibration) if mode == "int8_static" else None
+    if runtime == "litert":
+        from edgeslim.litert import onnx_to_tflite
+
+        return onnx_to_tflite(float_path, folder / f"{mode}.tflite", mode, calibrated), \
+            float_path
+    path = quantize_onnx(float_path, folder / f"{mode}.onnx", mode, calibrated)
+    return path, path
 
 
 def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -165,7 +178,8 @@ def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dic
         for spec in specs:
             module, example = _layer_module(spec)
             for mode in opts.modes:
-                path = _artifact(module, example, mode, folder / f"layer{len(layer_files)}")
+                path, _ = _artifact(module, example, mode, folder / f"layer{len(layer_files)}",
+                                    opts.runtime)
                 layer_files.append((path, tuple(example.shape[1:])))
                 keys.append((mode, signature(spec)))
         model_files, whole = _model_files(opts, folder)
@@ -199,12 +213,20 @@ def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dic
         }
     return {
         "format": PROFILE_FORMAT, "version": PROFILE_VERSION,
-        "runtime": "onnxruntime", "runtime_version": host_description()["runtime_version"],
+        "runtime": opts.runtime, "runtime_version": _runtime_version(opts.runtime),
         "threads": opts.threads, "host": host_description(), "model": opts.model,
         "input_shape": list(opts.input_shape), "num_classes": opts.num_classes,
         "round_to": opts.round_to, "max_ratio": opts.max_ratio, "step": opts.step,
         "layers": layers, "fit": fit, "error": error,
     }
+
+
+def _runtime_version(runtime: str) -> str:
+    if runtime == "litert":
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    return str(host_description()["runtime_version"])
 
 
 def _model_files(opts: ProfileOptions, folder: Path,
@@ -232,11 +254,12 @@ def _model_files(opts: ProfileOptions, folder: Path,
         if ratios:
             apply_pruning(pruned, example, ratios, "l1", opts.round_to)
         for mode in opts.modes:
-            path = _artifact(pruned, example, mode, folder / f"model{len(files)}")
+            path, graph = _artifact(pruned, example, mode, folder / f"model{len(files)}",
+                                    opts.runtime)
             files.append((path, opts.input_shape))
             rows[mode].append({"ratios": ratios, "mode": mode, "held_out": i in held_out,
                                "layers": [signature(s) for s in
-                                          layer_specs(onnx.load(str(path)))]})
+                                          layer_specs(onnx.load(str(graph)))]})
     return files, rows
 
 

@@ -218,7 +218,8 @@ class StagedEvaluator(Evaluator):
         """The artifact's measures in the budget's runtime (size from the runnable file)."""
         if built.onnx is not None:
             return measure_litert_file(built.runnable, built.onnx, self.data, self.runtime,
-                                       split, latency=latency, meter=self.meter)
+                                       split, latency=latency, meter=self.meter,
+                                       mode=built.info.get("quantize", "none"))
         return measure_onnx_file(built.runnable, self.data, self.runtime, split,
                                  meter=self.meter, latency=latency,
                                  latency_below_ms=latency_below_ms)

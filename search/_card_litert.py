@@ -27,13 +27,14 @@ LITERT_ATOL = 1e-3
 
 
 def litert_measures(tflite: Path, onnx_path: Path, data: DataBundle, runtime: Runtime,
-                    meter: LatencyMeter | None = None,
+                    meter: LatencyMeter | None = None, mode: str = "none",
                     ) -> tuple[dict[str, float], dict[str, Any]]:
     """The file's measures in ``runtime``, validation and test accuracy included; latency
-    on the device with an ssh ``meter``."""
+    from ``meter`` when it is the device's (ssh) or its profile (from ``onnx_path`` and the
+    file's quantization ``mode``)."""
     try:
         values, info = measure_litert_file(tflite, onnx_path, data, runtime, data.val,
-                                           meter=meter)
+                                           meter=meter, mode=mode)
         if data.test is not None:
             values["test_acc"] = litert_accuracy(tflite, data.test, data, runtime.name,
                                                  runtime.threads)

@@ -107,7 +107,9 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
     meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
     if tflite is not None:
-        measured, latency = litert_measures(tflite, onnx_path, data, runtime, meter)
+        measured, latency = litert_measures(
+            tflite, onnx_path, data, runtime, meter,
+            Candidate.from_dict(trial.user_attrs["candidate"]).quantize)
     else:
         try:
             measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val,

@@ -183,9 +183,9 @@ def host_line(budget: Budget) -> str | None:
     kind = "an Arm" if device_arm else "another kind of"
     start = (f"latency is timed on this {here} host, not on {budget.device.name} ({kind} "
              "device): its figures are this host's; for the device's, ")
-    if budget.runtime.name != "onnxruntime":  # a profile times ONNX layers only
-        return start + "time on it over ssh (latency: {source: ssh}), or run the search on " \
-            "the device itself"
+    if budget.runtime.name == "litert-micro":  # no Python on a microcontroller
+        return start + "a microcontroller runs no Python to time on, so take it as a relative " \
+            "figure (LiteRT for Microcontrollers' reference kernels on this host)"
     return start + ("make a profile on the board (optimize profile, then latency: {source: "
                     "profile}) or time on it over ssh (latency: {source: ssh})")
 
@@ -249,7 +249,7 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
         cap = lim.resolve(base[m])
         low, high = min(v[m] for v in values), max(v[m] for v in values)
         verdict = EVERY if high <= cap else SOME if low <= cap else NONE
-        on_device = m == "latency_ms" and budget.latency.source == "ssh"
+        on_device = m == "latency_ms" and budget.latency.source != "host"
         source = (None if on_device else RUNTIME_SOURCES.get(budget.runtime.name, {}).get(m)) \
             or SOURCES.get(m) or LATENCY_SOURCES[budget.latency.source]
         limits.append(LimitPlan(m, cap, base[m], low, high, source, verdict,

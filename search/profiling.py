@@ -12,17 +12,21 @@ from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.profile_build import ProfileOptions, build_profile
 from edgeslim.fsutil import atomic_write_json
 from edgeslim.models import resolve_factory
+from edgeslim.runtimes import check_installed
 
-# The runtimes whose latency a profile predicts: it times layers as ONNX files.
-PROFILED_RUNTIMES = ("onnxruntime",)
+# The runtimes whose latency a profile predicts: it times layers as ONNX files in onnxruntime,
+# or as the LiteRT files converted from them in LiteRT. (LiteRT for Microcontrollers runs on
+# boards without Python.)
+PROFILED_RUNTIMES = ("onnxruntime", "litert")
 
 
 def profile_options(args: argparse.Namespace) -> ProfileOptions:
     """The options of ``optimize profile``, validated before anything is timed."""
     if args.runtime not in PROFILED_RUNTIMES:
         raise ConfigError(f"--runtime: must be one of {', '.join(PROFILED_RUNTIMES)}, got "
-                          f"{args.runtime!r} (a profile times layers as ONNX files in "
-                          "onnxruntime)")
+                          f"{args.runtime!r} (a profile times layers on the board, as ONNX "
+                          "files in onnxruntime or as LiteRT files in LiteRT)")
+    check_installed(args.runtime)  # litert: the converter and LiteRT, on the board
     try:
         shape = tuple(int(v) for v in args.input_shape.lower().split("x"))
     except ValueError:
@@ -40,7 +44,8 @@ def profile_options(args: argparse.Namespace) -> ProfileOptions:
                           round_to=args.round_to, max_ratio=args.max_ratio, modes=modes,
                           threads=args.threads or available_cores(), models=args.models,
                           holdout=args.holdout, layer_seconds=args.layer_seconds,
-                          model_seconds=args.model_seconds, seed=args.seed)
+                          model_seconds=args.model_seconds, seed=args.seed,
+                          runtime=args.runtime)
 
 
 def run_profile(args: argparse.Namespace, console: Console) -> int:
@@ -58,7 +63,7 @@ def run_profile(args: argparse.Namespace, console: Console) -> int:
     atomic_write_json(profile, args.out)
     console.print(f"wrote {args.out}: {opts.model} {'x'.join(map(str, opts.input_shape))}, "
                   f"{len(next(iter(profile['layers'].values())))} layer configurations, "
-                  f"{opts.threads} threads, onnxruntime {profile['runtime_version']}")
+                  f"{opts.threads} threads, {opts.runtime} {profile['runtime_version']}")
     for mode, err in profile["error"].items():
         console.print(f"  {mode}: held-out error median {100 * err['median_abs_error']:.1f}%, "
                       f"max {100 * err['max_abs_error']:.1f}%, Spearman {err['spearman']:.2f} "

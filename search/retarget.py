@@ -37,6 +37,7 @@ from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators import UNITS, Built, StagedEvaluator, measure_onnx_file
 from edgeslim.evaluators.litert import measure_litert_file
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
+from edgeslim.export import write_onnx
 from edgeslim.models import build_model, load_checkpoint
 from edgeslim.packing import restore_onnx
 from edgeslim.runtimes import runtime_info
@@ -231,15 +232,26 @@ class Retarget:
         info: dict[str, Any] = {}
         if self.budget.asks_for("latency_ms"):
             if self.stored_litert:
-                measured, info = measure_litert_file(files["runnable"], None, self.data,
-                                                     self.budget.runtime,
-                                                     meter=self.evaluator.meter)
+                # A profile predicts from the ONNX graph the file was converted from.
+                graph = self._float_graph(trial, folder) \
+                    if self.evaluator.meter.source == "profile" else None
+                measured, info = measure_litert_file(
+                    files["runnable"], graph, self.data, self.budget.runtime,
+                    meter=self.evaluator.meter,
+                    mode=Candidate.from_dict(trial.user_attrs["candidate"]).quantize)
             else:
                 measured, info = measure_onnx_file(files["runnable"], self.data,
                                                    self.budget.runtime,
                                                    meter=self.evaluator.meter)
             values["latency_ms"] = measured["latency_ms"]
         return values, info, files
+
+    def _float_graph(self, trial: optuna.trial.FrozenTrial, folder: Path) -> Path:
+        """The trial's float model as an ONNX file: the graph its LiteRT file came from."""
+        from edgeslim.search.exporter import rebuild_model
+
+        model = rebuild_model(self.study, trial, self.download(trial, ARTIFACT_STATE, folder))
+        return write_onnx(model, torch.zeros(1, *self.data.input_shape), folder / "float.onnx")
 
     def _made_again(self, trial: optuna.trial.FrozenTrial, candidate: Candidate, folder: Path,
                     ) -> tuple[dict[str, float], dict[str, Any], dict[str, Path]]:
@@ -249,7 +261,7 @@ class Retarget:
 
         model = rebuild_model(self.study, trial, self.download(trial, ARTIFACT_STATE, folder))
         runnable, deployable, onnx = self.evaluator.deploy(model, candidate, folder)
-        built = Built(model, runnable, deployable, {}, onnx=onnx)
+        built = Built(model, runnable, deployable, {"quantize": candidate.quantize}, onnx=onnx)
         with torch.no_grad():
             values, info = self.evaluator.measure(built, with_accuracy=True)
         files = {"runnable": runnable, "deployable": deployable,

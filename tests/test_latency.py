@@ -164,13 +164,14 @@ def test_search_with_a_profile_for_another_model_exits_2(plain_profile, tmp_path
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("runtime", ["tflite", "litert"])
+@pytest.mark.parametrize("runtime", ["tflite", "litert-micro"])
 def test_profile_command_refuses_an_unknown_runtime(tmp_path, capsys, runtime):
     code = main(["profile", "--runtime", runtime, "--out", str(tmp_path / "p.json")])
     assert code == 2
     assert capsys.readouterr().err == (
-        f"optimize: error: --runtime: must be one of onnxruntime, got {runtime!r} (a profile "
-        "times layers as ONNX files in onnxruntime)\n")
+        f"optimize: error: --runtime: must be one of onnxruntime, litert, got {runtime!r} (a "
+        "profile times layers on the board, as ONNX files in onnxruntime or as LiteRT files "
+        "in LiteRT)\n")
     assert not (tmp_path / "p.json").exists()
 
 

@@ -91,16 +91,17 @@ def test_int8_io_is_read_for_litert_and_refused_for_onnxruntime():
     assert err.value.lines == ["b.yaml: runtime.int8_io: must be true or false, got 'yes'"]
 
 
-def test_a_litert_runtime_is_timed_on_this_host_or_the_device_not_from_a_profile():
+def test_litert_is_timed_here_over_ssh_or_from_a_profile_litert_micro_not_from_a_profile():
     with pytest.raises(BudgetError) as err:
         parse_budget({"device": DEVICE, "runtime": {"name": "litert-micro"},
                       "latency": {"source": "profile", "profile": "p.json"}}, source="b.yaml")
-    assert err.value.lines == ["b.yaml: latency.source: a profile times ONNX layers in "
-                               "onnxruntime; runtime litert-micro is timed on this host (host) "
-                               "or on the device (ssh), got 'profile'"]
-    budget = parse_budget({"device": DEVICE, "runtime": {"name": "litert"},
-                           "latency": {"source": "ssh", "host": "pi@h"}}, source="b.yaml")
-    assert budget.latency.source == "ssh"
+    assert err.value.lines == ["b.yaml: latency.source: a profile is made on a board that runs "
+                               "Python; runtime litert-micro is timed on this host (host) or "
+                               "over ssh (ssh), got 'profile'"]
+    for latency in ({"source": "ssh", "host": "pi@h"}, {"source": "profile", "profile": "p"}):
+        budget = parse_budget({"device": DEVICE, "runtime": {"name": "litert"},
+                               "latency": latency}, source="b.yaml")
+        assert budget.latency.source == latency["source"]
 
 
 def test_litert_micro_searches_the_quantization_it_runs():
@@ -133,7 +134,8 @@ def test_the_device_without_the_runtime_is_named_with_the_install_command(monkey
     assert str(exit_.value).startswith("runtime litert needs ai-edge-litert, not installed")
     assert "install with: uv sync --extra litert on " in str(exit_.value)
 
-def test_the_plan_offers_a_litert_budget_ssh_not_a_profile(monkeypatch):
+def test_the_plan_offers_a_litert_budget_a_profile_or_ssh_and_a_microcontroller_neither(
+        monkeypatch):
     from edgeslim.search.plan import host_line
 
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
@@ -141,8 +143,14 @@ def test_the_plan_offers_a_litert_budget_ssh_not_a_profile(monkeypatch):
                            "limits": {"latency": "5ms"}})
     assert host_line(budget) == (
         "latency is timed on this x86_64 host, not on Raspberry Pi 4 (an Arm device): its "
-        "figures are this host's; for the device's, time on it over ssh (latency: {source: "
-        "ssh}), or run the search on the device itself")
+        "figures are this host's; for the device's, make a profile on the board (optimize "
+        "profile, then latency: {source: profile}) or time on it over ssh (latency: {source: "
+        "ssh})")
+    budget = parse_budget({"device": {"name": "a board", "cpu": "Arm Cortex-M4F"},
+                           "runtime": {"name": "litert-micro"}, "limits": {"latency": "5ms"}})
+    assert host_line(budget).endswith(
+        "for the device's, a microcontroller runs no Python to time on, so take it as a "
+        "relative figure (LiteRT for Microcontrollers' reference kernels on this host)")
 
 
 # --- the runtimes themselves ------------------------------------------------------------------
@@ -416,3 +424,57 @@ def _readme_example_classifies_like_the_runtime(tflite: Path, folder: Path) -> N
                           text=True, cwd=folder, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == f"{data.class_names[int(logits.argmax())]}\n"
+
+
+@pytest.mark.slow
+def test_a_litert_profile_predicts_what_a_litert_search_records(tmp_path):
+    """``optimize profile --runtime litert`` times every layer configuration and the whole
+    models as LiteRT files in LiteRT; a search with ``runtime: litert`` and that profile
+    predicts each candidate's latency from its float graph and quantization mode."""
+    import onnx
+
+    from edgeslim.evaluators.profile import load_profile
+    from edgeslim.search.config import default_storage
+    from edgeslim.search.storage import load_study
+
+    plain = f"{REPO / 'tests' / 'toys.py'}:plain_net"
+    profile = tmp_path / "litert.json"
+    assert main(["profile", "--runtime", "litert", "--out", str(profile), "--model", plain,
+                 "--input-shape", "1x8x8", "--quantize", "none,int8_static", "--threads", "1",
+                 "--models", "6", "--holdout", "3", "--layer-seconds", "0.05",
+                 "--model-seconds", "0.1"]) == 0
+    loaded = load_profile(profile)
+    assert (loaded.runtime, loaded.modes) == ("litert", ("none", "int8_static"))
+    assert all(ms > 0 for table in loaded.layers.values() for ms in table.values())
+    assert {m: len(e["models"]) for m, e in loaded.error.items()} == {"none": 6,
+                                                                     "int8_static": 6}
+    budget = tmp_path / "b.yaml"
+    budget.write_text(f"device: {{name: board}}\nruntime: {{name: litert, threads: 1}}\n"
+                      f"latency: {{source: profile, profile: {profile}}}\n"
+                      "limits: {latency: 5ms}\nobjectives: [latency]\n")
+    workdir = tmp_path / "w"
+    assert main(["--budget", str(budget), "--model", plain, "--workdir", str(workdir),
+                 "--trials", "2", "--finetune-steps", "2", "--order", "prune,quantize",
+                 "--quantize", "int8_static", "--no-references", "--finalists", "0",
+                 "--study-name", "p"]) == 0
+    study = load_study("p", default_storage(workdir))
+    base = workdir / "base" / "base.onnx"
+    assert study.user_attrs["base"]["latency_ms"] == pytest.approx(
+        loaded.predict_ms(onnx.load(str(base)), "none"))
+    trials = [t for t in study.trials
+              if t.user_attrs.get("finetuned") and "duplicate_of" not in t.user_attrs]
+    assert trials
+    from edgeslim.search.exporter import rebuild_model
+    from edgeslim.search.retarget import download_trial_artifact
+
+    for t in trials:
+        assert t.user_attrs["latency_source"] == "profile"
+        assert t.user_attrs["latency_runs"] == 0
+        # The prediction of the trial's float graph in its mode: what the search recorded.
+        folder = tmp_path / f"t{t.number}"
+        folder.mkdir()
+        model = rebuild_model(study, t, download_trial_artifact(study, t, "model_state.pt",
+                                                                folder))
+        graph = write_onnx(model, torch.zeros(1, 1, 8, 8), folder / "float.onnx")
+        assert t.user_attrs["latency_ms"] == pytest.approx(
+            loaded.predict_ms(onnx.load(str(graph)), "int8_static"))

@@ -1,8 +1,10 @@
 """Feasibility before training: what the search space can reach against each limit.
 
 The plan builds the extreme candidates of the space from the untrained model (the measures
-it reports depend on the structure and the stages, not on trained weights) and measures each
-exactly as a trial's limits are checked before training:
+it reports depend on the structure and the stages, not on trained weights; its batch norms
+get the non-trivial statistics a trained model has, since a converter folds an identity
+batch norm away and would understate the memory of a LiteRT file) and measures each exactly
+as a trial's limits are checked before training:
 
 - the least compressed: no channel pruned, the most cluster values, each quantization mode
   the space offers (and none, where an order has no quantize stage);
@@ -20,12 +22,14 @@ candidate meets it, some do, or none does (with what would change that). Example
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -214,12 +218,31 @@ def trial_steps(config: SearchConfig, data: DataBundle) -> int:
     return per_stage * max(1, trainable)
 
 
+def like_trained(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of the untrained ``model`` whose batch norms hold statistics and affine
+    parameters away from the identity (drawn with ``seed``), as a trained model's do: the
+    LiteRT converter folds an identity batch norm into nothing, which a trained model never
+    gets (on cnn1d, a 48-byte smaller LiteRT for Microcontrollers arena)."""
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+    return model
+
+
 def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model: nn.Module,
               meter: LatencyMeter | None, base: dict[str, float] | None = None) -> Plan:
     """The plan of a search for ``model`` (untrained weights do: see the module docstring)."""
     budget = config.budget
     latency_limit = budget.limit("latency_ms")
     timed = latency_limit is not None
+    model = like_trained(model)
     evaluator = StagedEvaluator(model, data, dataclasses.replace(config.finetune, epochs=0.0),
                                 budget.runtime, Caps(), seed=config.seed, meter=meter,
                                 timed=timed, recovery=config.recovery)

@@ -178,3 +178,61 @@ def test_the_plan_verdicts_hold_for_what_a_search_found(searched, tmp_path):
             assert lim.low * (1 - slack) <= value <= lim.high * (1 + slack), (lim, t.number)
             if lim.verdict == EVERY:
                 assert t.constraints[lim.measure] <= 0, (lim, t.number)
+
+
+def _search_within_plan(tmp_path: Path, budget: Path, *extra: str) -> None:
+    """Plans ``budget`` for the options ``extra``, runs a short search with them, and checks
+    the plan against what the search recorded: every complete trial lies within the planned
+    range of each limited measure, and a limit every candidate meets is met by every trial."""
+    from edgeslim.search.config import default_storage
+    from edgeslim.search.storage import load_study
+
+    config = _config(tmp_path, budget, *extra)
+    data, space = load_inputs(config)
+    model = build_model(config.model, data.in_channels, data.num_classes)
+    plan = make_plan(config, data, space, model, latency_meter(config, data))
+    workdir = tmp_path / "search"
+    assert main(["--budget", str(budget), "--workdir", str(workdir), "--trials", "3",
+                 "--finetune-steps", "2", "--base-epochs", "1", "--finalists", "0",
+                 "--screen", "0", "--study-name", "s", *extra]) == 0
+    trials = [t for t in load_study("s", default_storage(workdir)).trials
+              if t.state == optuna.trial.TrialState.COMPLETE]
+    assert trials
+    # Latency is timed again, at another moment. A LiteRT file's bytes and arena depend a little
+    # on the weights' values too (the converter shares equal constants, plans buffers by
+    # size): the plan measures untrained weights, a trial trained ones (176 bytes in 468 kB).
+    litert = config.budget.runtime.name != "onnxruntime"
+    for lim in plan.limits:
+        slack = 0.5 if lim.measure == "latency_ms" else 0.01 if litert else 1e-6
+        for t in trials:
+            value = t.user_attrs[lim.measure]
+            assert lim.low * (1 - slack) <= value <= lim.high * (1 + slack), (lim, t.number)
+            if lim.verdict == EVERY:
+                assert t.constraints[lim.measure] <= 0, (lim, t.number)
+
+
+@pytest.mark.slow
+def test_the_mcu_plan_for_cnn1d_holds_for_what_a_search_found(tmp_path):
+    path = write_npz(tmp_path / "har.npz", 240, 60)
+    _search_within_plan(tmp_path, MCU, "--model", "cnn1d", "--dataset", f"npz:{path}")
+
+
+@pytest.mark.slow
+def test_the_pi4_plan_for_vgg16_bn_holds_for_what_a_search_found(tmp_path):
+    _search_within_plan(tmp_path, PI4, "--model", "vgg16_bn")
+
+
+def test_the_plan_measures_batch_norms_as_a_trained_model_has_them():
+    """An untrained model's batch norms are the identity, which the LiteRT converter folds
+    away; the plan measures a copy whose batch norms are not, and leaves the model as it is."""
+    from edgeslim.search.plan import like_trained
+
+    model = build_model("cnn1d", 9, 6)
+    copy = like_trained(model)
+    norms = [m for m in copy.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and all(not torch.all(m.running_var == 1) and not torch.all(m.weight == 1)
+                         for m in norms)
+    assert all(torch.all(m.running_var == 1) for m in model.modules()
+               if isinstance(m, torch.nn.BatchNorm1d))
+    assert all(torch.equal(a, b) for a, b in zip(like_trained(model).state_dict().values(),
+                                                  copy.state_dict().values()))

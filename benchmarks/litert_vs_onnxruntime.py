@@ -117,7 +117,9 @@ def write(results: dict, out: Path) -> None:
         "again in LiteRT from each trial's float weights without training, as "
         "`optimize show --budget` does. Validation: 4,000 images; test: 10,000 images no "
         "choice reads. Latency: batch 1, one thread, this host, the two files timed one after "
-        "the other.",
+        "the other. Size: the deployable file, which for a clustered candidate is the packed "
+        "file in both runtimes (packed from the int8 QDQ file for onnxruntime, from the float "
+        "file LiteRT converts for LiteRT, so its codebooks are float there).",
         "",
         "| trial | stages | quantize | size ORT / LiteRT | val ORT / LiteRT | test ORT / LiteRT "
         "| ms ORT / LiteRT |",

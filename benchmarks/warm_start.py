@@ -1,13 +1,14 @@
 """A Pi 5 search warm-started from a Pi 4 study, against a cold Pi 5 search, on CIFAR-10.
 
-The source is a pi4 study of ``--trials`` trials (one fine-tune epoch per stage, no
-finalists). For each seed, a cold search under budgets/pi5.yaml runs ``--trials`` trials and a
-warm one runs half as many after importing the source's trials:
+For each seed, the source is a pi4 study of ``--trials`` trials (one fine-tune epoch per
+stage, no finalists); a cold search under budgets/pi5.yaml runs ``--trials`` trials, and a
+warm one runs half as many after importing the source's trials (a warm start needs the
+source's seed: it draws the validation split):
 
-    optimize --budget budgets/pi4.yaml ... --trials 10 --workdir <runs>/source
+    optimize --budget budgets/pi4.yaml ... --trials 10 --seed S --workdir <runs>/source_sS
     optimize --budget budgets/pi5.yaml ... --trials 10 --seed S --workdir <runs>/cold_sS
     optimize --budget budgets/pi5.yaml ... --trials 5 --seed S --resume-from <pi4 study> \\
-        --workdir <runs>/warm_sS      (a copy of <runs>/source: the same storage)
+        --workdir <runs>/warm_sS      (a copy of <runs>/source_sS: the same storage)
 
 (``...``: ``--model resnet20 --dataset imagefolder:ROOT --checkpoint BASE
 --finetune-epochs 1 --finalists 0``, the data split and base model of
@@ -134,8 +135,9 @@ def write(results: dict, out: Path) -> None:
         "36,000 training, 4,000 validation and 10,000 test images). One fine-tune epoch per "
         "stage, no finalists. Accuracies are the trials' files in onnxruntime.",
         "",
-        f"Source: the pi4 study in {results['source']['workdir']}, {trials} trials, "
-        f"{results['source']['wall_s']} s ({results['source']['breakdown']}).",
+        "Sources: " + "; ".join(
+            f"seed {src['seed']}, the pi4 study in {src['workdir']}, {trials} trials, "
+            f"{src['breakdown']}" for src in results["sources"]) + ".",
         "",
         "## Best validation accuracy within the Pi 5's cost limits",
         "",
@@ -179,14 +181,15 @@ def main() -> None:
     common = ["--model", recovery.MODEL, "--dataset", f"imagefolder:{root}", "--checkpoint",
               os.path.relpath(base.weights_path), "--finetune-epochs", "1", "--finalists", "0"]
     args.runs = Path(os.path.relpath(args.runs))
-    source = args.runs / "source"
-    pi4 = [str(cli), "--budget", str(BUDGETS / "pi4.yaml"), *common, "--trials",
-           str(args.trials), "--workdir", str(source)]
-    found = run(source, pi4)
-    name = load_study(None, default_storage(source)).study_name
-    commands, runs = [pi4], []
+    commands, runs, sources = [], [], []
     for seed in (int(s) for s in args.seeds.split(",")):
+        source = args.runs / f"source_s{seed}"
         cold_dir, warm_dir = args.runs / f"cold_s{seed}", args.runs / f"warm_s{seed}"
+        pi4 = [str(cli), "--budget", str(BUDGETS / "pi4.yaml"), *common, "--trials",
+               str(args.trials), "--seed", str(seed), "--workdir", str(source)]
+        found = run(source, pi4)
+        name = load_study(None, default_storage(source)).study_name
+        sources.append({"seed": seed, "workdir": str(source), **found})
         cold = [str(cli), "--budget", str(BUDGETS / "pi5.yaml"), *common, "--trials",
                 str(args.trials), "--seed", str(seed), "--workdir", str(cold_dir)]
         if not warm_dir.exists():
@@ -195,6 +198,7 @@ def main() -> None:
                 str(args.trials // 2), "--seed", str(seed), "--resume-from", name,
                 "--workdir", str(warm_dir)]
         warm_name = name.removesuffix("-pi4") + "-pi5"  # <model>-<dataset>-<budget>
+        commands.append(["optimize", *pi4[1:]])
         for kind, workdir, command, study in (("cold", cold_dir, cold, None),
                                               ("warm", warm_dir, warm, warm_name)):
             timing = run(workdir, command)
@@ -204,9 +208,8 @@ def main() -> None:
                          "warm_start_line": timing["warm_start"]})
             commands.append(["optimize", *command[1:]])
     results = {"command": "uv run python benchmarks/warm_start.py " + " ".join(sys.argv[1:]),
-               "commands": [["optimize", *pi4[1:]], *commands[1:]], "cores": os.cpu_count(),
-               "trials": args.trials, "source": {"workdir": str(source), **found},
-               "runs": runs}
+               "commands": commands, "cores": os.cpu_count(), "trials": args.trials,
+               "sources": sources, "runs": runs}
     write(results, args.out)
     print(f"wrote {args.out}")
 

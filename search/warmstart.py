@@ -10,8 +10,8 @@ the new limits; a proposal that builds a model an imported trial built takes tha
 results instead of training it again. Imported trials do not count towards ``--trials``:
 ``--trials N`` is N new fine-tunes.
 
-Only a study whose trials compare can be imported: the same model, data, base model and
-fine-tune recipe. A trial whose parameters the new space does not offer (a stage order a
+Only a study whose trials compare can be imported: the same model, data, seed (it draws the
+validation split), base model and fine-tune recipe. A trial whose parameters the new space does not offer (a stage order a
 params limit rules out, a quantization mode the new runtime does not run) is left out, and
 so are the old study's finalists (their accuracy comes from the long fine-tune, not the
 search's) and trials that cannot be judged.
@@ -43,8 +43,9 @@ from edgeslim.spaces import StagedSpace
 
 WARM_START_ATTR = "warm_start"  # on the new study: where from, what was imported and left out
 # What must be equal for two studies' trials to compare (``setup_identity`` keys).
-COMPARABLE = ("model", "dataset", "data_fingerprint", "checkpoint", "base_recipe", "finetune",
-              "recovery")
+# The seed draws the validation split and seeds the recipes: another seed, other accuracies.
+COMPARABLE = ("model", "dataset", "seed", "data_fingerprint", "checkpoint", "base_recipe",
+              "finetune", "recovery")
 # Attributes of an old trial that describe how it ran in its own study, not its model.
 _NOT_COPIED = {"reference", "screened", "worker", "retry_of", "failed_trial", "surplus",
                "interrupted", "fail_reason"}

@@ -11,10 +11,10 @@ results instead of training it again. Imported trials do not count towards ``--t
 ``--trials N`` is N new fine-tunes.
 
 Only a study whose trials compare can be imported: the same model, data, seed (it draws the
-validation split), base model and fine-tune recipe. A trial whose parameters the new space does not offer (a stage order a
-params limit rules out, a quantization mode the new runtime does not run) is left out, and
-so are the old study's finalists (their accuracy comes from the long fine-tune, not the
-search's) and trials that cannot be judged.
+validation split), base model and fine-tune recipe. A trial whose parameters the new space
+does not offer (a stage order a params limit rules out, a quantization mode the new runtime
+does not run) is left out, and so are the old study's finalists (their accuracy comes from
+the long fine-tune, not the search's) and trials that cannot be judged.
 """
 
 from __future__ import annotations

@@ -148,6 +148,7 @@ def test_a_warm_start_imports_the_trials_judged_for_the_new_budget(warm, tmp_pat
 @pytest.mark.parametrize(("extra", "message"), [
     (["--resume-from", "no-such-study"], "no study 'no-such-study'"),
     (["--resume-from", SOURCE, "--finetune-epochs", "1"], "a different finetune"),
+    (["--resume-from", SOURCE, "--seed", "1"], "a different seed, data_fingerprint"),
 ])
 def test_a_warm_start_from_a_study_that_does_not_compare_is_refused(
         searched, tmp_path, capsys, extra, message):

@@ -254,6 +254,12 @@ def _storage_url(args: argparse.Namespace) -> str:
     return args.storage or default_storage(args.workdir)
 
 
+def _where(args: argparse.Namespace) -> str:
+    """The options that name the search's storage, for the commands the run suggests."""
+    return (("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
+            + (f" --storage {args.storage}" if args.storage else ""))
+
+
 def _check_out(out: Path) -> None:
     """``--out`` must be a directory or a path where one can be created."""
     for path in (out, *out.parents):
@@ -293,8 +299,7 @@ def run(args: argparse.Namespace) -> int:
         from edgeslim.search.objective import is_feasible
 
         study = run_search(config, console)
-        where = (("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
-                 + (f" --storage {args.storage}" if args.storage else ""))
+        where = _where(args)
         command = f"optimize export --study {study.study_name} --out best/{where}"
         if any(is_feasible(t) and t.user_attrs.get("finetuned") for t in study.trials):
             console.print(f"export the best feasible model with: {command}")
@@ -394,8 +399,7 @@ def _show_for(study: optuna.Study, budget: Budget, args: argparse.Namespace,
                 update(completed=len(verdicts))
         print_judged(retarget, verdicts, console)
     if any(v.fits for v in verdicts):
-        where = (("" if args.workdir == DEFAULT_WORKDIR else f" --workdir {args.workdir}")
-                 + (f" --storage {args.storage}" if args.storage else ""))
+        where = _where(args)
         console.print(f"export the best of them with: optimize export --study "
                       f"{study.study_name} --budget {args.budget} --out best-{budget.name}/"
                       f"{where}", soft_wrap=True)

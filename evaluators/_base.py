@@ -42,6 +42,20 @@ class Caps:
                 out.append(f"{name} {values[name]:.6g} > {cap:.6g}")
         return out
 
+    def verdicts(self, values: dict[str, float]) -> dict[str, dict[str, Any]]:
+        """Pass or fail per limit: ``{measure: {"limit", "value", "pass"}}``, the accuracy
+        drop under ``accuracy_drop`` (its limit the smallest allowed ``val_acc``). A measure
+        missing from ``values`` fails, with value None."""
+        out: dict[str, dict[str, Any]] = {
+            name: {"limit": cap, "value": values.get(name),
+                   "pass": name in values and values[name] <= cap}
+            for name, cap in self.limits.items()}
+        if self.min_val_acc is not None:
+            acc = values.get("val_acc")
+            out["accuracy_drop"] = {"limit": self.min_val_acc, "value": acc,
+                                    "pass": acc is not None and acc >= self.min_val_acc}
+        return out
+
     def constraints(self, values: dict[str, float]) -> dict[str, float]:
         """Optuna constraint values (feasible when <= 0): ``value / cap - 1`` per limited
         measure, ``(min_acc - acc) / min_acc`` for the accuracy drop."""

@@ -159,12 +159,9 @@ def _runner(path: Path, input_shape: tuple[int, ...], threads: int, seed: int,
     (ONNX layout): in onnxruntime, or in LiteRT for a ``.tflite`` file (its input set once,
     each run an ``invoke``)."""
     if Path(path).suffix == ".tflite":
-        from edgeslim.evaluators.litert import open_runner
+        from edgeslim.evaluators.litert import invoker
 
-        runner = open_runner(path, "litert", threads)
-        runner.run(np.random.default_rng(seed).standard_normal((1, *input_shape))
-                   .astype(np.float32))
-        return runner.invoke
+        return invoker(path, input_shape, "litert", threads, seed)
     session, feed = _session(path, input_shape, threads, seed)
     return lambda: session.run(None, feed)
 

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,11 +159,18 @@ def litert_latency(path: Path, input_shape: tuple[int, ...], runtime: str = "lit
     Microcontrollers), on random normal input of shape ``(1, *input_shape)`` (ONNX layout);
     warm-ups and when runs stop as for onnxruntime (``timed_runs``)."""
     used = 1 if runtime == "litert-micro" else max(1, min(threads, available_cores()))
-    runner = open_runner(path, runtime, used)
+    times = timed_runs(invoker(path, input_shape, runtime, used, seed), **stopping)
+    return timing_result(times, used, threads, source=f"host ({runtime})")
+
+
+def invoker(path: Path, input_shape: tuple[int, ...], runtime: str = "litert",
+            threads: int = 1, seed: int = 0) -> Callable[[], None]:
+    """One run of the file in ``runtime`` at batch 1, its input (random normal, shape
+    ``(1, *input_shape)`` in the ONNX layout) set once: what latency times."""
+    runner = open_runner(path, runtime, threads)
     runner.run(np.random.default_rng(seed).standard_normal((1, *input_shape))
                .astype(np.float32))
-    times = timed_runs(runner.invoke, **stopping)
-    return timing_result(times, used, threads, source=f"host ({runtime})")
+    return runner.invoke
 
 
 def micro_arena_bytes(path: Path, input_shape: tuple[int, ...]) -> int:

@@ -26,7 +26,7 @@ from edgeslim.models import build_model, load_checkpoint
 from edgeslim.models.check import check_model
 from edgeslim.runtimes import runtime_info
 from edgeslim.search._progress import _Progress
-from edgeslim.search.config import SearchConfig
+from edgeslim.search.config import SearchConfig, SpaceOptions
 from edgeslim.search.objective import ACCURACY
 from edgeslim.search.repair import STRUCTURAL
 from edgeslim.search.screening import structural_caps
@@ -108,15 +108,20 @@ def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
 
 
 def latency_meter(config: SearchConfig, data: DataBundle) -> LatencyMeter:
-    """The budget's latency source, checked against the search before anything is trained: a
-    profile must have been made for this runtime, model, input, threads, channel grid and
-    quantization modes; an ssh device must answer and have edgeslim installed."""
-    budget = config.budget
-    meter = make_meter(budget.latency, budget.runtime, config.cache_dir)
+    """The budget's latency source for the search (``checked_meter``)."""
+    return checked_meter(config.budget, config.model, data, config.space, config.cache_dir)
+
+
+def checked_meter(budget: Budget, model: str, data: DataBundle, opts: SpaceOptions,
+                  cache_dir: Path) -> LatencyMeter:
+    """``budget``'s latency source, checked against a search of ``model`` on ``data`` with
+    the space ``opts`` before anything is trained: a profile must have been made for this
+    runtime, model, input, threads, channel grid and quantization modes; an ssh device must
+    answer and have edgeslim installed."""
+    meter = make_meter(budget.latency, budget.runtime, cache_dir)
     if budget.latency.source == "profile":
-        opts = config.space
         modes = ("none", *opts.quant_modes) if "quantize" in opts.stages else ("none",)
-        meter.profile.check(budget.runtime.name, budget.runtime.threads, config.model,
+        meter.profile.check(budget.runtime.name, budget.runtime.threads, model,
                             tuple(data.input_shape), data.num_classes, opts.round_to,
                             opts.max_ratio, modes)
     elif budget.latency.source == "ssh":

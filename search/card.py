@@ -18,7 +18,7 @@ from edgeslim import __version__
 from edgeslim.budget import LatencySource, Runtime
 from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError, StudyError
-from edgeslim.evaluators import MODEL_MEASURES, UNITS, measure_onnx_file, onnx_accuracy
+from edgeslim.evaluators import MODEL_MEASURES, UNITS, Caps, measure_onnx_file, onnx_accuracy
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import make_meter
 from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
@@ -121,21 +121,16 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
                                                  threads=available_cores())
     values.update(measured)
     values["size_bytes"] = float(Path(deployable).stat().st_size)
-    caps, budget = target.caps, target.budget
-    limits: dict[str, Any] = {}
-    for measure, cap in caps["limits"].items():
-        rule = budget["limits"][measure]
-        limits[measure] = {
-            "limit": cap, "value": values[measure], "pass": values[measure] <= cap,
-            "declared": f"{rule['value']:.0%} of base" if rule["relative"] else rule["value"],
-        }
-    if caps["min_val_acc"] is not None:
-        limits["accuracy_drop"] = {
-            "limit": caps["min_val_acc"], "value": values[ACCURACY],
-            "pass": values[ACCURACY] >= caps["min_val_acc"],
-            "declared": f"{budget['accuracy_drop_points']} percentage points below the base "
-                        f"({100 * target.base[ACCURACY]:.2f}%)",
-        }
+    budget = target.budget
+    limits = Caps(**target.caps).verdicts(values)
+    for measure, verdict in limits.items():
+        if measure == "accuracy_drop":
+            verdict["declared"] = (f"{budget['accuracy_drop_points']} percentage points below "
+                                   f"the base ({100 * target.base[ACCURACY]:.2f}%)")
+        else:
+            rule = budget["limits"][measure]
+            verdict["declared"] = f"{rule['value']:.0%} of base" if rule["relative"] \
+                else rule["value"]
     shape = attrs["data"]["input_shape"]
     compression = _compression(trial, attrs["space"])
     files = {"deployable": Path(deployable).name, "onnx": Path(onnx_path).name}

@@ -116,17 +116,16 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
             data, target, runtime = retarget.data, retarget.target, budget.runtime.name
             made = {} if retarget.same_files else verdict.files
         litert = runtime_info(runtime).litert
-        if made:  # made again for the other budget's runtime
-            for name, path in made.items():
-                if name != "onnx":
-                    shutil.copyfile(path, tmp / path.name)
-            deployable = made["deployable"].name
+        if made:  # made again for the other budget's runtime, from the weights judged
+            for name in ("runnable", "deployable"):
+                shutil.copyfile(made[name], tmp / made[name].name)
+            deployable, state = made["deployable"].name, made["state"]
         else:
             deployable = deployable_artifact(trial)
             for name in dict.fromkeys((deployable, *((ARTIFACT_TFLITE,) if litert else ()))):
                 download_trial_artifact(study, trial, name, tmp)
-        model = rebuild_model(study, trial, download_trial_artifact(study, trial,
-                                                                    ARTIFACT_STATE, tmp))
+            state = download_trial_artifact(study, trial, ARTIFACT_STATE, tmp)
+        model = rebuild_model(study, trial, state)
         if deployable == ARTIFACT_PACKED:
             restore_onnx(tmp / ARTIFACT_PACKED, tmp / ARTIFACT_ONNX)
         elif litert:  # the float ONNX file the LiteRT file was converted from

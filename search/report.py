@@ -187,7 +187,6 @@ def judged_table(retarget: Retarget, verdicts: list[Verdict]) -> Table:
     base = retarget.base_values
     table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in limited),
                   "", "", style="dim")
-    caps = retarget.caps.limits
     for v in verdicts:
         if v.reason is not None:
             table.add_row(str(v.trial.number), *("" for _ in limited), "-",
@@ -196,8 +195,8 @@ def judged_table(retarget: Retarget, verdicts: list[Verdict]) -> Table:
         cells = []
         for key, _, fmt in limited:
             value = v.values.get(key)
-            over = (key == ACCURACY and not v.limits.get("accuracy_drop", {"pass": True})["pass"]
-                    ) or (key in caps and value is not None and value > caps[key])
+            over = not v.limits.get("accuracy_drop" if key == ACCURACY else key,
+                                    {"pass": True})["pass"]
             cells.append("-" if value is None else fmt(value) + ("!" if over else ""))
         table.add_row(str(v.trial.number), *cells, "yes" if v.fits else "no",
                       trial_label(v.trial))

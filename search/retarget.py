@@ -36,13 +36,14 @@ from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators import UNITS, Built, StagedEvaluator, measure_onnx_file
 from edgeslim.evaluators.litert import measure_litert_file
-from edgeslim.evaluators.meters import LatencyMeter, make_meter
+from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.export import write_onnx
 from edgeslim.models import build_model, load_checkpoint
 from edgeslim.packing import restore_onnx
 from edgeslim.runtimes import runtime_info
-from edgeslim.search._prepare import measure_base, resolve_caps
+from edgeslim.search._prepare import checked_meter, measure_base, resolve_caps
 from edgeslim.search.card import Target
+from edgeslim.search.config import SpaceOptions
 from edgeslim.search.objective import DUPLICATE_ATTR
 from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, deployable_artifact
 from edgeslim.spaces import Candidate
@@ -56,8 +57,9 @@ __all__ = ["Retarget", "Verdict", "download_trial_artifact", "judged_trials", "l
 class Verdict:
     """A trial against the other budget: its measures there, and pass or fail per limit
     (``limits``: measure -> limit, value, pass), or the ``reason`` it cannot be judged.
-    ``files`` holds the files made again in another runtime (``runnable``, ``deployable``,
-    ``onnx``), while the ``Retarget``'s scratch folder lives."""
+    ``files`` holds the files judged (``runnable``, ``deployable``; made again in another
+    runtime, also the float ``state`` they were made from and, for LiteRT, the float ``onnx``
+    file converted), while the ``Retarget``'s scratch folder lives."""
 
     trial: optuna.trial.FrozenTrial
     values: dict[str, float] = field(default_factory=dict)
@@ -162,17 +164,8 @@ class Retarget:
                              "model must be measured for the other budget")
         load_checkpoint(model, weights, setup["model"])
         base = BaseModel(model.eval(), setup["model"], weights, trained_here=False)
-        meter = make_meter(budget.latency, budget.runtime, Path(attrs["paths"]["workdir"])
-                           / "cache")
-        if budget.latency.source == "profile":
-            space = setup["space"]
-            modes = ("none", *space["quant_modes"]) if "quantize" in space["stages"] \
-                else ("none",)
-            meter.profile.check(budget.runtime.name, budget.runtime.threads, setup["model"],
-                                tuple(data.input_shape), data.num_classes, space["round_to"],
-                                space["max_ratio"], modes)
-        elif budget.latency.source == "ssh":
-            meter.check()
+        meter = checked_meter(budget, setup["model"], data, SpaceOptions(**setup["space"]),
+                              Path(attrs["paths"]["workdir"]) / "cache")
         return cls(study, budget, data, base, meter, scratch)
 
     def judge_all(self, trials: Iterable[optuna.trial.FrozenTrial],
@@ -200,16 +193,7 @@ class Retarget:
                 values, info, files = self._made_again(trial, candidate, folder)
         except CandidateError as exc:
             return Verdict(trial, reason=f"{self.budget.runtime.name}: {exc}")
-        return Verdict(trial, values, info, self.limits(values), files=files)
-
-    def limits(self, values: dict[str, float]) -> dict[str, dict[str, Any]]:
-        out = {measure: {"limit": cap, "value": values.get(measure),
-                         "pass": values.get(measure, float("inf")) <= cap}
-               for measure, cap in self.caps.limits.items()}
-        if self.caps.min_val_acc is not None:
-            out["accuracy_drop"] = {"limit": self.caps.min_val_acc, "value": values[ACCURACY],
-                                    "pass": values[ACCURACY] >= self.caps.min_val_acc}
-        return out
+        return Verdict(trial, values, info, self.caps.verdicts(values), files=files)
 
     def download(self, trial: optuna.trial.FrozenTrial, name: str, folder: Path) -> Path:
         return download_trial_artifact(self.study, trial, name, folder)
@@ -259,11 +243,12 @@ class Retarget:
         trial's float weights."""
         from edgeslim.search.exporter import rebuild_model
 
-        model = rebuild_model(self.study, trial, self.download(trial, ARTIFACT_STATE, folder))
+        state = self.download(trial, ARTIFACT_STATE, folder)
+        model = rebuild_model(self.study, trial, state)
         runnable, deployable, onnx = self.evaluator.deploy(model, candidate, folder)
         built = Built(model, runnable, deployable, {"quantize": candidate.quantize}, onnx=onnx)
         with torch.no_grad():
             values, info = self.evaluator.measure(built, with_accuracy=True)
-        files = {"runnable": runnable, "deployable": deployable,
+        files = {"runnable": runnable, "deployable": deployable, "state": state,
                  **({"onnx": onnx} if onnx is not None else {})}
         return values, info, files

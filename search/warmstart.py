@@ -31,7 +31,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.storages._base import BaseStorage
 from optuna.trial import FixedTrial, TrialState, create_trial
 
-from edgeslim.artifacts import ARTIFACT_STATE, ARTIFACT_TFLITE
+from edgeslim.artifacts import ARTIFACT_STATE
 from edgeslim.errors import StudyError
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.search._prepare import Prepared
@@ -93,10 +93,10 @@ def import_trials(config: SearchConfig, prepared: Prepared, study: optuna.Study,
     _fail_unfinished_imports(study)
     have = {t.user_attrs[IMPORTED_ATTR]["trial"] for t in study.get_trials(deepcopy=False)
             if IMPORTED_ATTR in t.user_attrs and t.state == TrialState.COMPLETE}
-    trials = [t for t in judged_trials(source)
-              if FINALIST_ATTR not in t.user_attrs and t.number not in have]
+    judged = judged_trials(source)
+    trials = [t for t in judged if FINALIST_ATTR not in t.user_attrs and t.number not in have]
     left_out: dict[str, int] = {}
-    finalists = sum(FINALIST_ATTR in t.user_attrs for t in judged_trials(source))
+    finalists = sum(FINALIST_ATTR in t.user_attrs for t in judged)
     if finalists:
         left_out["finalists (long fine-tune)"] = finalists
     store = FileSystemArtifactStore(str(config.workdir / "artifacts"))
@@ -170,18 +170,13 @@ def _files(verdict: Verdict, retarget: Retarget, scratch: Path) -> dict[str, Pat
     """The files the new trial keeps, named as a trial of this budget's search names them:
     its deployable file (and the LiteRT file run beside a packed one), and its float
     weights."""
-    old = verdict.trial
-    folder = Path(tempfile.mkdtemp(prefix=f"import-{old.number}-", dir=scratch))
-    state = retarget.download(old, ARTIFACT_STATE, folder)
-    if retarget.same_files:
-        deployable = verdict.files["deployable"]
-        files = {deployable.name: deployable}
-        runnable = verdict.files["runnable"]
-        if runnable.name == ARTIFACT_TFLITE:
-            files[runnable.name] = runnable
-    else:
-        files = {p.name: p for key, p in verdict.files.items()
-                 if key == "deployable" or (key == "runnable" and p.suffix != ".onnx")}
+    deployable, runnable = verdict.files["deployable"], verdict.files["runnable"]
+    # As a search keeps them: the ONNX file a packed file restores to is not kept.
+    files = {p.name: p for p in (deployable, runnable) if p.suffix != ".onnx" or p == deployable}
+    state = verdict.files.get("state")  # downloaded already when the files were made again
+    if state is None:
+        folder = Path(tempfile.mkdtemp(prefix=f"import-{verdict.trial.number}-", dir=scratch))
+        state = retarget.download(verdict.trial, ARTIFACT_STATE, folder)
     return {**files, ARTIFACT_STATE: state}
 
 

@@ -56,8 +56,7 @@ def test_export_for_another_budget_picks_the_best_that_fits_it(searched, tmp_pat
     study = load_study(None, default_storage(searched))
     base = study.user_attrs["base"]
     fitting = [t for t in finetuned(study) if pi5_fits(t.user_attrs, base)]
-    if not fitting:
-        pytest.skip("no trial of the three fits budgets/pi5.yaml")
+    assert fitting, "no trial of the digits search fits budgets/pi5.yaml: nothing to export"
     finalists = [t for t in fitting if "finalist_of" in t.user_attrs]
     best = max(t.user_attrs["val_acc"] for t in finalists or fitting)
     out = tmp_path / "pi5"

@@ -54,7 +54,7 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
         raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
     finetune = TrainRecipe(
         epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
-        lr=FINETUNE_LR, warmup_fraction=0.1,
+        lr=args.finetune_lr or FINETUNE_LR, warmup_fraction=0.1,
         distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
         subset=args.finetune_subset)
     recovery = Recovery() if args.recovery is None else Recovery.parse(args.recovery)

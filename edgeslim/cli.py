@@ -43,8 +43,8 @@ def _positive(kind: type, name: str):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}")
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        if not value > 0 or value == float("inf"):  # nan and inf parse as floats
+            raise argparse.ArgumentTypeError(f"{name} must be > 0 and finite, got {text!r}")
         return value
 
     return parse
@@ -63,6 +63,12 @@ def _default_recovery() -> str:
     from edgeslim.recovery import Recovery
 
     return Recovery().describe()
+
+
+def _finetune_lr() -> float:
+    from edgeslim._options import FINETUNE_LR
+
+    return FINETUNE_LR
 
 
 def _search_options(s: argparse.ArgumentParser) -> None:
@@ -119,6 +125,10 @@ def _search_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--finetune-subset", type=float, default=1.0,
                    help="fraction of the training images the search's fine-tunes draw from "
                    "(a fixed subset; the finalists use all) (default: %(default)s)")
+    s.add_argument("--finetune-lr", type=_positive(float, "--finetune-lr"), default=None,
+                   help="peak learning rate of the fine-tunes and the finalists' (default: "
+                   f"{_finetune_lr()}, for a base model trained to convergence; a smaller one "
+                   "for a base from another task, such as ImageNet weights)")
     s.add_argument("--recovery", default=None,
                    help="steps between each stage and its fine-tune, comma-separated: "
                    "reconstruct (least-squares weights after pruning), recalibrate_bn "

@@ -189,6 +189,30 @@ def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, extra, mes
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-0.1", "nan", "inf", "fast"])
+def test_a_finetune_rate_must_be_a_positive_finite_number(tmp_path, capsys, value):
+    workdir = tmp_path / "w"
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        main(["--budget", str(PI4), "--workdir", str(workdir), "--finetune-lr", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert len(err.strip().splitlines()) == 1 and "--finetune-lr must be" in err
+    assert not workdir.exists()
+
+
+def test_the_finetune_rate_reaches_the_search_and_the_finalists():
+    from edgeslim._options import FINETUNE_LR, search_config
+    from edgeslim.cli import build_parser
+
+    def recipes(*extra: str):
+        args = build_parser().parse_args(["search", "--budget", str(PI4), *extra])
+        config = search_config(args)
+        return config.finetune.lr, config.final.lr
+
+    assert recipes() == (FINETUNE_LR, FINETUNE_LR)
+    assert recipes("--finetune-lr", "0.002") == (0.002, 0.002)
+
+
 def test_bad_budget_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: {name: b}\nlimits: {flops: 40Q}\n")

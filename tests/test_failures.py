@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import onnx
 import optuna
 import pytest
@@ -210,6 +211,27 @@ def test_onnxruntime_failing_to_run_the_file_is_a_candidate_error(digits, tmp_pa
     with pytest.raises(CandidateError) as scored:  # accuracy: batches of 256
         onnx_accuracy(path, digits.val, digits)
     assert str(scored.value) == reason % 256
+
+
+def test_activations_that_overflow_fail_int8_calibration_with_their_reason(tmp_path):
+    # Finite weights whose product with the images passes float32's largest value (3.4e38),
+    # as after a fine-tune that ran away from a random initialisation; the next layer
+    # adds inf to -inf, giving nan.
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 1, 3, 3], [1e38] * 18)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["h"]), helper.make_node("Neg", ["h"], ["n"]),
+         helper.make_node("Add", ["h", "n"], ["logits"])], "candidate",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], initializer=[weight])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    batches = iter([np.full((4, 1, 8, 8), 2.0, np.float32)])
+    with pytest.raises(CandidateError) as err:
+        quantize_onnx(path, tmp_path / "int8.onnx", "int8_static", batches)
+    assert str(err.value) == (
+        "int8_static quantization failed: a calibrated range is not a number: the float "
+        "model's activations overflow (inf or nan) on the calibration images")
 
 
 def test_bugs_are_not_taken_for_failed_candidates(digits, tmp_path):

@@ -48,6 +48,9 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 QUANT_ERRORS: tuple[type[Exception], ...] = (
     ValueError, NotImplementedError, RuntimeError, AssertionError, *ORT_ERRORS,
     onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+# onnxruntime's assertion when a range it computes is nan: min and max of activations that
+# hold inf or nan.
+_NAN_RANGE = "scale issue"
 # Operators whose float weights the fp16 mode stores as float16.
 _WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
@@ -81,6 +84,9 @@ def quantize_onnx(src: Path, dst: Path, mode: str,
     except QUANT_ERRORS as exc:
         detail = f" in onnxruntime: {ort_reason(exc)}" if isinstance(exc, ORT_ERRORS) \
             else f": {type(exc).__name__}: {one_line(exc)}"
+        if isinstance(exc, AssertionError) and str(exc) == _NAN_RANGE:
+            detail = (": a calibrated range is not a number: the float model's activations "
+                      "overflow (inf or nan) on the calibration images")
         raise CandidateError(f"{mode} quantization failed{detail}") from exc
     return dst
 

@@ -37,8 +37,8 @@ from _cifar import extract  # benchmarks/_cifar.py, beside this script
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from rich.console import Console
 
-from edgeslim._options import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.budget import load_budget
+from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.evaluators import (
     ARTIFACT_PACKED,
     DEPLOYABLE,
@@ -51,7 +51,8 @@ from edgeslim.packing import restore_onnx
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.exporter import deployable_artifact
 from edgeslim.search.objective import is_feasible
-from edgeslim.search.references import REFERENCE_ATTR, fit_uniform_ratio
+from edgeslim.search.records import REFERENCE_ATTR
+from edgeslim.search.references import fit_uniform_ratio
 from edgeslim.search.study import prepare, run_search
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, autocast_for, train

@@ -38,7 +38,8 @@ from optuna.artifacts import download_artifact
 from edgeslim.evaluators import onnx_accuracy
 from edgeslim.packing import restore_onnx
 from edgeslim.search.config import default_storage
-from edgeslim.search.picking import FINALIST_ATTR, deployable_artifact, is_feasible
+from edgeslim.search.picking import deployable_artifact, is_feasible
+from edgeslim.search.records import FINALIST_ATTR
 from edgeslim.search.storage import artifact_store, load_study
 
 ROOT = Path(__file__).resolve().parent

@@ -44,7 +44,8 @@ from optuna.artifacts import download_artifact
 
 from edgeslim.evaluators import onnx_accuracy
 from edgeslim.search.config import default_storage
-from edgeslim.search.picking import FINALIST_ATTR, IMPORTED_ATTR, deployable_artifact
+from edgeslim.search.picking import deployable_artifact
+from edgeslim.search.records import FINALIST_ATTR, IMPORTED_ATTR
 from edgeslim.search.storage import artifact_store, load_study
 
 ROOT = Path(__file__).resolve().parent

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING
 
+from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.errors import ConfigError
 from edgeslim.runtimes import DEFAULT_QUANTIZE, runtime_info
 from edgeslim.search.config import SearchConfig, SpaceOptions
@@ -13,12 +14,6 @@ from edgeslim.search.config import SearchConfig, SpaceOptions
 if TYPE_CHECKING:
     from edgeslim.budget import Budget
 
-# Fine-tuning starts from trained weights, so its peak learning rate is a quarter of the base
-# recipe's (a tenth, or four times more, recovered less: benchmarks/results/recovery.md).
-# Distillation from the base model, weighted 0.9 on its soft targets: 0.6 points more than
-# the even weighting of Hinton et al. after a one-epoch fine-tune (same table).
-FINETUNE_LR = 0.05
-FINETUNE_DISTILL_ALPHA = 0.9
 
 
 def search_config(args: argparse.Namespace, budget: Budget | None = None) -> SearchConfig:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeslim.defaults import FINETUNE_LR, MAX_RATIO
 from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
@@ -63,12 +64,6 @@ def _default_recovery() -> str:
     from edgeslim.recovery import Recovery
 
     return Recovery().describe()
-
-
-def _finetune_lr() -> float:
-    from edgeslim._options import FINETUNE_LR
-
-    return FINETUNE_LR
 
 
 def _search_options(s: argparse.ArgumentParser) -> None:
@@ -127,7 +122,7 @@ def _search_options(s: argparse.ArgumentParser) -> None:
                    "(a fixed subset; the finalists use all) (default: %(default)s)")
     s.add_argument("--finetune-lr", type=_positive(float, "--finetune-lr"), default=None,
                    help="peak learning rate of the fine-tunes and the finalists' (default: "
-                   f"{_finetune_lr()}, for a base model trained to convergence; a smaller one "
+                   f"{FINETUNE_LR}, for a base model trained to convergence; a smaller one "
                    "for a base from another task, such as ImageNet weights)")
     s.add_argument("--recovery", default=None,
                    help="steps between each stage and its fine-tune, comma-separated: "
@@ -138,7 +133,7 @@ def _search_options(s: argparse.ArgumentParser) -> None:
                    help="fine-tune on labels only, without distilling from the base model")
     s.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
                    help="kept channel counts are multiples of this (default: %(default)s)")
-    s.add_argument("--max-ratio", type=float, default=0.8,
+    s.add_argument("--max-ratio", type=float, default=MAX_RATIO,
                    help="largest fraction of a group's channels removed (default: %(default)s)")
     s.add_argument("--importance", default="taylor",  # compress.prune.IMPORTANCES
                    help="channel importance criteria the search chooses from, comma-separated; "
@@ -241,7 +236,7 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=_positive(int, "--num-classes"), default=10)
     p.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
                    help="as the search's --round-to (default: %(default)s)")
-    p.add_argument("--max-ratio", type=float, default=0.8,
+    p.add_argument("--max-ratio", type=float, default=MAX_RATIO,
                    help="as the search's --max-ratio (default: %(default)s)")
     p.add_argument("--quantize", default="none,int8_static,int8_dynamic,fp16",
                    help="modes to time (default: %(default)s)")
@@ -307,11 +302,12 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(plan.explanation())
             return 0
         from edgeslim.search.objective import is_feasible
+        from edgeslim.search.records import TrialRecord
 
         study = run_search(config, console)
         where = _where(args)
         command = f"optimize export --study {study.study_name} --out best/{where}"
-        if any(is_feasible(t) and t.user_attrs.get("finetuned") for t in study.trials):
+        if any(is_feasible(t) and TrialRecord.of(t).finetuned for t in study.trials):
             console.print(f"export the best feasible model with: {command}")
         else:
             console.print("no trial fits the budget yet: run more trials, loosen the budget, "
@@ -393,10 +389,11 @@ def _show_for(study: optuna.Study, budget: Budget, args: argparse.Namespace,
     import tempfile
 
     from edgeslim.search._progress import _Progress
+    from edgeslim.search.records import StudyRecord
     from edgeslim.search.report import print_judged
     from edgeslim.search.retarget import Retarget, judged_trials
 
-    workdir = Path(study.user_attrs["paths"]["workdir"])
+    workdir = Path(StudyRecord.of(study).path("workdir"))
     workdir.mkdir(parents=True, exist_ok=True)
     trials = judged_trials(study)
     with tempfile.TemporaryDirectory(prefix="judged-", dir=workdir) as scratch:

@@ -33,6 +33,7 @@ from torch import nn
 
 from edgeslim.compress.prune import apply_pruning, kept_channels, prunable_groups
 from edgeslim.compress.quantize import QUANT_MODES, quantize_onnx
+from edgeslim.defaults import MAX_RATIO
 from edgeslim.errors import ConfigError
 from edgeslim.evaluators.latency import host_description, time_interleaved, time_once
 from edgeslim.evaluators.profile import (
@@ -56,7 +57,7 @@ class ProfileOptions:
     input_shape: tuple[int, ...] = (3, 32, 32)
     num_classes: int = 10
     round_to: int = 8  # as the search's --round-to
-    max_ratio: float = 0.8  # as the search's --max-ratio (a profile covers smaller ones too)
+    max_ratio: float = MAX_RATIO  # as the search's --max-ratio (a profile covers smaller ones too)
     step: float = 0.05  # the search's ratio grid
     modes: tuple[str, ...] = QUANT_MODES
     threads: int = 1  # intra-op threads, as the budget's runtime.threads

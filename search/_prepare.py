@@ -27,7 +27,7 @@ from edgeslim.models.check import check_model
 from edgeslim.runtimes import runtime_info
 from edgeslim.search._progress import _Progress
 from edgeslim.search.config import SearchConfig, SpaceOptions
-from edgeslim.search.objective import ACCURACY
+from edgeslim.search.records import ACCURACY
 from edgeslim.search.repair import STRUCTURAL
 from edgeslim.search.screening import structural_caps
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer

@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from edgeslim.search.objective import is_feasible
+from edgeslim.search.records import TrialRecord
 from edgeslim.search.workers import counted
 
 PLAIN_EVERY_S = 30.0  # at most one progress line per task this often when not on a terminal
@@ -115,7 +116,7 @@ def _progress_callback(update: Callable[..., None]) -> Callable[..., None]:
     def refresh(study: optuna.Study, _trial: optuna.trial.FrozenTrial | None) -> None:
         trials = study.get_trials(deepcopy=False)
         feasible = [t.values[0] for t in trials if is_feasible(t)
-                    and t.user_attrs.get("finetuned")]
+                    and TrialRecord.of(t).finetuned]
         failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
         update(completed=counted(trials),
                status=f"best feasible {_fmt_acc(max(feasible) if feasible else None)}"

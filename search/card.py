@@ -23,7 +23,7 @@ from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import make_meter
 from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
 from edgeslim.search._card_litert import RUNTIME_TEXT, check_litert_against_torch, litert_measures
-from edgeslim.search.objective import ACCURACY
+from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
 from edgeslim.spaces import Candidate
 
 CARD_JSON = "model_card.json"
@@ -54,24 +54,22 @@ def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle
 
 
 def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    candidate = Candidate.from_dict(attrs["candidate"])
-    out: dict[str, Any] = {"stage_order": list(candidate.order), "candidate": attrs["candidate"]}
+    record = TrialRecord.of(trial)
+    candidate = Candidate.from_dict(record.candidate)
+    out: dict[str, Any] = {"stage_order": list(candidate.order), "candidate": record.candidate}
     if "prune" in candidate.order:
-        out["channels"] = {k.removeprefix("channels/"): v for k, v in attrs.items()
-                           if k.startswith("channels/")}
+        out["channels"] = record.channels
         out["base_channels"] = {g["name"]: g["channels"] for g in space["groups"]}
     if space.get("untraced") or space.get("left_out"):
         # What no trial of this study could prune (``PruningSpace.untraced``, ``left_out``).
         out["not_pruned"] = {"untraced": space.get("untraced", []),
                              "left_out": space.get("left_out", {})}
     if "sparsify" in candidate.order:
-        out["weight_sparsity"] = attrs.get("weight_sparsity")
+        out["weight_sparsity"] = record.measure("weight_sparsity")
         out["sparsity_note"] = SPARSITY_NOTE
     if "cluster" in candidate.order:
         out["cluster_method"] = candidate.cluster_method
-        out["clusters"] = {k.removeprefix("clusters/"): v for k, v in attrs.items()
-                           if k.startswith("clusters/")}
+        out["clusters"] = record.clusters
     out["quantize"] = candidate.quantize
     return out
 
@@ -87,8 +85,8 @@ class Target:
 
     @classmethod
     def of_study(cls, study: optuna.Study) -> Target:
-        attrs = study.user_attrs
-        return cls(attrs["budget"], attrs["caps"], attrs["base"])
+        record = StudyRecord.of(study)
+        return cls(record.budget, record.caps, record.base)
 
 
 def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
@@ -99,17 +97,18 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     With a LiteRT runtime, ``tflite`` is the file measured, in that runtime, and
     ``onnx_path`` the float ONNX file it was converted from. ``target``: the budget the
     trial was chosen for, when it is not the one the study searched for."""
-    attrs = study.user_attrs
+    record = StudyRecord.of(study)
+    trial_record = TrialRecord.of(trial)
     target = target or Target.of_study(study)
     runtime = Runtime(**target.budget["runtime"])
     source = LatencySource(**target.budget.get("latency", {}))
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
-    meter = make_meter(source, runtime, Path(attrs["paths"]["workdir"]) / "cache")
+    meter = make_meter(source, runtime, Path(record.path("workdir")) / "cache")
     if tflite is not None:
         measured, latency = litert_measures(
             tflite, onnx_path, data, runtime, meter,
-            Candidate.from_dict(trial.user_attrs["candidate"]).quantize)
+            Candidate.from_dict(trial_record.candidate).quantize)
     else:
         try:
             measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val,
@@ -131,8 +130,8 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             rule = budget["limits"][measure]
             verdict["declared"] = f"{rule['value']:.0%} of base" if rule["relative"] \
                 else rule["value"]
-    shape = attrs["data"]["input_shape"]
-    compression = _compression(trial, attrs["space"])
+    shape = record.data["input_shape"]
+    compression = _compression(trial, record.space)
     files = {"deployable": Path(deployable).name, "onnx": Path(onnx_path).name}
     if tflite is not None:
         files["tflite"] = Path(tflite).name
@@ -145,16 +144,16 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "study": study.study_name,
         "trial": trial.number,
-        "model": attrs["setup"]["model"],
-        "dataset": attrs["setup"]["dataset"],
+        "model": record.setup["model"],
+        "dataset": record.setup["dataset"],
         "files": files,
         "preprocessing": {
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
             "input_shape": [1, *shape], "layout": "NCHW" if len(shape) == 3 else "NCL",
             "dtype": "float32",
             "formula": "x = (pixels / 255 - mean) / std, per channel; pixels are uint8",
-            "mean": attrs["data"]["mean"], "std": attrs["data"]["std"],
-            "class_names": attrs["data"]["class_names"],
+            "mean": record.data["mean"], "std": record.data["std"],
+            "class_names": record.data["class_names"],
             # The LiteRT file takes the same values channels last, one image at a time.
             **({"tflite_input_shape": [1, *shape[1:], shape[0]]} if tflite is not None else {}),
         },
@@ -173,12 +172,13 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
             "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "host_cores": available_cores(),
         },
-        "search_measures": {k: trial.user_attrs[k] for k in UNITS if k in trial.user_attrs},
+        "search_measures": {k: trial_record.measures[k] for k in UNITS
+                            if k in trial_record.measures},
         "base": target.base,
         "budget": budget,
         # The budget the trial was chosen for, and the one the study searched for.
         "chosen_for": budget["name"],
-        "searched_for": attrs["budget"]["name"],
+        "searched_for": record.budget_name,
         "limits": limits,
         "fits_budget": all(v["pass"] for v in limits.values()),
         "onnx_vs_pytorch": check_onnx_against_torch(

@@ -8,6 +8,7 @@ from typing import Literal
 
 from edgeslim.budget import Budget
 from edgeslim.compress import IMPORTANCES
+from edgeslim.defaults import MAX_RATIO
 from edgeslim.recovery import Recovery
 from edgeslim.search.storage import default_storage
 from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
@@ -26,7 +27,7 @@ DEFAULT_STAGES = ("prune", "cluster", "quantize")
 class SpaceOptions:
     """What the search space may choose from."""
 
-    max_ratio: float = 0.8  # largest fraction of a group's channels that may be removed
+    max_ratio: float = MAX_RATIO  # largest fraction of a group's channels that may be removed
     step: float = 0.05  # ratio grid
     importances: tuple[str, ...] = IMPORTANCES
     round_to: int = 8  # kept channel counts are multiples of this

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from edgeslim.errors import ConfigError
 from edgeslim.search.notes import annotate
+from edgeslim.search.records import StudyRecord
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -33,7 +34,7 @@ def serve(study: optuna.Study, storage: optuna.storages.BaseStorage, storage_url
     console = console or Console()
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be 0 to 65535, got {port}")
-    artifacts = Path(study.user_attrs.get("paths", {}).get("artifacts", ""))
+    artifacts = Path(StudyRecord.of(study).path("artifacts") or "")
     store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None
     app = wsgi(storage, artifact_store=store)
     try:

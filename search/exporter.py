@@ -30,7 +30,8 @@ from edgeslim.models import build_model
 from edgeslim.packing import restore_onnx
 from edgeslim.runtimes import runtime_info
 from edgeslim.search.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
-from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, choose_trial, deployable_artifact
+from edgeslim.search.picking import choose_trial, deployable_artifact
+from edgeslim.search.records import ACCURACY, LATENCY, StudyRecord, TrialRecord
 from edgeslim.search.retarget import (
     Retarget,
     Verdict,
@@ -51,18 +52,18 @@ def rebuild_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, state_pa
                   ) -> nn.Module:
     """The trial's fine-tuned float model as an ``nn.Module``: the base architecture, pruned
     to the trial's channel counts, with the trial's weights loaded strictly."""
-    setup, data = study.user_attrs["setup"], study.user_attrs["data"]
+    study_record, record = StudyRecord.of(study), TrialRecord.of(trial)
+    data = study_record.data
     shape = tuple(data["input_shape"])
-    model = build_model(setup["model"], shape[0], len(data["class_names"]))
-    candidate = Candidate.from_dict(trial.user_attrs["candidate"])
+    model = build_model(study_record.setup["model"], shape[0], len(data["class_names"]))
+    candidate = Candidate.from_dict(record.candidate)
     kept: dict[str, int] = {}
     if "prune" in candidate.order:
         # Only the channel counts matter here (the weights are loaded next), so the channels
         # are not ranked: a criterion that reads gradients would need training images.
         kept = apply_pruning(model, torch.zeros(1, *shape), candidate.ratios, UNRANKED,
                              candidate.round_to)
-    recorded = {k.removeprefix("channels/"): v for k, v in trial.user_attrs.items()
-                if k.startswith("channels/")}
+    recorded = record.channels
     if recorded and kept != recorded:
         raise StudyError(f"trial {trial.number}: the rebuilt model keeps {kept} channels but the "
                          f"trial recorded {recorded}; was the model code changed?")
@@ -109,7 +110,7 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
         if budget is None:
             trial = choose_trial(study, number)
             data = load_study_data(study, data_dir)
-            runtime = study.user_attrs["budget"]["runtime"]["name"]
+            runtime = StudyRecord.of(study).runtime_name
         else:
             retarget = Retarget.open(study, budget, tmp / "judged", data_dir)
             trial, verdict = choose_fitting(retarget, number, on_judged)
@@ -186,9 +187,9 @@ def choose_fitting(retarget: Retarget, number: int | None = None,
         raise StudyError(f"no trial of {study.study_name!r} fits {retarget.budget.source} "
                          f"({len(judged)} judged: {_why_not(judged)}); run a search for it, "
                          "warm-started from this one with --resume-from")
-    finalists = [v for v in fits if FINALIST_ATTR in v.trial.user_attrs]
+    finalists = [v for v in fits if TrialRecord.of(v.trial).finalist_of is not None]
     best = min(finalists or fits, key=lambda v: (-v.values[ACCURACY],
-                                                 v.values.get("latency_ms", 0.0),
+                                                 v.values.get(LATENCY, 0.0),
                                                  v.trial.number))
     return best.trial, best
 

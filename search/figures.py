@@ -15,8 +15,8 @@ import optuna
 from matplotlib.figure import Figure
 
 from edgeslim.fsutil import atomic_write
-from edgeslim.search.objective import ACCURACY, is_feasible
-from edgeslim.search.references import REFERENCE_ATTR
+from edgeslim.search.picking import is_feasible
+from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
 
 # measure -> (axis label, divisor to the axis unit)
 AXES = {
@@ -40,15 +40,17 @@ def pareto_figure(study: optuna.Study, measure: str, front: list[optuna.trial.Fr
                   chosen: optuna.trial.FrozenTrial | None = None) -> Figure:
     """Validation accuracy against ``measure`` for the study's complete trials."""
     label, unit = AXES[measure]
-    attrs = study.user_attrs
-    base, caps = attrs.get("base", {}), attrs.get("caps", {})
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if measure in t.user_attrs and ACCURACY in t.user_attrs]
+    record = StudyRecord.of(study)
+    base, caps = record.base or {}, record.caps or {}
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    records = {t.number: TrialRecord.of(t) for t in complete}
+    done = [t for t in complete if measure in records[t.number].measures
+            and ACCURACY in records[t.number].measures]
     on_front = {t.number for t in front}
 
     def xy(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[float], list[float]]:
-        return ([t.user_attrs[measure] / unit for t in trials],
-                [100 * t.user_attrs[ACCURACY] for t in trials])
+        measures = [TrialRecord.of(t).measures for t in trials]
+        return ([m[measure] / unit for m in measures], [100 * m[ACCURACY] for m in measures])
 
     fig = Figure(figsize=(8.6, 4.6), layout="constrained")
     ax = fig.add_subplot()
@@ -62,7 +64,7 @@ def pareto_figure(study: optuna.Study, measure: str, front: list[optuna.trial.Fr
     for t, x, y in zip(pareto, *xy(pareto)):
         ax.annotate(str(t.number), (x, y), xytext=(4, 4), textcoords="offset points",
                     fontsize=8)
-    refs = [t for t in done if REFERENCE_ATTR in t.user_attrs]
+    refs = [t for t in done if records[t.number].reference is not None]
     ax.scatter(*xy(refs), s=110, marker="D", facecolors="none", edgecolors="tab:purple",
                linewidths=1.5, zorder=4, label="reference (preset)")
     if chosen is not None and chosen.number in {t.number for t in done}:
@@ -102,9 +104,9 @@ def _label_references(ax, refs: list[optuna.trial.FrozenTrial], xs: list[float],
         near = next((s for s in spots if math.hypot(s[2][0] - px, s[2][1] - py) < apart_px),
                     None)
         if near:
-            near[3].append(t.user_attrs[REFERENCE_ATTR])
+            near[3].append(TrialRecord.of(t).reference)
         else:
-            spots.append((x, y, (px, py), [t.user_attrs[REFERENCE_ATTR]]))
+            spots.append((x, y, (px, py), [TrialRecord.of(t).reference]))
     for x, y, _, names in spots:
         ax.annotate(", ".join(names), (x, y), xytext=(6, -12), textcoords="offset points",
                     fontsize=8, color="tab:purple")
@@ -114,10 +116,9 @@ def layers_figure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Figur
     """Channels kept per pruned group against the base model's channels, with the fraction
     removed; beside it, when the trial clustered, each layer's cluster count (bits per weight
     index) and the base layer's number of weights."""
-    space, attrs = study.user_attrs["space"], trial.user_attrs
+    space, record = StudyRecord.of(study).space, TrialRecord.of(trial)
     groups = space["groups"]
-    clusters = {k.removeprefix("clusters/"): v for k, v in attrs.items()
-                if k.startswith("clusters/")}
+    clusters = record.clusters
     weights = {layer["name"]: layer["weights"] for layer in space.get("layers", [])}
     rows = max(len(groups), len(clusters))
     fig = Figure(figsize=(12.0 if clusters else 7.0, round(1.6 + 0.3 * rows, 2)),
@@ -125,7 +126,7 @@ def layers_figure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Figur
     ax = fig.add_subplot(1, 2 if clusters else 1, 1)
     names = [g["name"] for g in groups]
     base = [g["channels"] for g in groups]
-    kept = [attrs.get(f"channels/{n}", c) for n, c in zip(names, base)]
+    kept = [record.channels.get(n, c) for n, c in zip(names, base)]
     ax.barh(names, base, color="0.85", label="base model")
     ax.barh(names, kept, color="tab:blue", height=0.5, label=f"trial {trial.number}")
     for i, (b, k) in enumerate(zip(base, kept)):
@@ -148,8 +149,8 @@ def layers_figure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Figur
         cx.set_xlim(1, 2 ** 14)
         cx.invert_yaxis()
         cx.set_xlabel("shared values (clusters) per layer, log scale")
-        cx.set_title(f"cluster counts ({attrs.get('candidate', {}).get('cluster_method', '')})",
+        cx.set_title(f"cluster counts ({(record.candidate or {}).get('cluster_method', '')})",
                      fontsize=9, loc="left")
-    fig.suptitle(f"{study.study_name}, trial {trial.number}: {attrs.get('stage_order', '')}",
+    fig.suptitle(f"{study.study_name}, trial {trial.number}: {record.measure('stage_order', '')}",
                  fontsize=11)
     return fig

@@ -18,8 +18,8 @@ from edgeslim.fsutil import atomic_write
 from edgeslim.search.exporter import choose_trial
 from edgeslim.search.figures import AXES, layers_figure, pareto_figure, save_png
 from edgeslim.search.notes import limit_text, location_flags
-from edgeslim.search.objective import ACCURACY, is_feasible
-from edgeslim.search.references import REFERENCE_ATTR
+from edgeslim.search.picking import is_feasible
+from edgeslim.search.records import StudyRecord, TrialRecord
 from edgeslim.search.report import (
     columns,
     lift_text,
@@ -53,7 +53,7 @@ def report_trial(study: optuna.Study, number: int | None) -> tuple[optuna.trial.
         if not complete:
             raise StudyError(f"study {study.study_name!r} has no complete trial yet; run the "
                              "search first") from None
-    best = max(complete, key=lambda t: (t.user_attrs.get(ACCURACY, 0.0), -t.number))
+    best = max(complete, key=lambda t: (TrialRecord.of(t).accuracy or 0.0, -t.number))
     return best, "no trial fits the budget yet: the most accurate complete trial"
 
 
@@ -64,18 +64,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _row(attrs: dict, cols: tuple) -> list[str]:
-    return [fmt(attrs[k]) if k in attrs else "-" for k, _, fmt in cols]
+def _row(measures: dict, cols: tuple) -> list[str]:
+    return [fmt(measures[k]) if k in measures else "-" for k, _, fmt in cols]
 
 
 def pareto_rows(study: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> list[list[str]]:
     """The Pareto table's rows (the base model first), as in ``optimize show``."""
     cols = columns(study)
-    rows = [["base", *_row(study.user_attrs.get("base", {}), cols), "", "", "", ""]]
+    rows = [["base", *_row(StudyRecord.of(study).base or {}, cols), "", "", "", ""]]
     for t in front:
-        a = t.user_attrs
-        rows.append([str(t.number), *_row(a, cols), "yes" if is_feasible(t) else "no",
-                     lift_text(study, t), trial_label(t), a.get(REFERENCE_ATTR, "")])
+        record = TrialRecord.of(t)
+        rows.append([str(t.number), *_row(record.measures, cols),
+                     "yes" if is_feasible(t) else "no", lift_text(study, t), trial_label(t),
+                     record.reference or ""])
     return rows
 
 
@@ -84,13 +85,13 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
     """Writes ``report.html`` and its figures into ``out``: one Pareto figure per objective
     (per limited measure when the budget has no objective), the chosen trial's layers, the
     Pareto table and the base model against the budget. Returns the page's path."""
-    attrs = study.user_attrs
-    if "space" not in attrs:
+    record = StudyRecord.of(study)
+    if record.space is None:
         raise StudyError(f"study {study.study_name!r} was not created by optimize")
     trial, why = report_trial(study, number)
     front = pareto_trials(study)
-    measures = [m for m in attrs.get("objectives", [])[1:] if m in AXES] or \
-        [m for m in attrs["caps"]["limits"] if m in AXES] or ["size_bytes"]
+    measures = [m for m in (record.objectives or [])[1:] if m in AXES] or \
+        [m for m in record.limits if m in AXES] or ["size_bytes"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
@@ -99,18 +100,19 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
         save_png(pareto_figure(study, m, front, trial), out / name)
         figures.append((name, f"validation accuracy against {m}"))
     save_png(layers_figure(study, trial), out / LAYERS_PNG)
-    budget, caps, base = attrs["budget"], attrs["caps"], attrs["base"]
+    budget, caps, base = record.budget, record.caps, record.base
     feasible_front = any(is_feasible(t) for t in front)
     where = f" {location_flags(study, storage_url)}" if storage_url else ""
     name = html.escape(study.study_name)
-    a = trial.user_attrs
+    chosen = TrialRecord.of(trial)
+    measured = chosen.measures
     cols = columns(study)  # the measures the budget limits, as optimize show has them
-    summary = ", ".join(f"{h} {fmt(a[k])}" for k, h, fmt in cols if k in a)
+    summary = ", ".join(f"{h} {fmt(measured[k])}" for k, h, fmt in cols if k in measured)
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{name}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{name}</h1>",
-        f"<p>{html.escape(attrs['setup']['model'])} on {html.escape(attrs['setup']['dataset'])}"
+        f"<p>{html.escape(record.setup['model'])} on {html.escape(record.setup['dataset'])}"
         f", budget <b>{html.escape(budget['name'])}</b> "
         f"({html.escape(budget['device']['name'])}, {html.escape(budget['runtime']['name'])}"
         f" with {budget['runtime']['threads']} threads). {html.escape(summary_line(study))}."
@@ -132,11 +134,12 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
         "accuracy points over the most accurate reference trial of equal or higher cost in "
         "every objective (finalists against the references' finalists).</p>",
         f"<h2>Trial {trial.number}</h2>",
-        f"<p>{html.escape(why)}: {html.escape(a.get('stage_order', ''))}"
-        + (f" ({html.escape(a['quantize'])})" if a.get("quantize", "none") != "none" else "")
+        f"<p>{html.escape(why)}: {html.escape(chosen.measure('stage_order', ''))}"
+        + (f" ({html.escape(chosen.measure('quantize'))})"
+           if chosen.measure("quantize", "none") != "none" else "")
         + f"; {html.escape(summary)}; fits the budget: {'yes' if is_feasible(trial) else 'no'}"
-        + (f"; reference preset {html.escape(a[REFERENCE_ATTR])}" if REFERENCE_ATTR in a
-           else "") + ".</p>",
+        + (f"; reference preset {html.escape(chosen.reference)}"
+           if chosen.reference is not None else "") + ".</p>",
         f"<img src='{LAYERS_PNG}' alt='layers of trial {trial.number}'>",
         "<p>Export it:</p>",
         f"<pre>optimize export --study {name} --trial {trial.number} --out best/"

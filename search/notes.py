@@ -15,8 +15,7 @@ import optuna
 from optuna_dashboard import get_note, save_note
 
 from edgeslim.search.config import default_storage
-from edgeslim.search.objective import ACCURACY
-from edgeslim.search.references import REFERENCE_ATTR
+from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
 from edgeslim.search.report import FORMATS as _FORMAT
 from edgeslim.search.report import columns, summary_line
 
@@ -24,7 +23,7 @@ from edgeslim.search.report import columns, summary_line
 def location_flags(study: optuna.Study, storage_url: str) -> str:
     """The flags that point a command at this study's storage: ``--workdir DIR`` when the
     storage is the work directory's default database, else ``--storage URL``."""
-    workdir = study.user_attrs.get("paths", {}).get("workdir")
+    workdir = StudyRecord.of(study).path("workdir")
     if workdir and storage_url == default_storage(Path(workdir)):
         return f"--workdir {shlex.quote(workdir)}"
     return f"--storage {shlex.quote(storage_url)}"
@@ -47,8 +46,8 @@ def limit_text(measure: str, caps: dict, budget: dict) -> str:
 def study_note(study: optuna.Study, storage_url: str) -> str:
     """The study's note (Markdown): the budget, the base model's measures against the limits,
     the reference trials, and the commands that export and report the study."""
-    attrs = study.user_attrs
-    budget, caps, base = attrs["budget"], attrs["caps"], attrs["base"]
+    record = StudyRecord.of(study)
+    budget, caps, base = record.budget, record.caps, record.base
     device, runtime = budget["device"], budget["runtime"]
     where = location_flags(study, storage_url)
     name = shlex.quote(study.study_name)
@@ -57,7 +56,7 @@ def study_note(study: optuna.Study, storage_url: str) -> str:
         "",
         f"Budget **{budget['name']}** ({budget['source'] or 'no file'}): {device['name']}, "
         f"{runtime['name']} with {runtime['threads']} threads. Objectives: maximise "
-        f"{', minimise '.join(attrs['objectives'])}.",
+        f"{', minimise '.join(record.objectives)}.",
         "",
         "| measure | base model | limit |",
         "|---|---|---|",
@@ -65,8 +64,8 @@ def study_note(study: optuna.Study, storage_url: str) -> str:
     for key, _, fmt in columns(study):
         if key in base:
             lines.append(f"| `{key}` | {fmt(base[key])} | {limit_text(key, caps, budget)} |")
-    refs = [(t.number, t.user_attrs[REFERENCE_ATTR]) for t in study.get_trials(deepcopy=False)
-            if REFERENCE_ATTR in t.user_attrs]
+    refs = [(t.number, TrialRecord.of(t).reference) for t in study.get_trials(deepcopy=False)
+            if TrialRecord.of(t).reference is not None]
     lines += [
         "",
         f"{summary_line(study)}. Trial user attributes carry every measure under its "
@@ -90,10 +89,11 @@ def study_note(study: optuna.Study, storage_url: str) -> str:
 def annotate(study: optuna.Study, storage_url: str) -> None:
     """Writes the study's note and the objectives' names; a note already up to date is left as
     it is (each save adds a version)."""
-    if study.metric_names is None and "objectives" in study.user_attrs:
+    objectives = StudyRecord.of(study).objectives
+    if study.metric_names is None and objectives is not None:
         with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(study.user_attrs["objectives"]))
+            study.set_metric_names(list(objectives))
     note = study_note(study, storage_url)
     if get_note(study) != note:
         save_note(study, note)

@@ -15,23 +15,30 @@ from optuna_dashboard import save_note
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
 from edgeslim.export import one_line
-from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, IMPORTED_ATTR, is_feasible
-from edgeslim.search.references import REFERENCE_ATTR, reference_note
+from edgeslim.search.picking import is_feasible
+from edgeslim.search.records import (
+    ACCURACY,
+    ARTIFACT_PREFIX,
+    BUILT_AS_ATTR,
+    CANDIDATE_ATTR,
+    DUPLICATE_ATTR,
+    FAIL_REASON_ATTR,
+    FINETUNED_ATTR,
+    INFEASIBLE_ATTR,
+    TrialRecord,
+)
+from edgeslim.search.references import reference_note
 from edgeslim.search.repair import StaticCheck, repair
 from edgeslim.spaces import Candidate, StagedSpace
 
 # A trial whose candidate builds the model an earlier trial built (``StagedSpace.built_as``)
-# takes that trial's results instead of training the same model again.
-DUPLICATE_ATTR = "duplicate_of"
-BUILT_AS_ATTR = "built_as"
-# Attributes that describe a trial itself, not the model it built: never copied to a repeat.
-_OWN_ATTRS = {"candidate", "sampled", "repaired", "repair_step", BUILT_AS_ATTR, "reference",
-              "same_as", "screened", "worker", "retry_of", "failed_trial", DUPLICATE_ATTR,
-              IMPORTED_ATTR}
+# takes that trial's results (``duplicate_of``) instead of training the same model again.
+# What it copies: whether the model was fine-tuned, the limits it breaks, its measures and
+# the channels it kept; not what describes the trial itself (its candidate, repair, origin,
+# worker) nor its files.
+_MODEL_ATTRS = ("finetuned", "infeasible_reason", "channels", "measures")
 
-
-__all__ = ["ACCURACY", "BUILT_AS_ATTR", "DUPLICATE_ATTR", "FINALIST_ATTR", "Objective",
-           "directions", "is_feasible"]
+__all__ = ["Objective", "directions", "is_feasible"]
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
@@ -74,25 +81,26 @@ class Objective:
             raise
         except Exception as exc:
             reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
             raise CandidateError(reason) from exc
 
     def _run(self, trial: optuna.Trial) -> list[float]:
-        attrs = trial.user_attrs
-        if REFERENCE_ATTR in attrs:  # labelled in the dashboard
-            save_note(trial, reference_note(attrs[REFERENCE_ATTR]))
+        record = TrialRecord.of(trial)
+        if record.reference is not None:  # labelled in the dashboard
+            save_note(trial, reference_note(record.reference))
         sampled = self.space(trial)
         evaluator, broken = self.evaluator, []
-        if FINALIST_ATTR in attrs:
+        finalist = record.finalist_of is not None
+        if finalist:
             # A finalist rebuilds the candidate its search trial built (after repair), with
             # the long fine-tune; its parameters are that trial's, for the sampler.
-            candidate = Candidate.from_dict(attrs["candidate"])
+            candidate = Candidate.from_dict(record.candidate)
             evaluator = self.final_evaluator
         else:
             candidate, broken = self._checked(trial, sampled)
-        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr(CANDIDATE_ATTR, candidate.to_dict())
         trial.set_user_attr(BUILT_AS_ATTR, self.space.built_as(candidate))
-        prior = None if FINALIST_ATTR in attrs else self._built_before(trial)
+        prior = None if finalist else self._built_before(trial)
         if prior is not None:
             return self._repeat(trial, prior)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +111,7 @@ class Objective:
                 else:
                     measurement = evaluator.evaluate(candidate, Path(t))
             except CandidateError as exc:
-                trial.set_user_attr("fail_reason", str(exc))
+                trial.set_user_attr(FAIL_REASON_ATTR, str(exc))
                 raise
             return self.record(trial, measurement)
 
@@ -122,13 +130,13 @@ class Objective:
                 candidate = repaired.candidate
             broken = self.check.violations(candidate)
         except CandidateError as exc:
-            trial.set_user_attr("candidate", sampled.to_dict())
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(CANDIDATE_ATTR, sampled.to_dict())
+            trial.set_user_attr(FAIL_REASON_ATTR, str(exc))
             raise
         error = self.check.failure(candidate)
         if error is not None:
-            trial.set_user_attr("candidate", candidate.to_dict())
-            trial.set_user_attr("fail_reason", error)
+            trial.set_user_attr(CANDIDATE_ATTR, candidate.to_dict())
+            trial.set_user_attr(FAIL_REASON_ATTR, error)
             raise CandidateError(error)
         return candidate, broken
 
@@ -143,10 +151,10 @@ class Objective:
     @staticmethod
     def _built_before(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
         """A complete search trial that built the same model as ``trial`` (``built_as``)."""
-        key = trial.user_attrs[BUILT_AS_ATTR]
+        key = TrialRecord.of(trial).built_as
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            a = t.user_attrs
-            if a.get(BUILT_AS_ATTR) == key and FINALIST_ATTR not in a and DUPLICATE_ATTR not in a:
+            r = TrialRecord.of(t)
+            if r.built_as == key and r.finalist_of is None and r.duplicate_of is None:
                 return t
         return None
 
@@ -155,9 +163,10 @@ class Objective:
         and values, without training it again (``duplicate_of``; it does not count towards
         the study's trials, and export and the tables leave it out)."""
         trial.set_user_attr(DUPLICATE_ATTR, prior.number)
-        for key, value in prior.user_attrs.items():
-            if key not in _OWN_ATTRS and not key.startswith("artifact:"):
-                trial.set_user_attr(key, value)
+        source = TrialRecord.of(prior)
+        model = TrialRecord(**{f: getattr(source, f) for f in _MODEL_ATTRS})
+        for key, value in model.to_attrs().items():
+            trial.set_user_attr(key, value)
         for key, value in prior.constraints.items():
             trial.set_constraint(key, value)
         return list(prior.values)
@@ -167,13 +176,13 @@ class Objective:
             trial.set_user_attr(key, value)
         for key, value in m.info.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("finetuned", m.finetuned)
+        trial.set_user_attr(FINETUNED_ATTR, m.finetuned)
         if m.infeasible:
-            trial.set_user_attr("infeasible_reason", "; ".join(m.infeasible))
+            trial.set_user_attr(INFEASIBLE_ATTR, "; ".join(m.infeasible))
         for key, value in self.caps.constraints(m.values).items():
             trial.set_constraint(key, value)
         for name, path in m.artifacts.items():
             artifact_id = upload_artifact(artifact_store=self.store, file_path=str(path),
                                           study_or_trial=trial)
-            trial.set_user_attr(f"artifact:{name}", artifact_id)
+            trial.set_user_attr(ARTIFACT_PREFIX + name, artifact_id)
         return [m.values[ACCURACY]] + [m.values[o] for o in self.objectives]

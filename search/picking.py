@@ -8,13 +8,7 @@ import optuna
 
 from edgeslim.artifacts import DEPLOYABLE
 from edgeslim.errors import StudyError
-
-ACCURACY = "val_acc"
-# A finalist trial re-runs the candidate of the search trial it names with the long fine-tune.
-FINALIST_ATTR = "finalist_of"
-# A trial imported from a study searched for another budget (``edgeslim.search.warmstart``):
-# the study and trial it came from.
-IMPORTED_ATTR = "imported_from"
+from edgeslim.search.records import ARTIFACT_PREFIX, LATENCY, TrialRecord
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -24,7 +18,8 @@ def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 def deployable_artifact(trial: optuna.trial.FrozenTrial) -> str | None:
     """The name of the trial's deployable artifact, or None when it was not fine-tuned."""
-    return next((name for name in DEPLOYABLE if f"artifact:{name}" in trial.user_attrs), None)
+    return next((name for name in DEPLOYABLE if ARTIFACT_PREFIX + name in trial.user_attrs),
+                None)
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
@@ -37,13 +32,14 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> optuna.trial
             raise StudyError(f"study {study.study_name!r} has no trial {number} "
                              f"(trials 0 to {len(trials) - 1})")
         trial = found[0]
+        record = TrialRecord.of(trial)
         if trial.state != optuna.trial.TrialState.COMPLETE:
-            reason = trial.user_attrs.get("fail_reason", "")
+            reason = record.fail_reason or ""
             raise StudyError(f"trial {number} of {study.study_name!r} is {trial.state.name}"
                              + (f" ({reason})" if reason else "") + "; pick a complete trial")
         if deployable_artifact(trial) is None:
             raise StudyError(f"trial {number} was not fine-tuned (it broke "
-                             f"{trial.user_attrs.get('infeasible_reason', 'a limit')}), so it "
+                             f"{record.infeasible_reason or 'a limit'}), so it "
                              "has no model to export; pick a fine-tuned trial")
         return trial
     feasible = [t for t in trials if is_feasible(t) and deployable_artifact(t) is not None]
@@ -53,6 +49,8 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> optuna.trial
                          "one with --trial N")
     # The finalists were fine-tuned with the long recipe and measured again: their
     # accuracies are the ones to pick by (the search's short fine-tunes only ranked them).
-    finalists = [t for t in feasible if FINALIST_ATTR in t.user_attrs]
-    return min(finalists or feasible, key=lambda t: (-t.user_attrs[ACCURACY],
-                                        t.user_attrs.get("latency_ms", 0.0), t.number))
+    records = {t.number: TrialRecord.of(t) for t in feasible}
+    finalists = [t for t in feasible if records[t.number].finalist_of is not None]
+    return min(finalists or feasible, key=lambda t: (-records[t.number].accuracy,
+                                                     records[t.number].measure(LATENCY, 0.0),
+                                                     t.number))

@@ -26,15 +26,14 @@ import torch
 from torch import nn
 
 from edgeslim.errors import ConfigError
+from edgeslim.search.records import TrialRecord
 from edgeslim.search.repair import STRUCTURAL, StaticCheck, first_fitting, structure_measures
 from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.spaces.complexity import complexity_ratios, group_shares
 from edgeslim.spaces.presets import PRESETS, Preset
 
-REFERENCE_ATTR = "reference"
-ALIASES_ATTR = "same_as"  # presets whose fitted trial is the reference's own
 MAX_SCALE_STEPS = 4096  # bisection: at most 12 checks
-__all__ = ["REFERENCE_ATTR", "STRUCTURAL", "enqueue_references", "fit_uniform_ratio",
+__all__ = ["STRUCTURAL", "enqueue_references", "fit_uniform_ratio",
            "preset_candidate", "reference_note", "structure_measures"]
 
 
@@ -186,14 +185,12 @@ def enqueue_references(study: optuna.Study, space: StagedSpace, model: nn.Module
     if limit is not None:
         enqueued, seen, aliases = enqueued[:limit], seen[:limit], aliases[:limit]
     for name, params, same in zip(enqueued, seen, aliases):
-        attrs: dict[str, Any] = {REFERENCE_ATTR: name}
-        if same:
-            attrs[ALIASES_ATTR] = same
+        attrs = TrialRecord(reference=name, same_as=same or None).to_attrs()
         study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
     return enqueued
 
 
 def reference_names(trial: optuna.trial.FrozenTrial) -> list[str]:
     """The presets a reference trial stands for (none for a searched trial)."""
-    name = trial.user_attrs.get(REFERENCE_ATTR)
-    return [] if name is None else [name, *trial.user_attrs.get(ALIASES_ATTR, [])]
+    record = TrialRecord.of(trial)
+    return [] if record.reference is None else [record.reference, *(record.same_as or [])]

@@ -37,6 +37,7 @@ from edgeslim.compress import apply_pruning, kept_channels, prunable_copy
 from edgeslim.errors import CandidateError, DeviceError
 from edgeslim.evaluators import MODEL_MEASURES
 from edgeslim.evaluators._base import STATIC_MEASURES
+from edgeslim.search.records import TrialRecord
 from edgeslim.spaces import Candidate, StagedSpace
 
 # Measures fixed by the pruned structure alone: counted without exporting anything.
@@ -190,12 +191,9 @@ class Repaired:
 
     def attrs(self) -> dict[str, Any]:
         """The trial's user attributes."""
-        out: dict[str, Any] = {"repaired": self.repaired}
-        if self.repaired:
-            out["sampled"] = self.sampled.to_dict()
-        if self.step is not None:
-            out["repair_step"] = self.step
-        return out
+        return TrialRecord(repaired=self.repaired,
+                           sampled=self.sampled.to_dict() if self.repaired else None,
+                           repair_step=self.step).to_attrs()
 
 
 def repair(candidate: Candidate, space: StagedSpace, check: StaticCheck) -> Repaired:

@@ -9,8 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edgeslim.search.objective import ACCURACY, DUPLICATE_ATTR, FINALIST_ATTR, is_feasible
-from edgeslim.search.references import REFERENCE_ATTR
+from edgeslim.search.picking import is_feasible
+from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
     from edgeslim.search.retarget import Retarget, Verdict
@@ -31,9 +31,8 @@ FORMATS = {key: fmt for key, _, fmt in (*COLUMNS, ACTIVATION_COLUMN)}
 
 def columns(study: optuna.Study) -> tuple:
     """The table's measure columns for ``study``'s budget."""
-    limits = study.user_attrs.get("caps", {}).get("limits", {})
-    if "activation_bytes" in limits or "activation_bytes" in study.user_attrs.get(
-            "objectives", []):
+    record = StudyRecord.of(study)
+    if "activation_bytes" in record.limits or "activation_bytes" in (record.objectives or []):
         return tuple(ACTIVATION_COLUMN if c[0] == "peak_memory_bytes" else c for c in COLUMNS)
     return COLUMNS
 
@@ -54,22 +53,22 @@ def stage_label(order: str, quantize: str, reference: bool, finalist: bool = Fal
 
 
 def trial_label(trial: optuna.trial.FrozenTrial) -> str:
-    attrs = trial.user_attrs
-    return stage_label(attrs.get("stage_order", trial.params.get("stages/order", "")),
-                       attrs.get("quantize", "none"), REFERENCE_ATTR in attrs,
-                       FINALIST_ATTR in attrs)
+    record = TrialRecord.of(trial)
+    return stage_label(record.measure("stage_order", trial.params.get("stages/order", "")),
+                       record.measure("quantize", "none"), record.reference is not None,
+                       record.finalist_of is not None)
 
 
 def cost_measures(study: optuna.Study) -> list[str]:
     """What "cost" means when a trial is compared with the references: the budget's
     objectives, or the measures it limits when it has none."""
-    return list(study.user_attrs.get("objectives", [])[1:]) or \
-        list(study.user_attrs.get("caps", {}).get("limits", {}))
+    record = StudyRecord.of(study)
+    return list((record.objectives or [])[1:]) or list(record.limits)
 
 
 def _source(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
     """The search trial a finalist re-ran (the trial itself otherwise)."""
-    number = trial.user_attrs.get(FINALIST_ATTR)
+    number = TrialRecord.of(trial).finalist_of
     return trial if number is None else study.trials[number]
 
 
@@ -80,28 +79,28 @@ def reference_lift(study: optuna.Study, trial: optuna.trial.FrozenTrial,
     preset; None when no reference costs as much. Trials are compared at the same fidelity: a
     finalist with the finalists of references, a search trial with the reference trials."""
     measures = cost_measures(study)
-    finalist = FINALIST_ATTR in trial.user_attrs
+    record = TrialRecord.of(trial)
+    finalist = record.finalist_of is not None
     best: tuple[float, str] | None = None
     for ref in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if (FINALIST_ATTR in ref.user_attrs) != finalist or ref.number == trial.number:
+        other = TrialRecord.of(ref)
+        if (other.finalist_of is not None) != finalist or ref.number == trial.number:
             continue
-        source = _source(study, ref)
-        name = source.user_attrs.get(REFERENCE_ATTR)
-        if name is None or not ref.user_attrs.get("finetuned"):
+        name = TrialRecord.of(_source(study, ref)).reference
+        if name is None or not other.finetuned:
             continue
-        if all(ref.user_attrs.get(m, 0.0) >= trial.user_attrs.get(m, 0.0) * (1 - 1e-9)
+        if all(other.measure(m, 0.0) >= record.measure(m, 0.0) * (1 - 1e-9)
                for m in measures):
-            acc = ref.user_attrs[ACCURACY]
-            if best is None or acc > best[0]:
-                best = (acc, name)
+            if best is None or other.accuracy > best[0]:
+                best = (other.accuracy, name)
     if best is None:
         return None
-    return trial.user_attrs[ACCURACY] - best[0], best[1]
+    return record.accuracy - best[0], best[1]
 
 
 def lift_text(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     """The lift over the references as table text: ``+1.20`` points, or ``-``."""
-    if REFERENCE_ATTR in _source(study, trial).user_attrs:
+    if TrialRecord.of(_source(study, trial)).reference is not None:
         return ""
     lift = reference_lift(study, trial)
     return "-" if lift is None else f"{100 * lift[0]:+.2f}"
@@ -112,11 +111,11 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     (so a table still shows how close the search came)."""
     # Optuna returns feasible trials only when constraints are set; a repeat of a model
     # already built (``duplicate_of``) is its first trial's row.
-    front = [t for t in study.best_trials if DUPLICATE_ATTR not in t.user_attrs]
+    front = [t for t in study.best_trials if TrialRecord.of(t).duplicate_of is None]
     if not front:
         done = [t for t in study.get_trials(deepcopy=False,
                                              states=(optuna.trial.TrialState.COMPLETE,))
-                if DUPLICATE_ATTR not in t.user_attrs]
+                if TrialRecord.of(t).duplicate_of is None]
         signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1
                  for d in study.directions]
 
@@ -130,7 +129,7 @@ def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pareto_table(study: optuna.Study) -> Table:
-    base = study.user_attrs.get("base", {})
+    base = StudyRecord.of(study).base or {}
     table = Table(title=f"Pareto front of {study.study_name}", title_justify="left",
                   box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     table.add_column("trial", justify="right")
@@ -144,8 +143,8 @@ def pareto_table(study: optuna.Study) -> Table:
         table.add_row("base", *(fmt(base[k]) if k in base else "-" for k, _, fmt in cols),
                       "", "", "", style="dim")
     for t in pareto_trials(study):
-        attrs = t.user_attrs
-        table.add_row(str(t.number), *(fmt(attrs[k]) if k in attrs else "-"
+        measures = TrialRecord.of(t).measures
+        table.add_row(str(t.number), *(fmt(measures[k]) if k in measures else "-"
                                        for k, _, fmt in cols),
                       "yes" if is_feasible(t) else "no", lift_text(study, t), trial_label(t))
     return table
@@ -156,8 +155,9 @@ def summary_line(study: optuna.Study) -> str:
     complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states)
     failed = sum(s == optuna.trial.TrialState.FAIL for s in states)
     feasible = sum(is_feasible(t) for t in study.trials)
-    again = {t.user_attrs["retry_of"] for t in study.trials if "retry_of" in t.user_attrs}
-    rerun = sum(t.number in again and bool(t.user_attrs.get("interrupted"))
+    records = {t.number: TrialRecord.of(t) for t in study.trials}
+    again = {r.retry_of for r in records.values()} - {None}
+    rerun = sum(t.number in again and bool(records[t.number].interrupted)
                 for t in study.trials)
     return (f"{len(states)} trials: {complete} complete ({feasible} feasible), {failed} failed"
             + (f" ({rerun} interrupted and run again)" if rerun else ""))

@@ -44,8 +44,8 @@ from edgeslim.runtimes import runtime_info
 from edgeslim.search._prepare import checked_meter, measure_base, resolve_caps
 from edgeslim.search.card import Target
 from edgeslim.search.config import SpaceOptions
-from edgeslim.search.objective import DUPLICATE_ATTR
-from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, deployable_artifact
+from edgeslim.search.picking import deployable_artifact
+from edgeslim.search.records import LATENCY, StudyRecord, TrialRecord
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe
 
@@ -80,10 +80,10 @@ class Verdict:
 def load_study_data(study: optuna.Study, data_dir: Path | None = None) -> DataBundle:
     """The data the study searched on (``data_dir``, or the folder the study recorded),
     refused when it is not the same data any more."""
-    attrs = study.user_attrs
-    setup = attrs["setup"]
-    data = load_dataset(setup["dataset"], Path(data_dir or attrs["paths"]["data_dir"]),
-                        Path(attrs["paths"]["workdir"]) / "cache" / "data", setup["seed"])
+    record = StudyRecord.of(study)
+    setup = record.setup
+    data = load_dataset(setup["dataset"], Path(data_dir or record.path("data_dir")),
+                        Path(record.path("workdir")) / "cache" / "data", setup["seed"])
     if data.fingerprint != setup["data_fingerprint"]:
         raise StudyError(f"the dataset {setup['dataset']!r} found now differs from the one the "
                          "study searched on (its fingerprint changed); point --data-dir at the "
@@ -96,20 +96,20 @@ def judged_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     finalists first, then by validation accuracy (the order an export picks in)."""
     trials = [t for t in study.get_trials(deepcopy=False,
                                           states=(optuna.trial.TrialState.COMPLETE,))
-              if deployable_artifact(t) is not None and DUPLICATE_ATTR not in t.user_attrs]
+              if deployable_artifact(t) is not None and TrialRecord.of(t).duplicate_of is None]
     return sorted(trials, key=rank)
 
 
 def rank(trial: optuna.trial.FrozenTrial) -> tuple[bool, float, int]:
-    return (FINALIST_ATTR not in trial.user_attrs, -trial.user_attrs.get(ACCURACY, 0.0),
-            trial.number)
+    record = TrialRecord.of(trial)
+    return (record.finalist_of is None, -(record.accuracy or 0.0), trial.number)
 
 
 def download_trial_artifact(study: optuna.Study, trial: optuna.trial.FrozenTrial, name: str,
                             folder: Path) -> Path:
     """The trial's stored file ``name``, downloaded into ``folder``."""
-    artifacts = study.user_attrs["paths"]["artifacts"]
-    artifact_id = trial.user_attrs.get(f"artifact:{name}")
+    artifacts = StudyRecord.of(study).path("artifacts")
+    artifact_id = TrialRecord.of(trial).artifacts.get(name)
     path = Path(folder) / name
     try:
         download_artifact(artifact_store=FileSystemArtifactStore(artifacts),
@@ -128,17 +128,17 @@ class Retarget:
     def __init__(self, study: optuna.Study, budget: Budget, data: DataBundle,
                  base: BaseModel, meter: LatencyMeter, scratch: Path,
                  base_values: dict[str, float] | None = None) -> None:
-        attrs = study.user_attrs
+        record = StudyRecord.of(study)
         self.study, self.budget, self.data, self.scratch = study, budget, data, Path(scratch)
         self.scratch.mkdir(parents=True, exist_ok=True)
-        searched = attrs["budget"]["runtime"]
+        searched = record.budget["runtime"]
         # The trials' files are what this budget deploys: same runtime, same int8 tensors.
         self.same_files = (searched["name"] == budget.runtime.name
                            and bool(searched.get("int8_io")) == budget.runtime.int8_io)
         self.stored_litert = runtime_info(searched["name"]).litert
         self.modes = runtime_info(budget.runtime.name).quant_modes
         self.evaluator = StagedEvaluator(base.model, data, TrainRecipe(), budget.runtime,
-                                         seed=attrs["setup"]["seed"], meter=meter,
+                                         seed=record.setup["seed"], meter=meter,
                                          timed=budget.asks_for("latency_ms"))
         if base_values is None:
             base_values = measure_base(base, data, budget, self.scratch / "base", meter)
@@ -154,18 +154,18 @@ class Retarget:
         """For a stored study: its data and base model, and ``budget``'s latency source,
         checked as a search checks it (a profile made for this setup, an ssh device that
         answers)."""
-        attrs = study.user_attrs
-        setup = attrs["setup"]
+        record = StudyRecord.of(study)
+        setup = record.setup
         data = load_study_data(study, data_dir)
         model = build_model(setup["model"], data.in_channels, data.num_classes)
-        weights = Path(attrs["paths"]["base_weights"])
+        weights = Path(record.path("base_weights"))
         if not weights.is_file():
             raise StudyError(f"the study's base model weights {weights} are gone; the base "
                              "model must be measured for the other budget")
         load_checkpoint(model, weights, setup["model"])
         base = BaseModel(model.eval(), setup["model"], weights, trained_here=False)
         meter = checked_meter(budget, setup["model"], data, SpaceOptions(**setup["space"]),
-                              Path(attrs["paths"]["workdir"]) / "cache")
+                              Path(record.path("workdir")) / "cache")
         return cls(study, budget, data, base, meter, scratch)
 
     def judge_all(self, trials: Iterable[optuna.trial.FrozenTrial],
@@ -178,10 +178,11 @@ class Retarget:
 
     def judge(self, trial: optuna.trial.FrozenTrial) -> Verdict:
         """``trial`` against the budget; a reason instead when it cannot be judged."""
+        record = TrialRecord.of(trial)
         if deployable_artifact(trial) is None:
             return Verdict(trial, reason=f"not fine-tuned (it broke "
-                           f"{trial.user_attrs.get('infeasible_reason', 'a limit')})")
-        candidate = Candidate.from_dict(trial.user_attrs["candidate"])
+                           f"{record.infeasible_reason or 'a limit'})")
+        candidate = Candidate.from_dict(record.candidate)
         if self.modes is not None and candidate.quantize not in self.modes:
             return Verdict(trial, reason=f"quantized {candidate.quantize}; "
                            f"{self.budget.runtime.name} runs {', '.join(self.modes)} only")
@@ -202,8 +203,9 @@ class Retarget:
                     ) -> tuple[dict[str, float], dict[str, Any], dict[str, Path]]:
         """The trial's measures, with latency timed again on its stored file for this
         budget's latency source (and left out when the budget does not ask for it)."""
-        attrs = trial.user_attrs
-        values = {k: float(attrs[k]) for k in UNITS if k in attrs and k != "latency_ms"}
+        record = TrialRecord.of(trial)
+        values = {k: float(record.measure(k)) for k in UNITS
+                  if record.measure(k) is not None and k != LATENCY}
         deployable = self.download(trial, deployable_artifact(trial), folder)
         files = {"deployable": deployable}
         if self.stored_litert:
@@ -222,7 +224,7 @@ class Retarget:
                 measured, info = measure_litert_file(
                     files["runnable"], graph, self.data, self.budget.runtime,
                     meter=self.evaluator.meter,
-                    mode=Candidate.from_dict(trial.user_attrs["candidate"]).quantize)
+                    mode=Candidate.from_dict(record.candidate).quantize)
             else:
                 measured, info = measure_onnx_file(files["runnable"], self.data,
                                                    self.budget.runtime,

@@ -34,14 +34,19 @@ from edgeslim.compress.prune import criterion
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.evaluators.screening import recalibrated_accuracy
-from edgeslim.search.objective import BUILT_AS_ATTR
+from edgeslim.search.records import (
+    BUILT_AS_ATTR,
+    CANDIDATE_ATTR,
+    INFEASIBLE_ATTR,
+    SCORE_ATTR,
+    SCREENED_ATTR,
+    TrialRecord,
+)
 from edgeslim.search.repair import STRUCTURAL, StaticCheck, repair
 from edgeslim.search.storage import SCREEN_SUFFIX
 from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.spaces.pruning import IMPORTANCE_PARAM, PARAM_PREFIX
 
-SCREENED_ATTR = "screened"  # on a study trial: {"trial": n, "acc": score} of its screening
-SCORE_ATTR = "screen_acc"
 SCREENED_SHARE = 0.75  # of the search trials to run; the sampler proposes the others
 # One batch: the ranking of 24 screened CIFAR-10 allocations of ResNet-20 recalibrated on 256
 # images agreed with the ranking on 1,024 at Spearman 0.996 (screening_fidelity.md).
@@ -73,11 +78,11 @@ class ScreenObjective:
             trial.set_user_attr(key, value)
         if not fixed.fits:
             reason = "; ".join(self.check.violations(fixed.candidate))
-            trial.set_user_attr("infeasible_reason", reason)
+            trial.set_user_attr(INFEASIBLE_ATTR, reason)
             raise optuna.TrialPruned(reason)
         candidate = fixed.candidate
         key = self.space.built_as(candidate)
-        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr(CANDIDATE_ATTR, candidate.to_dict())
         trial.set_user_attr(BUILT_AS_ATTR, key)
         for name, value in self.check.structure(candidate).items():
             trial.set_user_attr(name, value)
@@ -135,7 +140,7 @@ def best_screened(screen: optuna.Study, k: int, taken: set[str],
     picked: list[optuna.trial.FrozenTrial] = []
     seen = set(taken)
     for t in done:
-        key = t.user_attrs[BUILT_AS_ATTR]
+        key = TrialRecord.of(t).built_as
         if key in seen:
             continue
         seen.add(key)
@@ -155,7 +160,7 @@ def _pruning_key(built_as: str) -> str:
 
 def screened_params(space: StagedSpace, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """The study parameters fixing ``trial``'s repaired allocation."""
-    cand = Candidate.from_dict(trial.user_attrs["candidate"])
+    cand = Candidate.from_dict(TrialRecord.of(trial).candidate)
     params: dict[str, Any] = {PARAM_PREFIX + name: space.pruning.on_grid(ratio)
                               for name, ratio in cand.prune_ratios}
     params[IMPORTANCE_PARAM] = cand.importance
@@ -168,10 +173,10 @@ def enqueue_screened(study: optuna.Study, screen: optuna.Study, space: StagedSpa
     ``to_run`` search trials; returns the screening trials' numbers."""
     k = math.ceil(SCREENED_SHARE * to_run)
     # Allocations the study holds already, screened or not, are not enqueued again.
-    taken = {screen.trials[t.user_attrs[SCREENED_ATTR]["trial"]].user_attrs[BUILT_AS_ATTR]
-             for t in study.get_trials(deepcopy=False) if SCREENED_ATTR in t.user_attrs}
-    taken |= {_pruning_key(t.user_attrs[BUILT_AS_ATTR]) for t in study.get_trials(
-        deepcopy=False) if BUILT_AS_ATTR in t.user_attrs}
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)]
+    taken = {TrialRecord.of(screen.trials[r.screened["trial"]]).built_as
+             for r in records if r.screened is not None}
+    taken |= {_pruning_key(r.built_as) for r in records if r.built_as is not None}
     picked = best_screened(screen, k, taken)
     for t in picked:
         study.enqueue_trial(screened_params(space, t),

@@ -16,7 +16,16 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from edgeslim.errors import StudyError
-from edgeslim.search.picking import IMPORTED_ATTR
+from edgeslim.search.records import (
+    CANDIDATE_ATTR,
+    FAIL_REASON_ATTR,
+    FINALIST_ATTR,
+    INTERRUPTED_ATTR,
+    REFERENCE_ATTR,
+    RETRY_ATTR,
+    SCREENED_ATTR,
+    TrialRecord,
+)
 
 # A running trial on an RDB storage (PostgreSQL, MySQL) refreshes its heartbeat this often;
 # one silent for the grace period (its machine or process died) is marked FAIL by the next
@@ -25,8 +34,6 @@ HEARTBEAT_S = 20
 GRACE_S = 60
 # The screening study of a search is named after it with this suffix.
 SCREEN_SUFFIX = "/screen"
-# Who runs a trial: host, process id and the process's start time (pids are reused).
-WORKER_ATTR = "worker"
 # A running trial with no worker yet (killed between its creation and its first attribute)
 # is taken as interrupted once it is this old.
 UNCLAIMED_S = 120
@@ -244,24 +251,27 @@ def recover_interrupted(study: optuna.Study, workdir: Path | None = None) -> lis
     """
     storage = study._storage
     trials = study.get_trials(deepcopy=False)
-    again = {t.user_attrs.get("retry_of") for t in trials}
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    again = {r.retry_of for r in records.values()}
     recovered = []
     for trial in trials:
+        record = records[trial.number]
         if trial.number in again:
             continue
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
+        if trial.state == TrialState.FAIL and record.interrupted:
             # Its process recorded it and was stopped again before the retry was queued.
             _enqueue_retry(study, trial)
             recovered.append(trial.number)
             continue
-        if trial.state != TrialState.RUNNING or IMPORTED_ATTR in trial.user_attrs:
+        if trial.state != TrialState.RUNNING or record.imported_from is not None:
             continue  # an import cut short is imported again (``edgeslim.search.warmstart``)
-        reason = _dead(trial.user_attrs.get(WORKER_ATTR), trial)
+        reason = _dead(record.worker, trial)
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"interrupted: {reason}")
-            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR,
+                                        f"interrupted: {reason}")
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -280,15 +290,15 @@ def record_interrupted(trial: optuna.Trial, what: str) -> None:
     ran ``trial``, the way ``recover_interrupted`` records a killed one, and queues the retry
     at once; Optuna then marks the trial failed."""
     me = worker_identity()
-    trial.set_user_attr("fail_reason", f"interrupted: {what} stopped worker process "
-                                       f"{me['pid']} on {me['host']} while the trial ran")
-    trial.set_user_attr("interrupted", True)
+    trial.set_user_attr(FAIL_REASON_ATTR, f"interrupted: {what} stopped worker process "
+                                          f"{me['pid']} on {me['host']} while the trial ran")
+    trial.set_user_attr(INTERRUPTED_ATTR, True)
     _enqueue_retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
 
 
 def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queues ``trial`` once more with its parameters and what it was enqueued as."""
     keep = {k: v for k, v in trial.user_attrs.items()
-            if k in ("reference", "finalist_of", "candidate", "screened") and
-            (k != "candidate" or "finalist_of" in trial.user_attrs)}
-    study.enqueue_trial(trial.params, user_attrs={**keep, "retry_of": trial.number})
+            if k in (REFERENCE_ATTR, FINALIST_ATTR, CANDIDATE_ATTR, SCREENED_ATTR) and
+            (k != CANDIDATE_ATTR or FINALIST_ATTR in trial.user_attrs)}
+    study.enqueue_trial(trial.params, user_attrs={**keep, RETRY_ATTR: trial.number})

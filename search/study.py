@@ -48,9 +48,9 @@ from edgeslim.search._prepare import (
 from edgeslim.search._progress import _Progress, _progress_callback
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.notes import annotate
-from edgeslim.search.objective import ACCURACY, Objective, directions, is_feasible
-from edgeslim.search.picking import IMPORTED_ATTR
+from edgeslim.search.objective import Objective, directions, is_feasible
 from edgeslim.search.plan import Plan, make_plan, print_plan
+from edgeslim.search.records import ACCURACY, SETUP_ATTR, StudyRecord, TrialRecord
 from edgeslim.search.references import enqueue_references
 from edgeslim.search.repair import StaticCheck
 from edgeslim.search.report import print_report
@@ -146,7 +146,7 @@ def refuse_other_setup(config: SearchConfig, data: DataBundle) -> None:
     if config.name not in {s.study_name for s in optuna.get_all_study_summaries(
             storage, include_best_trial=False)}:
         return
-    stored = optuna.load_study(study_name=config.name, storage=storage).user_attrs.get("setup")
+    stored = StudyRecord.of(optuna.load_study(study_name=config.name, storage=storage)).setup
     if stored is not None:
         _same_setup(config, stored, setup_identity(config, data))
 
@@ -169,37 +169,36 @@ def open_or_create_study(config: SearchConfig, prepared: Prepared,
                                 directions=directions(config.budget.objectives),
                                 sampler=make_sampler(config.sampler, config.seed),
                                 load_if_exists=True)
-    stored = study.user_attrs.get("setup")
+    stored = StudyRecord.of(study).setup
     if stored is not None:
         _same_setup(config, stored, identity)
         return study
     data = prepared.data
-    attrs = {
-        "budget": config.budget.to_dict(),
-        "caps": {"limits": prepared.caps.limits, "min_val_acc": prepared.caps.min_val_acc},
-        "base": prepared.base_values,
-        "data": {"name": data.name, "input_shape": list(data.input_shape),
-                 "mean": list(data.mean), "std": list(data.std),
-                 "class_names": list(data.class_names)},
-        "space": prepared.space.describe(),
-        "objectives": [ACCURACY, *config.budget.objectives],
-        "paths": {"workdir": str(config.workdir.resolve()),
-                  "artifacts": str((config.workdir / "artifacts").resolve()),
-                  "data_dir": str(Path(config.data_dir).resolve()),
-                  "base_weights": str(prepared.base.weights_path.resolve())},
-        "edgeslim_version": __version__,
-    }
+    references = None
     if config.references or config.preset:
         example = torch.zeros(1, *data.input_shape)
         names = [config.preset] if config.preset else None
-        enqueued = enqueue_references(study, prepared.space, prepared.base.model, example,
-                                      prepared.caps.limits, names, model_name=config.model,
-                                      check=check, limit=config.trials)
-        attrs["references"] = enqueued
-    for key, value in attrs.items():
+        references = enqueue_references(study, prepared.space, prepared.base.model, example,
+                                        prepared.caps.limits, names, model_name=config.model,
+                                        check=check, limit=config.trials)
+    record = StudyRecord(
+        budget=config.budget.to_dict(),
+        caps={"limits": prepared.caps.limits, "min_val_acc": prepared.caps.min_val_acc},
+        base=prepared.base_values,
+        data={"name": data.name, "input_shape": list(data.input_shape),
+              "mean": list(data.mean), "std": list(data.std),
+              "class_names": list(data.class_names)},
+        space=prepared.space.describe(),
+        objectives=[ACCURACY, *config.budget.objectives],
+        paths={"workdir": str(config.workdir.resolve()),
+               "artifacts": str((config.workdir / "artifacts").resolve()),
+               "data_dir": str(Path(config.data_dir).resolve()),
+               "base_weights": str(prepared.base.weights_path.resolve())},
+        edgeslim_version=__version__, references=references)
+    for key, value in record.to_attrs().items():
         study.set_user_attr(key, value)
     # Written last: a study without it was interrupted while being set up, and is set up again.
-    study.set_user_attr("setup", identity)
+    study.set_user_attr(SETUP_ATTR, identity)
     return study
 
 
@@ -302,11 +301,11 @@ def warm_start(config: SearchConfig, prepared: Prepared, study: optuna.Study,
     """Imports ``source``'s trials into the new ``study`` (``edgeslim.search.warmstart``)."""
     summary = import_trials(config, prepared, study, source, meter)  # counted as measuring
     left = "; ".join(f"{why}: {n}" for why, n in summary["left_out"].items())
+    fit = sum(is_feasible(t) for t in study.trials if TrialRecord.of(t).imported_from is not None)
     console.print(f"warm start: {summary['imported']} trials of {summary['study']} (searched "
                   f"for {summary['budget']}) judged against {config.budget.name} without "
                   f"training, in {summary['seconds']:.0f} s; "
-                  f"{sum(is_feasible(t) for t in study.trials if IMPORTED_ATTR in t.user_attrs)}"
-                  f" of them fit" + (f"; left out: {left}" if left else ""), soft_wrap=True)
+                  f"{fit} of them fit" + (f"; left out: {left}" if left else ""), soft_wrap=True)
 
 
 def keep_out_of_collections() -> None:

@@ -19,6 +19,7 @@ the long fine-tune, not the search's) and trials that cannot be judged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -36,19 +37,26 @@ from edgeslim.errors import StudyError
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.search._prepare import Prepared
 from edgeslim.search.config import SearchConfig
-from edgeslim.search.picking import ACCURACY, FINALIST_ATTR, IMPORTED_ATTR
+from edgeslim.search.records import (
+    ACCURACY,
+    ARTIFACT_PREFIX,
+    FAIL_REASON_ATTR,
+    WARM_START_ATTR,
+    StudyRecord,
+    TrialRecord,
+)
 from edgeslim.search.retarget import Retarget, Verdict, judged_trials
 from edgeslim.search.storage import open_storage
 from edgeslim.spaces import StagedSpace
 
-WARM_START_ATTR = "warm_start"  # on the new study: where from, what was imported and left out
 # What must be equal for two studies' trials to compare (``setup_identity`` keys).
 # The seed draws the validation split and seeds the recipes: another seed, other accuracies.
 COMPARABLE = ("model", "dataset", "seed", "data_fingerprint", "checkpoint", "base_recipe",
               "finetune", "recovery")
-# Attributes of an old trial that describe how it ran in its own study, not its model.
-_NOT_COPIED = {"reference", "screened", "worker", "retry_of", "failed_trial", "surplus",
-               "interrupted", "fail_reason"}
+# What describes how an old trial ran in its own study, not its model: not copied.
+_NOT_COPIED = {"reference": None, "screened": None, "worker": None,
+               "retry_of": None, "surplus": None, "interrupted": None, "fail_reason": None,
+               "artifacts": {}}
 
 __all__ = ["COMPARABLE", "WARM_START_ATTR", "import_trials", "source_study"]
 
@@ -68,7 +76,7 @@ def source_study(config: SearchConfig, identity: dict[str, Any]) -> optuna.Study
         raise StudyError(f"--resume-from {name}: that is the study this search resumes; name "
                          "a study searched for another budget")
     source = optuna.load_study(study_name=name, storage=storage)
-    stored = source.user_attrs.get("setup")
+    stored = StudyRecord.of(source).setup
     if stored is None:
         raise StudyError(f"--resume-from {name}: that study was never set up (interrupted "
                          "before its first trial); resume it first, or start cold")
@@ -86,17 +94,18 @@ def import_trials(config: SearchConfig, prepared: Prepared, study: optuna.Study,
     """Adds ``source``'s search trials to ``study`` (see the module docstring), once: a run
     interrupted while importing imports the rest when resumed. Returns the ``warm_start``
     summary recorded on ``study``."""
-    done = study.user_attrs.get(WARM_START_ATTR)
+    done = StudyRecord.of(study).warm_start
     if done is not None:
         return done
     start = time.perf_counter()
     _fail_unfinished_imports(study)
-    have = {t.user_attrs[IMPORTED_ATTR]["trial"] for t in study.get_trials(deepcopy=False)
-            if IMPORTED_ATTR in t.user_attrs and t.state == TrialState.COMPLETE}
+    have = {TrialRecord.of(t).imported_from["trial"] for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,)) if TrialRecord.of(t).imported_from}
     judged = judged_trials(source)
-    trials = [t for t in judged if FINALIST_ATTR not in t.user_attrs and t.number not in have]
+    finalist = {t.number for t in judged if TrialRecord.of(t).finalist_of is not None}
+    trials = [t for t in judged if t.number not in finalist and t.number not in have]
     left_out: dict[str, int] = {}
-    finalists = sum(FINALIST_ATTR in t.user_attrs for t in judged)
+    finalists = len(finalist)
     if finalists:
         left_out["finalists (long fine-tune)"] = finalists
     store = FileSystemArtifactStore(str(config.workdir / "artifacts"))
@@ -113,7 +122,7 @@ def import_trials(config: SearchConfig, prepared: Prepared, study: optuna.Study,
                 continue
             _add(study, verdict, retarget, prepared.space, config, store, Path(tmp))
             imported += 1
-    summary = {"study": source.study_name, "budget": source.user_attrs["budget"]["name"],
+    summary = {"study": source.study_name, "budget": StudyRecord.of(source).budget_name,
                "imported": imported, "left_out": left_out,
                "seconds": round(time.perf_counter() - start, 1)}
     study.set_user_attr(WARM_START_ATTR, summary)
@@ -144,22 +153,23 @@ def _add(study: optuna.Study, verdict: Verdict, retarget: Retarget, space: Stage
     old = verdict.trial
     fixed = FixedTrial(old.params)
     space(fixed)
-    attrs = {k: v for k, v in old.user_attrs.items()
-             if not k.startswith(("artifact:", "latency_")) and k not in _NOT_COPIED}
-    attrs.update(verdict.values)
-    attrs.update(verdict.info)
-    attrs[IMPORTED_ATTR] = {"study": retarget.study.study_name, "trial": old.number,
-                            "budget": retarget.study.user_attrs["budget"]["name"]}
+    record = TrialRecord.of(old)
+    origin = {"study": retarget.study.study_name, "trial": old.number,
+              "budget": StudyRecord.of(retarget.study).budget_name}
+    kept = dataclasses.replace(
+        record, **_NOT_COPIED, imported_from=origin,
+        measures={k: v for k, v in record.measures.items() if not k.startswith("latency_")})
+    attrs = {**kept.to_attrs(), **verdict.values, **verdict.info}
     study.add_trial(create_trial(state=TrialState.RUNNING, params=fixed.params,
                                  distributions=fixed.distributions, user_attrs=attrs))
     frozen = next(t for t in reversed(study.get_trials(deepcopy=False))
-                  if t.user_attrs.get(IMPORTED_ATTR) == attrs[IMPORTED_ATTR])
+                  if TrialRecord.of(t).imported_from == origin)
     trial = optuna.Trial(study, frozen._trial_id)
     files = _files(verdict, retarget, scratch)
     for name, path in files.items():
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path),
                                       study_or_trial=trial)
-        trial.set_user_attr(f"artifact:{name}", artifact_id)
+        trial.set_user_attr(ARTIFACT_PREFIX + name, artifact_id)
     for key, value in retarget.caps.constraints(verdict.values).items():
         trial.set_constraint(key, value)
     study.tell(trial, [verdict.values[ACCURACY]]
@@ -185,7 +195,7 @@ def _fail_unfinished_imports(study: optuna.Study) -> None:
     trials are imported again."""
     storage: BaseStorage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if IMPORTED_ATTR in t.user_attrs:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason",
+        if TrialRecord.of(t).imported_from is not None:
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON_ATTR,
                                         "interrupted while being imported")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

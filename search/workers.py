@@ -31,12 +31,16 @@ from rich.console import Console
 
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.interrupts import exit_status, interruption, stop_on_signals
-from edgeslim.search.objective import DUPLICATE_ATTR, FINALIST_ATTR, Objective
-from edgeslim.search.picking import IMPORTED_ATTR
-from edgeslim.search.references import REFERENCE_ATTR
-from edgeslim.search.screening import SCREENED_ATTR
-from edgeslim.search.storage import (
+from edgeslim.search.objective import Objective
+from edgeslim.search.records import (
+    ACCURACY,
+    CANDIDATE_ATTR,
+    FINALIST_ATTR,
+    SURPLUS_ATTR,
     WORKER_ATTR,
+    TrialRecord,
+)
+from edgeslim.search.storage import (
     record_interrupted,
     recover_interrupted,
     worker_identity,
@@ -45,7 +49,6 @@ from edgeslim.search.storage import (
 if TYPE_CHECKING:
     from edgeslim.search.config import SearchConfig
 
-SURPLUS_ATTR = "surplus"
 POLL_S = 2.0  # how often a process waiting for the last running trials looks again
 # A study stops searching after this many trials per counted one, when most candidates
 # cannot be repaired to fit (an order that cannot prune under a params limit, say).
@@ -57,7 +60,7 @@ def retried(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
     Optuna's heartbeat callback (``failed_trial``)."""
     out = set()
     for t in trials:
-        for number in (t.user_attrs.get("retry_of"), t.system_attrs.get("failed_trial")):
+        for number in (TrialRecord.of(t).retry_of, t.system_attrs.get("failed_trial")):
             if number is not None:
                 out.add(int(number))
     return out
@@ -68,11 +71,12 @@ def counts(trial: optuna.trial.FrozenTrial, again: set[int] | None = None) -> bo
     or that failed (unless it was interrupted and ``again`` holds it: its retry counts).
     Candidates recorded untrained because no repair fits them, repeats of a model already
     built, surplus trials, finalists and trials imported from another study do not count."""
-    if any(k in trial.user_attrs for k in (FINALIST_ATTR, DUPLICATE_ATTR, IMPORTED_ATTR)):
+    record = TrialRecord.of(trial)
+    if record.derived:
         return False
     if trial.state == TrialState.FAIL:
         return trial.number not in (again or set())
-    return trial.state == TrialState.COMPLETE and bool(trial.user_attrs.get("finetuned"))
+    return trial.state == TrialState.COMPLETE and bool(record.finetuned)
 
 
 def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
@@ -81,15 +85,16 @@ def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     return sum(counts(t, again) for t in trials)
 
 
-def _enqueued_as(attrs: dict) -> tuple[str, object] | None:
+def _enqueued_as(trial: optuna.trial.FrozenTrial) -> tuple[str, object] | None:
     """What a trial was enqueued as, where the study must run it once: a reference (by its
     preset) or a screened allocation (by its screening trial)."""
-    if REFERENCE_ATTR in attrs:
-        return ("reference", attrs[REFERENCE_ATTR])
-    if SCREENED_ATTR in attrs:
-        return ("screened allocation", attrs[SCREENED_ATTR]["trial"])
-    if "retry_of" in attrs:
-        return ("retry of trial", attrs["retry_of"])
+    record = TrialRecord.of(trial)
+    if record.reference is not None:
+        return ("reference", record.reference)
+    if record.screened is not None:
+        return ("screened allocation", record.screened["trial"])
+    if record.retry_of is not None:
+        return ("retry of trial", record.retry_of)
     return None
 
 
@@ -105,18 +110,18 @@ class _Claimed:
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         trials = trial.study.get_trials(deepcopy=False)
         again = retried(trials)
-        finalist = trial.user_attrs.get(FINALIST_ATTR)
+        finalist = TrialRecord.of(trial).finalist_of
         if finalist is None:
             ahead = [t for t in trials if t.number < trial.number and self.needed(t)
                      and (t.state == TrialState.RUNNING or counts(t, again))]
         else:  # the same finalist, run or running in another process
             ahead = [t for t in trials if t.number < trial.number
-                     and t.user_attrs.get(FINALIST_ATTR) == finalist
+                     and TrialRecord.of(t).finalist_of == finalist
                      and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)
                      and t.number not in again]
-        tag = _enqueued_as(trial.user_attrs)
+        tag = _enqueued_as(trial)
         if tag is not None and any(
-                t.number < trial.number and _enqueued_as(t.user_attrs) == tag
+                t.number < trial.number and _enqueued_as(t) == tag
                 and t.number not in again and t.state != TrialState.PRUNED for t in trials):
             # Two processes set the study up at once and both enqueued the references, or
             # both enqueued the same screened allocation.
@@ -133,11 +138,12 @@ class _Claimed:
 
 
 def _is_search(trial: optuna.trial.FrozenTrial) -> bool:
-    return FINALIST_ATTR not in trial.user_attrs and SURPLUS_ATTR not in trial.user_attrs
+    record = TrialRecord.of(trial)
+    return record.finalist_of is None and record.surplus is None
 
 
 def _trained_here(trial: optuna.trial.FrozenTrial) -> bool:
-    return _is_search(trial) and DUPLICATE_ATTR not in trial.user_attrs
+    return _is_search(trial) and TrialRecord.of(trial).duplicate_of is None
 
 
 def run_trials(study: optuna.Study, objective: Objective, target: int, workdir: Path,
@@ -222,8 +228,8 @@ def pick_finalists(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial
     layer by accuracy. Trials that break a limit other than accuracy are left out (a longer
     fine-tune changes accuracy only)."""
     pool = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if _trained_here(t) and t.user_attrs.get("finetuned")
-            and all(v <= 0 for name, v in t.constraints.items() if name != "val_acc")]
+            if _trained_here(t) and TrialRecord.of(t).finetuned
+            and all(v <= 0 for name, v in t.constraints.items() if name != ACCURACY)]
     picked: list[optuna.trial.FrozenTrial] = []
     while pool and len(picked) < k:
         front = [t for t in pool if not any(_dominates(o.values, t.values) for o in pool)]
@@ -238,18 +244,18 @@ def run_finalists(study: optuna.Study, objective: Objective, k: int,
     """Enqueues the finalists that have no finalist trial yet and runs them in this process
     with the long fine-tune. Returns the numbers of the search trials they re-run."""
     finalists = pick_finalists(study, k)
-    have = {t.user_attrs[FINALIST_ATTR] for t in study.get_trials(deepcopy=False)
-            if FINALIST_ATTR in t.user_attrs and t.state != TrialState.PRUNED}
+    have = {TrialRecord.of(t).finalist_of for t in study.get_trials(deepcopy=False)
+            if t.state != TrialState.PRUNED} - {None}
     todo = [t for t in finalists if t.number not in have]
     for t in todo:
-        study.enqueue_trial(t.params, user_attrs={FINALIST_ATTR: t.number,
-                                                  "candidate": t.user_attrs["candidate"]})
+        study.enqueue_trial(t.params, user_attrs={
+            FINALIST_ATTR: t.number, CANDIDATE_ATTR: TrialRecord.of(t).candidate})
     if todo:
         console.print(f"finalists: trials {', '.join(str(t.number) for t in todo)} fine-tuned "
                       "again with the long recipe")
 
     def waiting() -> bool:
-        return any(t.state == TrialState.WAITING and FINALIST_ATTR in t.user_attrs
+        return any(t.state == TrialState.WAITING and TrialRecord.of(t).finalist_of is not None
                    for t in study.get_trials(deepcopy=False))
 
     claimed = _Claimed(objective, 1, lambda t: True)

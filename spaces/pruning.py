@@ -17,6 +17,7 @@ from edgeslim.compress.prune import (
     kept_channels,
 )
 from edgeslim.compress.prune_check import PruningCheck, check_pruning
+from edgeslim.defaults import MAX_RATIO
 from edgeslim.errors import ConfigError
 from edgeslim.spaces._base import Candidate
 
@@ -37,7 +38,7 @@ class PruningSpace:
     """
 
     groups: tuple[PrunableGroup, ...]
-    max_ratio: float = 0.8
+    max_ratio: float = MAX_RATIO
     step: float = 0.05
     importances: tuple[str, ...] = IMPORTANCES
     round_to: int = 8

@@ -201,8 +201,9 @@ def test_a_finetune_rate_must_be_a_positive_finite_number(tmp_path, capsys, valu
 
 
 def test_the_finetune_rate_reaches_the_search_and_the_finalists():
-    from edgeslim._options import FINETUNE_LR, search_config
+    from edgeslim._options import search_config
     from edgeslim.cli import build_parser
+    from edgeslim.defaults import FINETUNE_LR
 
     def recipes(*extra: str):
         args = build_parser().parse_args(["search", "--budget", str(PI4), *extra])

@@ -31,6 +31,7 @@ from edgeslim.compress.prune import (
     untraced,
 )
 from edgeslim.compress.untraced import WHOLE_MODEL, one_thread
+from edgeslim.defaults import MAX_RATIO
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _some(names: Sequence[str], count: int = 3) -> str:
 
 
 def check_pruning(model: nn.Module, example: torch.Tensor, num_classes: int, round_to: int = 8,
-                  max_ratio: float = 0.8, step: float = 0.05, seed: int = 0) -> PruningCheck:
+                  max_ratio: float = MAX_RATIO, step: float = 0.05, seed: int = 0) -> PruningCheck:
     """The prunable groups of ``model`` that survive pruning (see the module docstring)."""
     with one_thread():
         return _check(model, example, num_classes, round_to, max_ratio, step, seed)

@@ -26,6 +26,7 @@ from edgeslim.errors import BudgetError, ConfigError, EdgeslimError
 from edgeslim.interrupts import exit_status, interruption, restore_signals, stop_on_signals
 from edgeslim.logs import quiet_libraries, show_libraries
 from edgeslim.runtimes import DEFAULT_QUANTIZE
+from edgeslim.search.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     import optuna
@@ -89,7 +90,7 @@ def _search_options(s: argparse.ArgumentParser) -> None:
                    "storage), searched for another budget: they are judged against this one "
                    "without training and seed the sampler; --trials counts new trials only, "
                    "and screening is off unless --screen is given")
-    s.add_argument("--sampler", choices=("tpe", "nsga2", "gp", "random"),
+    s.add_argument("--sampler", choices=tuple(SAMPLERS),
                    help="gp (Gaussian process), tpe (multivariate), nsga2 or random; all "
                    "constraint-aware but random (default: per dataset, tpe on digits and gp "
                    "elsewhere; see benchmarks/results/sampler_cost.md)")

@@ -4,6 +4,7 @@ says how it was obtained."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,17 +48,35 @@ class HostMeter:
         return measure_latency(onnx_path, None, self.threads, max_spread=self.max_spread)
 
 
+def _host(spec: LatencySource, runtime: Runtime, cache_dir: Path | None) -> LatencyMeter:
+    return HostMeter(runtime.threads, spec.max_spread)
+
+
+def _profile(spec: LatencySource, runtime: Runtime, cache_dir: Path | None) -> LatencyMeter:
+    from edgeslim.evaluators.profile import ProfileMeter, load_profile
+
+    return ProfileMeter(load_profile(spec.profile), runtime.threads)
+
+
+def _ssh(spec: LatencySource, runtime: Runtime, cache_dir: Path | None) -> LatencyMeter:
+    from edgeslim.evaluators.latency_ssh import SshMeter
+
+    cache = cache_dir / "latency-ssh.json" if cache_dir is not None else None
+    return SshMeter(spec, runtime.threads, cache, runtime=runtime.name)
+
+
+# Latency sources by the name a budget's ``latency.source`` gives.
+METERS: dict[str, Callable[[LatencySource, Runtime, Path | None], LatencyMeter]] = {
+    "host": _host, "profile": _profile, "ssh": _ssh}
+
+
 def make_meter(spec: LatencySource, runtime: Runtime, cache_dir: Path | None = None,
                ) -> LatencyMeter:
-    """The meter a budget's ``latency`` section asks for. A profile is loaded (and must
-    parse); an ssh device is not contacted here: ``SshMeter.check`` does that."""
-    if spec.source == "profile":
-        from edgeslim.evaluators.profile import ProfileMeter, load_profile
-
-        return ProfileMeter(load_profile(spec.profile), runtime.threads)
-    if spec.source == "ssh":
-        from edgeslim.evaluators.latency_ssh import SshMeter
-
-        cache = cache_dir / "latency-ssh.json" if cache_dir is not None else None
-        return SshMeter(spec, runtime.threads, cache, runtime=runtime.name)
-    return HostMeter(runtime.threads, spec.max_spread)
+    """The meter a budget's ``latency`` section asks for (``METERS``). A profile is loaded
+    (and must parse); an ssh device is not contacted here: ``SshMeter.check`` does that."""
+    try:
+        factory = METERS[spec.source]
+    except KeyError:
+        raise ValueError(f"unknown latency source {spec.source!r}; valid: "
+                         f"{', '.join(METERS)}") from None
+    return factory(spec, runtime, cache_dir)

@@ -35,6 +35,7 @@ from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.logs import LOG_NAME, attach
 from edgeslim.models import build_model
+from edgeslim.search import samplers
 from edgeslim.search._prepare import (
     Prepared,
     build_space,
@@ -96,22 +97,9 @@ def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of a study, its time counted as sampling (``edgeslim.timing``). The
-    Gaussian-process sampler (``gp``, the default), multivariate TPE and NSGA-II are
-    constraint-aware: Optuna 5 reads ``Trial.set_constraint``; random ignores the constraints.
-    ``benchmarks/search_vs_rules.py`` compares them and chose the default."""
-    if name == "tpe":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constant_liar=True)
-    elif name == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed)
-    elif name == "gp":
-        sampler = optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    elif name == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        raise StudyError(f"--sampler: must be one of tpe, nsga2, gp, random, got {name!r}")
-    return timed_sampler(sampler)
+    """The sampler of a study (``edgeslim.search.samplers``), its time counted as sampling
+    (``edgeslim.timing``)."""
+    return timed_sampler(samplers.sampler(name, seed))
 
 
 # The calls through which Optuna asks a sampler for parameters and tells it results.

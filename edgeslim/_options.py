@@ -21,7 +21,7 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
     checked here, so that a mistake costs nothing. ``budget``: ``--budget``, already read."""
     from edgeslim.budget import load_budget
     from edgeslim.compress import order_name
-    from edgeslim.compress.prune import CRITERIA
+    from edgeslim.compress.importance import CRITERIA
     from edgeslim.data import dataset_entry
     from edgeslim.models import resolve_factory
     from edgeslim.recovery import Recovery

@@ -19,7 +19,8 @@ import time
 import torch
 from torch import nn
 
-from edgeslim.compress.prune import GRADIENT_IMAGES, KeptIndices, loss_gradients
+from edgeslim.compress.importance import GRADIENT_IMAGES, loss_gradients
+from edgeslim.compress.prune import KeptIndices
 from edgeslim.compress.reconstruct import reconstruct
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.screening import recalibrate_batch_norm

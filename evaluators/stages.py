@@ -21,7 +21,8 @@ from edgeslim.compress import (
     spread_weights,
     weight_layers,
 )
-from edgeslim.compress.prune import UNRANKED, Batches, Gradients, KeptIndices, criterion
+from edgeslim.compress.importance import UNRANKED, Batches, Gradients, criterion
+from edgeslim.compress.prune import KeptIndices
 from edgeslim.spaces import Candidate
 
 

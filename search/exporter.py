@@ -22,7 +22,7 @@ from torch import nn
 from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, ARTIFACT_TFLITE
 from edgeslim.budget import Budget
 from edgeslim.compress import apply_pruning
-from edgeslim.compress.prune import UNRANKED
+from edgeslim.compress.importance import UNRANKED
 from edgeslim.errors import ConfigError, StudyError
 from edgeslim.export import write_onnx, write_torch_program
 from edgeslim.fsutil import atomic_write, atomic_write_json

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from edgeslim.compress import apply_pruning, prunable_copy
-from edgeslim.compress.prune import criterion
+from edgeslim.compress.importance import criterion
 from edgeslim.data import DataBundle
 from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.evaluators.screening import recalibrated_accuracy

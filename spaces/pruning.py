@@ -10,12 +10,8 @@ import optuna
 import torch
 from torch import nn
 
-from edgeslim.compress.prune import (
-    CRITERIA,
-    IMPORTANCES,
-    PrunableGroup,
-    kept_channels,
-)
+from edgeslim.compress.importance import CRITERIA, IMPORTANCES
+from edgeslim.compress.prune import PrunableGroup, kept_channels
 from edgeslim.compress.prune_check import PruningCheck, check_pruning
 from edgeslim.defaults import MAX_RATIO
 from edgeslim.errors import ConfigError

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from edgeslim.compress import apply_pruning, quantize_onnx
-from edgeslim.compress.prune import CRITERIA, KeptIndices, criterion, loss_gradients
+from edgeslim.compress.importance import CRITERIA, criterion, loss_gradients
+from edgeslim.compress.prune import KeptIndices
 from edgeslim.compress.reconstruct import reconstruct
 from edgeslim.distill import BlockAttention, attention_map, block_names
 from edgeslim.errors import CandidateError

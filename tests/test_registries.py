@@ -8,7 +8,7 @@ import pytest
 
 from edgeslim._budget_schema import LATENCY_SOURCES
 from edgeslim.budget import LatencySource, Runtime
-from edgeslim.compress.prune import CRITERIA, criterion
+from edgeslim.compress.importance import CRITERIA, criterion
 from edgeslim.errors import ConfigError
 from edgeslim.evaluators.meters import METERS, HostMeter, make_meter
 from edgeslim.search.samplers import SAMPLERS, sampler

@@ -7,6 +7,7 @@ from edgeslim.compress.cluster import (
     spread_weights,
     weight_layers,
 )
+from edgeslim.compress.importance import IMPORTANCES
 from edgeslim.compress.order import (
     STAGES,
     TRAINED_STAGES,
@@ -16,7 +17,6 @@ from edgeslim.compress.order import (
     parse_order,
 )
 from edgeslim.compress.prune import (
-    IMPORTANCES,
     PrunableGroup,
     apply_pruning,
     kept_channels,

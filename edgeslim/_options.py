@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.errors import ConfigError
@@ -13,6 +14,7 @@ from edgeslim.search.config import SearchConfig, SpaceOptions
 
 if TYPE_CHECKING:
     from edgeslim.budget import Budget
+    from edgeslim.training import TrainRecipe
 
 
 
@@ -21,43 +23,23 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
     checked here, so that a mistake costs nothing. ``budget``: ``--budget``, already read."""
     from edgeslim.budget import load_budget
     from edgeslim.compress import order_name
-    from edgeslim.compress.importance import CRITERIA
     from edgeslim.data import dataset_entry
     from edgeslim.models import resolve_factory
     from edgeslim.recovery import Recovery
     from edgeslim.spaces.presets import preset
-    from edgeslim.training import TrainRecipe
 
     budget = load_budget(args.budget) if budget is None else budget
     entry = dataset_entry(args.dataset)
     resolve_factory(args.model)  # an unknown model fails here, before anything is written
-    importances = tuple(i.strip() for i in args.importance.split(",") if i.strip())
-    unknown = [i for i in importances if i not in CRITERIA]
-    if unknown or not importances:
-        raise ConfigError(f"--importance: must be among {', '.join(CRITERIA)}, "
-                          f"got {args.importance!r}")
+    importances = _importances(args.importance)
     if not 0 < args.max_ratio < 1:
         raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")
-    if args.checkpoint is not None and not args.checkpoint.exists():
-        raise ConfigError(f"--checkpoint: no such file {args.checkpoint}")
-    if args.checkpoint is not None:
-        from edgeslim.models._resolve import read_state_dict
-
-        read_state_dict(args.checkpoint)  # not weights, or a pickle that runs code: fails here
-    base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
-    if not 0 < args.finetune_subset <= 1:
-        raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
-    finetune = TrainRecipe(
-        epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
-        lr=args.finetune_lr or FINETUNE_LR, warmup_fraction=0.1,
-        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
-        subset=args.finetune_subset)
+    _check_checkpoint(args.checkpoint)
+    base, finetune, final = _recipes(args, entry)
     recovery = Recovery() if args.recovery is None else Recovery.parse(args.recovery)
     finalists = entry.finalists if args.finalists is None else args.finalists
     if finalists < 0:
         raise ConfigError(f"--finalists: must be >= 0, got {finalists}")
-    final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,
-                                steps=None, subset=1.0)
     # A warm start's imported trials tell the sampler more than screening's one-shot scores.
     screen = (0 if args.resume_from else entry.screen_per_trial * args.trials) \
         if args.screen is None else args.screen
@@ -89,6 +71,45 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
         recovery=recovery, resume_from=args.resume_from,
         space=SpaceOptions(max_ratio=args.max_ratio, importances=importances,
                            round_to=args.round_to, **stage_options))
+
+
+def _importances(text: str) -> tuple[str, ...]:
+    from edgeslim.compress.importance import CRITERIA
+
+    importances = tuple(i.strip() for i in text.split(",") if i.strip())
+    unknown = [i for i in importances if i not in CRITERIA]
+    if unknown or not importances:
+        raise ConfigError(f"--importance: must be among {', '.join(CRITERIA)}, got {text!r}")
+    return importances
+
+
+def _check_checkpoint(path: Path | None) -> None:
+    """A checkpoint must exist and be weights, not a pickle that runs code: refused here."""
+    if path is None:
+        return
+    if not path.exists():
+        raise ConfigError(f"--checkpoint: no such file {path}")
+    from edgeslim.models._resolve import read_state_dict
+
+    read_state_dict(path)
+
+
+def _recipes(args: argparse.Namespace, entry: Any) -> tuple[TrainRecipe, TrainRecipe,
+                                                             TrainRecipe]:
+    """The base model's recipe, the search's fine-tunes' and the finalists'."""
+    from edgeslim.training import TrainRecipe
+
+    base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
+    if not 0 < args.finetune_subset <= 1:
+        raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
+    finetune = TrainRecipe(
+        epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
+        lr=args.finetune_lr or FINETUNE_LR, warmup_fraction=0.1,
+        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
+        subset=args.finetune_subset)
+    final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,
+                                steps=None, subset=1.0)
+    return base, finetune, final
 
 
 def runtime_quant_modes(given: str | None, budget: Budget | None, modes: tuple[str, ...],

@@ -1,4 +1,5 @@
-"""Feature distillation for fine-tunes: attention transfer on the outputs of the model's blocks.
+"""Distillation for fine-tunes: the teacher's soft targets (``soft_target_loss``), and attention
+transfer on the outputs of the model's blocks (``BlockAttention``).
 
 A pruned student has fewer channels than its teacher, so their feature maps cannot be compared
 channel by channel without adapters. Attention transfer (Zagoruyko and Komodakis, ICLR 2017)
@@ -17,6 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) \
+        -> torch.Tensor:
+    """Hinton et al. (2015): KL divergence between softened distributions, scaled by T^2 so
+    its gradient stays comparable to the cross-entropy's as T changes."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
 
 
 def block_names(model: nn.Module) -> list[str]:

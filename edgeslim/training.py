@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.data import DataBundle, Split, augment_batch
-from edgeslim.distill import BlockAttention
+from edgeslim.distill import BlockAttention, soft_target_loss
 from edgeslim.errors import CandidateError
 from edgeslim.timing import timed
 
@@ -193,14 +193,7 @@ def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     n = len(pool)
     batch = min(recipe.batch_size, n)
     total = recipe.total_steps(len(data.train))
-    opt = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
-                          momentum=recipe.momentum, nesterov=True)
-    warm = max(1, int(total * recipe.warmup_fraction))
-
-    def lr_at(step: int) -> float:
-        return (step + 1) / warm if step < warm else max(0.0, (total - step) / (total - warm + 1))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = _one_cycle(model, recipe, total)
     scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(recipe.precision, device))
     ctx, _ = autocast_for(recipe.precision, device)
     features = BlockAttention(model, teacher) \
@@ -217,15 +210,7 @@ def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
         xb = data.normalize(xb).contiguous(memory_format=fmt)
         yb = y_all[idx].to(device, non_blocking=True)
         with ctx:
-            logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(xb).float()
-                loss = (1 - recipe.distill_alpha) * loss + recipe.distill_alpha * \
-                    _distill_loss(logits.float(), t_logits, recipe.distill_temperature)
-                if features is not None:
-                    loss = loss + recipe.distill_features * features.loss()
+            loss = _loss(model, teacher, features, xb, yb, recipe)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -238,13 +223,7 @@ def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
             on_step(step + 1, total)
     if features is not None:
         features.close()
-    # The last step's update is never seen by a loss: weights it made infinite or nan would
-    # reach the export and the quantizer's calibration ("scale issue") instead.
-    broken = next((name for name, p in model.named_parameters()
-                   if not bool(torch.isfinite(p).all())), None)
-    if broken is not None:
-        raise CandidateError(f"training diverged: {broken} is not finite after step "
-                             f"{total}/{total}")
+    _check_finite(model, total)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -253,19 +232,50 @@ def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     return TrainStats(steps=total, images=total * batch, seconds=seconds, final_loss=loss_value)
 
 
+def _one_cycle(model: nn.Module, recipe: TrainRecipe, total: int,
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Nesterov SGD, its rate rising linearly over the warmup to ``recipe.lr`` and falling
+    linearly to zero at step ``total``."""
+    opt = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                          momentum=recipe.momentum, nesterov=True)
+    warm = max(1, int(total * recipe.warmup_fraction))
+
+    def lr_at(step: int) -> float:
+        return (step + 1) / warm if step < warm else max(0.0, (total - step) / (total - warm + 1))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def _loss(model: nn.Module, teacher: nn.Module | None, features: BlockAttention | None,
+          xb: torch.Tensor, yb: torch.Tensor, recipe: TrainRecipe) -> torch.Tensor:
+    """Cross-entropy on the labels, mixed with the teacher's soft targets (and its block
+    attention maps, with ``features``) when there is a teacher."""
+    logits = model(xb)
+    loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(xb).float()
+        loss = (1 - recipe.distill_alpha) * loss + recipe.distill_alpha * \
+            soft_target_loss(logits.float(), t_logits, recipe.distill_temperature)
+        if features is not None:
+            loss = loss + recipe.distill_features * features.loss()
+    return loss
+
+
+def _check_finite(model: nn.Module, total: int) -> None:
+    """The last step's update is never seen by a loss: weights it made infinite or nan would
+    reach the export and the quantizer's calibration instead."""
+    broken = next((name for name, p in model.named_parameters()
+                   if not bool(torch.isfinite(p).all())), None)
+    if broken is not None:
+        raise CandidateError(f"training diverged: {broken} is not finite after step "
+                             f"{total}/{total}")
+
+
 def _uses_fp16(precision: Precision, device: torch.device) -> bool:
     if device.type != "cuda":
         return False
     return precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported())
-
-
-def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) \
-        -> torch.Tensor:
-    """Hinton et al. (2015): KL divergence between softened distributions, scaled by T^2 so
-    its gradient stays comparable to the cross-entropy's as T changes."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -20,37 +19,22 @@ from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators import MODEL_MEASURES, UNITS, Caps, measure_onnx_file, onnx_accuracy
 from edgeslim.evaluators.latency import available_cores
-from edgeslim.evaluators.meters import make_meter
-from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
-from edgeslim.search._card_litert import RUNTIME_TEXT, check_litert_against_torch, litert_measures
+from edgeslim.evaluators.meters import LatencyMeter, make_meter
+from edgeslim.export import INPUT_NAME, OUTPUT_NAME
+from edgeslim.search._card_checks import (
+    CHECK_IMAGES,
+    RUNTIME_TEXT,
+    check_litert_against_torch,
+    check_onnx_against_torch,
+    litert_measures,
+)
 from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
 from edgeslim.spaces import Candidate
 
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
-# How many validation images the ONNX-against-PyTorch check runs on.
-CHECK_IMAGES = 64
 SPARSITY_NOTE = ("unstructured sparsity shrinks the stored file only: the runtime computes "
                  "with dense kernels, so MACs and latency are those of the dense model")
-
-
-def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle,
-                             exact: bool) -> dict[str, Any]:
-    """Runs the first ``CHECK_IMAGES`` validation images through the float PyTorch model and the
-    ONNX file and compares logits. With ``exact`` (float32 weights in the file) the logits must
-    agree within ``ONNX_ATOL``; a quantized file is expected to differ, and the check reports how
-    much and how often the predicted class agrees."""
-    x = data.normalize(data.val.x[:CHECK_IMAGES])
-    with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    got = ort_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-    diff = float(np.max(np.abs(expected - got)))
-    agree = float((expected.argmax(1) == got.argmax(1)).mean())
-    return {"max_abs_diff": diff, "tolerance": ONNX_ATOL if exact else None,
-            "images": int(x.shape[0]), "argmax_agree": agree,
-            "pass": diff <= ONNX_ATOL if exact else None,
-            "note": "float32 weights: logits must match" if exact else
-                    "quantized weights: logits differ by design; accuracy above is the file's"}
 
 
 def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
@@ -89,6 +73,86 @@ class Target:
         return cls(record.budget, record.caps, record.base)
 
 
+def _measures(model: nn.Module, onnx_path: Path, deployable: Path, data: DataBundle,
+              runtime: Runtime, meter: LatencyMeter, tflite: Path | None, quantize: str,
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every measure of the exported files, and how latency was taken."""
+    example = torch.zeros(1, *data.input_shape)
+    values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
+    if tflite is not None:
+        measured, latency = litert_measures(tflite, onnx_path, data, runtime, meter, quantize)
+    else:
+        try:
+            measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val,
+                                                  meter=meter)
+        except CandidateError as exc:
+            raise StudyError(f"cannot measure the exported file's latency: {exc}") from None
+        if data.test is not None:
+            measured["test_acc"] = onnx_accuracy(onnx_path, data.test, data,
+                                                 threads=available_cores())
+    values.update(measured)
+    values["size_bytes"] = float(Path(deployable).stat().st_size)
+    return values, latency
+
+
+def _limits(target: Target, values: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Pass or fail per limit of the target budget, with the limit as the budget declares it."""
+    budget = target.budget
+    limits = Caps(**target.caps).verdicts(values)
+    for measure, verdict in limits.items():
+        if measure == "accuracy_drop":
+            verdict["declared"] = (f"{budget['accuracy_drop_points']} percentage points below "
+                                   f"the base ({100 * target.base[ACCURACY]:.2f}%)")
+        else:
+            rule = budget["limits"][measure]
+            verdict["declared"] = f"{rule['value']:.0%} of base" if rule["relative"] \
+                else rule["value"]
+    return limits
+
+
+def _files(onnx_path: Path, deployable: Path, tflite: Path | None) -> dict[str, str]:
+    files = {"deployable": Path(deployable).name, "onnx": Path(onnx_path).name}
+    if tflite is not None:
+        files["tflite"] = Path(tflite).name
+    if Path(deployable) not in (Path(onnx_path), Path(tflite or onnx_path)):
+        files["packed"] = Path(deployable).name
+        files["restore"] = (f"python -m edgeslim.packing {files['packed']} {files['onnx']} "
+                            "(needs numpy and onnx only)")
+    return files
+
+
+def _preprocessing(data: dict[str, Any], litert: bool) -> dict[str, Any]:
+    """What a user does to an image before the file runs it."""
+    shape = data["input_shape"]
+    return {
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "input_shape": [1, *shape], "layout": "NCHW" if len(shape) == 3 else "NCL",
+        "dtype": "float32",
+        "formula": "x = (pixels / 255 - mean) / std, per channel; pixels are uint8",
+        "mean": data["mean"], "std": data["std"], "class_names": data["class_names"],
+        # The LiteRT file takes the same values channels last, one image at a time.
+        **({"tflite_input_shape": [1, *shape[1:], shape[0]]} if litert else {}),
+    }
+
+
+def _measured_on(files: dict[str, str], runtime: Runtime, latency: dict[str, Any],
+                 source: LatencySource) -> dict[str, Any]:
+    """Where and how each measure of the card was taken."""
+    return {
+        "files": "every measure above was taken on the exported files by this export",
+        "size_bytes": f"byte length of {files['deployable']}",
+        "params_macs": "counted on the float PyTorch model with the exported structure",
+        "runtime": RUNTIME_TEXT.get(runtime.name,
+                                    "onnxruntime CPUExecutionProvider, batch 1"),
+        "latency": latency,
+        "latency_source": {"host": "timed on the measuring host",
+                           "profile": f"predicted from the device profile {source.profile}",
+                           "ssh": f"timed on {source.host} over ssh"}[source.source],
+        "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "host_cores": available_cores(),
+    }
+
+
 def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.Module,
                onnx_path: Path, deployable: Path, data: DataBundle,
                tflite: Path | None = None, target: Target | None = None) -> dict[str, Any]:
@@ -102,43 +166,14 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     target = target or Target.of_study(study)
     runtime = Runtime(**target.budget["runtime"])
     source = LatencySource(**target.budget.get("latency", {}))
-    example = torch.zeros(1, *data.input_shape)
-    values = {name: float(m(model, example).value) for name, m in MODEL_MEASURES.items()}
     meter = make_meter(source, runtime, Path(record.path("workdir")) / "cache")
-    if tflite is not None:
-        measured, latency = litert_measures(
-            tflite, onnx_path, data, runtime, meter,
-            Candidate.from_dict(trial_record.candidate).quantize)
-    else:
-        try:
-            measured, latency = measure_onnx_file(onnx_path, data, runtime, data.val,
-                                                  meter=meter)
-        except CandidateError as exc:
-            raise StudyError(f"cannot measure the exported file's latency: {exc}") from None
-        if data.test is not None:
-            measured["test_acc"] = onnx_accuracy(onnx_path, data.test, data,
-                                                 threads=available_cores())
-    values.update(measured)
-    values["size_bytes"] = float(Path(deployable).stat().st_size)
+    quantize = Candidate.from_dict(trial_record.candidate).quantize
+    values, latency = _measures(model, onnx_path, deployable, data, runtime, meter, tflite,
+                                quantize)
     budget = target.budget
-    limits = Caps(**target.caps).verdicts(values)
-    for measure, verdict in limits.items():
-        if measure == "accuracy_drop":
-            verdict["declared"] = (f"{budget['accuracy_drop_points']} percentage points below "
-                                   f"the base ({100 * target.base[ACCURACY]:.2f}%)")
-        else:
-            rule = budget["limits"][measure]
-            verdict["declared"] = f"{rule['value']:.0%} of base" if rule["relative"] \
-                else rule["value"]
-    shape = record.data["input_shape"]
+    limits = _limits(target, values)
     compression = _compression(trial, record.space)
-    files = {"deployable": Path(deployable).name, "onnx": Path(onnx_path).name}
-    if tflite is not None:
-        files["tflite"] = Path(tflite).name
-    if Path(deployable) not in (Path(onnx_path), Path(tflite or onnx_path)):
-        files["packed"] = Path(deployable).name
-        files["restore"] = (f"python -m edgeslim.packing {files['packed']} {files['onnx']} "
-                            "(needs numpy and onnx only)")
+    files = _files(onnx_path, deployable, tflite)
     return {
         "edgeslim_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -147,31 +182,10 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
         "model": record.setup["model"],
         "dataset": record.setup["dataset"],
         "files": files,
-        "preprocessing": {
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-            "input_shape": [1, *shape], "layout": "NCHW" if len(shape) == 3 else "NCL",
-            "dtype": "float32",
-            "formula": "x = (pixels / 255 - mean) / std, per channel; pixels are uint8",
-            "mean": record.data["mean"], "std": record.data["std"],
-            "class_names": record.data["class_names"],
-            # The LiteRT file takes the same values channels last, one image at a time.
-            **({"tflite_input_shape": [1, *shape[1:], shape[0]]} if tflite is not None else {}),
-        },
+        "preprocessing": _preprocessing(record.data, tflite is not None),
         "compression": compression,
         "measures": {k: {"value": v, "unit": UNITS.get(k, "")} for k, v in values.items()},
-        "measured_on": {
-            "files": "every measure above was taken on the exported files by this export",
-            "size_bytes": f"byte length of {files['deployable']}",
-            "params_macs": "counted on the float PyTorch model with the exported structure",
-            "runtime": RUNTIME_TEXT.get(runtime.name,
-                                        "onnxruntime CPUExecutionProvider, batch 1"),
-            "latency": latency,
-            "latency_source": {"host": "timed on the measuring host",
-                               "profile": f"predicted from the device profile {source.profile}",
-                               "ssh": f"timed on {source.host} over ssh"}[source.source],
-            "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "host_cores": available_cores(),
-        },
+        "measured_on": _measured_on(files, runtime, latency, source),
         "search_measures": {k: trial_record.measures[k] for k in UNITS
                             if k in trial_record.measures},
         "base": target.base,

@@ -1,5 +1,6 @@
-"""The parts of a model card that differ when the artifact is a LiteRT file: its measures in
-the budget's LiteRT runtime, and its logits against the float PyTorch model."""
+"""Checks of an exported file against the float PyTorch model for its card (the ONNX file's
+logits; the LiteRT file's), and the parts of a card that differ when the artifact is a LiteRT
+file: its measures in the budget's LiteRT runtime."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from edgeslim.data import DataBundle
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file, open_runner
 from edgeslim.evaluators.meters import LatencyMeter
+from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
 
 # How each runtime ran the file, for the card.
 RUNTIME_TEXT = {
@@ -22,6 +24,29 @@ RUNTIME_TEXT = {
     "litert-micro": "LiteRT for Microcontrollers (tflite-micro) built for this host, batch 1, "
                     "channels last: the device's reference kernels and arena planner",
 }
+# How many validation images the ONNX-against-PyTorch check runs on.
+CHECK_IMAGES = 64
+
+
+def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle,
+                             exact: bool) -> dict[str, Any]:
+    """Runs the first ``CHECK_IMAGES`` validation images through the float PyTorch model and the
+    ONNX file and compares logits. With ``exact`` (float32 weights in the file) the logits must
+    agree within ``ONNX_ATOL``; a quantized file is expected to differ, and the check reports how
+    much and how often the predicted class agrees."""
+    x = data.normalize(data.val.x[:CHECK_IMAGES])
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    got = ort_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    diff = float(np.max(np.abs(expected - got)))
+    agree = float((expected.argmax(1) == got.argmax(1)).mean())
+    return {"max_abs_diff": diff, "tolerance": ONNX_ATOL if exact else None,
+            "images": int(x.shape[0]), "argmax_agree": agree,
+            "pass": diff <= ONNX_ATOL if exact else None,
+            "note": "float32 weights: logits must match" if exact else
+                    "quantized weights: logits differ by design; accuracy above is the file's"}
+
+
 # Float32 LiteRT against PyTorch: the same 1e-3 bound as the ONNX file (``ONNX_ATOL``).
 LITERT_ATOL = 1e-3
 

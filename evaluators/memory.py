@@ -53,14 +53,7 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
     excess growing with the weights; for int8 artifacts 2.0x to 6.0x, its x86 integer kernels
     holding wider weight copies (benchmarks/results/memory_check.md, tests/test_memory.py).
     """
-    model = _optimized(onnx_path)
-    graph = model.graph
-    for inp in graph.input:
-        dim = inp.type.tensor_type.shape.dim
-        if dim and not dim[0].HasField("dim_value"):
-            dim[0].dim_value = batch
-    model = onnx.shape_inference.infer_shapes(model)
-    graph = model.graph
+    graph = _shaped(onnx_path, batch).graph
     weights = sum(_init_bytes(t) for t in graph.initializer)
     init_names = {t.name for t in graph.initializer}
     sizes = {vi.name: _value_bytes(vi) for vi in
@@ -89,6 +82,16 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
         peak = max(peak, sum(sizes.get(n, 0) for n in live))
         live = {n for n in live if last_use.get(n, -1) > i}
     return int(weights), int(peak)
+
+
+def _shaped(onnx_path: Path, batch: int) -> onnx.ModelProto:
+    """The graph as onnxruntime's basic level optimises it, its shapes inferred at ``batch``."""
+    model = _optimized(onnx_path)
+    for inp in model.graph.input:
+        dim = inp.type.tensor_type.shape.dim
+        if dim and not dim[0].HasField("dim_value"):
+            dim[0].dim_value = batch
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def _extend_fused_inputs(nodes: list[onnx.NodeProto], init_names: set[str],

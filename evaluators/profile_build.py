@@ -195,23 +195,7 @@ def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dic
             del row["mode"]
     fit, error = {}, {}
     for mode in opts.modes:
-        rows = whole[mode]
-        calib = [r for r in rows if not r["held_out"]]
-        slope, intercept = np.polyfit([r["layers_ms"] for r in calib],
-                                      [r["measured_ms"] for r in calib], 1)
-        fit[mode] = {"intercept_ms": float(intercept), "slope": float(slope)}
-        held = [r for r in rows if r["held_out"]]
-        for r in rows:
-            r["predicted_ms"] = float(intercept + slope * r["layers_ms"])
-        rel = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in held]
-        error[mode] = {
-            "held_out_models": len(held),
-            "median_abs_error": float(np.median(rel)),
-            "max_abs_error": float(np.max(rel)),
-            "spearman": float(spearmanr([r["predicted_ms"] for r in held],
-                                        [r["measured_ms"] for r in held]).statistic),
-            "models": rows,
-        }
+        fit[mode], error[mode] = _fit(whole[mode])
     return {
         "format": PROFILE_FORMAT, "version": PROFILE_VERSION,
         "runtime": opts.runtime, "runtime_version": _runtime_version(opts.runtime),
@@ -219,6 +203,26 @@ def build_profile(opts: ProfileOptions, progress: Progress | None = None) -> dic
         "input_shape": list(opts.input_shape), "num_classes": opts.num_classes,
         "round_to": opts.round_to, "max_ratio": opts.max_ratio, "step": opts.step,
         "layers": layers, "fit": fit, "error": error,
+    }
+
+
+def _fit(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """A line from the sum of a model's layer times to its measured time, fitted on the
+    models not held out, and its error on those held out (each row gets its prediction)."""
+    calib = [r for r in rows if not r["held_out"]]
+    slope, intercept = np.polyfit([r["layers_ms"] for r in calib],
+                                  [r["measured_ms"] for r in calib], 1)
+    held = [r for r in rows if r["held_out"]]
+    for r in rows:
+        r["predicted_ms"] = float(intercept + slope * r["layers_ms"])
+    rel = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in held]
+    return {"intercept_ms": float(intercept), "slope": float(slope)}, {
+        "held_out_models": len(held),
+        "median_abs_error": float(np.median(rel)),
+        "max_abs_error": float(np.max(rel)),
+        "spearman": float(spearmanr([r["predicted_ms"] for r in held],
+                                    [r["measured_ms"] for r in held]).statistic),
+        "models": rows,
     }
 
 

@@ -23,6 +23,7 @@ from edgeslim.artifacts import ARTIFACT_ONNX, ARTIFACT_PACKED, ARTIFACT_STATE, A
 from edgeslim.budget import Budget
 from edgeslim.compress import apply_pruning
 from edgeslim.compress.importance import UNRANKED
+from edgeslim.data import DataBundle
 from edgeslim.errors import ConfigError, StudyError
 from edgeslim.export import write_onnx, write_torch_program
 from edgeslim.fsutil import atomic_write, atomic_write_json
@@ -117,43 +118,54 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None,
             data, target, runtime = retarget.data, retarget.target, budget.runtime.name
             made = {} if retarget.same_files else verdict.files
         litert = runtime_info(runtime).litert
-        if made:  # made again for the other budget's runtime, from the weights judged
-            for name in ("runnable", "deployable"):
-                shutil.copyfile(made[name], tmp / made[name].name)
-            deployable, state = made["deployable"].name, made["state"]
-        else:
-            deployable = deployable_artifact(trial)
-            for name in dict.fromkeys((deployable, *((ARTIFACT_TFLITE,) if litert else ()))):
-                download_trial_artifact(study, trial, name, tmp)
-            state = download_trial_artifact(study, trial, ARTIFACT_STATE, tmp)
+        deployable, state = _gather(study, trial, made, litert, tmp)
         model = rebuild_model(study, trial, state)
         if deployable == ARTIFACT_PACKED:
             restore_onnx(tmp / ARTIFACT_PACKED, tmp / ARTIFACT_ONNX)
         elif litert:  # the float ONNX file the LiteRT file was converted from
             write_onnx(model, torch.zeros(1, *data.input_shape), tmp / ARTIFACT_ONNX)
-        files = {"onnx": ARTIFACT_ONNX}
-        if litert:
-            files["tflite"] = ARTIFACT_TFLITE
-        if deployable == ARTIFACT_PACKED:
-            files["packed"] = ARTIFACT_PACKED
+        files = {"onnx": ARTIFACT_ONNX, **({"tflite": ARTIFACT_TFLITE} if litert else {}),
+                 **({"packed": ARTIFACT_PACKED} if deployable == ARTIFACT_PACKED else {})}
         where = out if "onnx" in formats else tmp
         for name in files.values():
             atomic_write(where / name, lambda t, name=name: shutil.copyfile(tmp / name, t))
         card = build_card(study, trial, model, where / ARTIFACT_ONNX, where / deployable, data,
                           tflite=where / ARTIFACT_TFLITE if litert else None, target=target)
-        if "pytorch" in formats:
-            example = torch.zeros(1, *data.input_shape)
-            torch_path, torch_format = write_torch_program(model, example, out)
-            card["files"].update(pytorch=torch_path.name, pytorch_format=torch_format)
-        if "onnx" not in formats:
-            card["files"] = {k: v for k, v in card["files"].items()
-                             if k not in ("onnx", "packed", "deployable", "tflite")}
+        _name_files(card, formats, model, data, out)
     if "json" in formats:
         atomic_write_json(card, out / CARD_JSON)
     if "md" in formats:
         text = card_markdown(card)
         atomic_write(out / CARD_MARKDOWN, lambda t: t.write_text(text))
     return card
+
+
+def _name_files(card: dict[str, Any], formats: tuple[str, ...], model: nn.Module,
+                data: DataBundle, out: Path) -> None:
+    """Writes the PyTorch program when ``formats`` asks for it, and names in the card the
+    files that ``formats`` keeps."""
+    if "pytorch" in formats:
+        example = torch.zeros(1, *data.input_shape)
+        torch_path, torch_format = write_torch_program(model, example, out)
+        card["files"].update(pytorch=torch_path.name, pytorch_format=torch_format)
+    if "onnx" not in formats:
+        card["files"] = {k: v for k, v in card["files"].items()
+                         if k not in ("onnx", "packed", "deployable", "tflite")}
+
+
+def _gather(study: optuna.Study, trial: optuna.trial.FrozenTrial, made: dict[str, Path],
+            litert: bool, tmp: Path) -> tuple[str, Path]:
+    """The trial's deployable file (and LiteRT file) in ``tmp``: ``made`` again for another
+    budget's runtime from the weights judged, or the stored ones. Returns the deployable
+    file's name and the path of the float weights."""
+    if made:
+        for name in ("runnable", "deployable"):
+            shutil.copyfile(made[name], tmp / made[name].name)
+        return made["deployable"].name, made["state"]
+    deployable = deployable_artifact(trial)
+    for name in dict.fromkeys((deployable, *((ARTIFACT_TFLITE,) if litert else ()))):
+        download_trial_artifact(study, trial, name, tmp)
+    return deployable, download_trial_artifact(study, trial, ARTIFACT_STATE, tmp)
 
 
 def choose_fitting(retarget: Retarget, number: int | None = None,

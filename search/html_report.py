@@ -80,6 +80,30 @@ def pareto_rows(study: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> l
     return rows
 
 
+def _figures(study: optuna.Study, measures: list[str], front: list[optuna.trial.FrozenTrial],
+             trial: optuna.trial.FrozenTrial, out: Path) -> list[tuple[str, str]]:
+    """Writes one Pareto figure per measure and the trial's layers; returns the Pareto
+    figures' file names and alt texts."""
+    figures = []
+    for m in measures:
+        name = f"pareto_{m}.png"
+        save_png(pareto_figure(study, m, front, trial), out / name)
+        figures.append((name, f"validation accuracy against {m}"))
+    save_png(layers_figure(study, trial), out / LAYERS_PNG)
+    return figures
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, why: str, summary: str) -> str:
+    chosen = TrialRecord.of(trial)
+    return (f"<p>{html.escape(why)}: {html.escape(chosen.measure('stage_order', ''))}"
+            + (f" ({html.escape(chosen.measure('quantize'))})"
+               if chosen.measure("quantize", "none") != "none" else "")
+            + f"; {html.escape(summary)}; fits the budget: "
+            f"{'yes' if is_feasible(trial) else 'no'}"
+            + (f"; reference preset {html.escape(chosen.reference)}"
+               if chosen.reference is not None else "") + ".</p>")
+
+
 def write_report(study: optuna.Study, out: Path, number: int | None = None,
                  storage_url: str | None = None) -> Path:
     """Writes ``report.html`` and its figures into ``out``: one Pareto figure per objective
@@ -94,18 +118,12 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
         [m for m in record.limits if m in AXES] or ["size_bytes"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = []
-    for m in measures:
-        name = f"pareto_{m}.png"
-        save_png(pareto_figure(study, m, front, trial), out / name)
-        figures.append((name, f"validation accuracy against {m}"))
-    save_png(layers_figure(study, trial), out / LAYERS_PNG)
+    figures = _figures(study, measures, front, trial, out)
     budget, caps, base = record.budget, record.caps, record.base
     feasible_front = any(is_feasible(t) for t in front)
     where = f" {location_flags(study, storage_url)}" if storage_url else ""
     name = html.escape(study.study_name)
-    chosen = TrialRecord.of(trial)
-    measured = chosen.measures
+    measured = TrialRecord.of(trial).measures
     cols = columns(study)  # the measures the budget limits, as optimize show has them
     summary = ", ".join(f"{h} {fmt(measured[k])}" for k, h, fmt in cols if k in measured)
     parts = [
@@ -134,12 +152,7 @@ def write_report(study: optuna.Study, out: Path, number: int | None = None,
         "accuracy points over the most accurate reference trial of equal or higher cost in "
         "every objective (finalists against the references' finalists).</p>",
         f"<h2>Trial {trial.number}</h2>",
-        f"<p>{html.escape(why)}: {html.escape(chosen.measure('stage_order', ''))}"
-        + (f" ({html.escape(chosen.measure('quantize'))})"
-           if chosen.measure("quantize", "none") != "none" else "")
-        + f"; {html.escape(summary)}; fits the budget: {'yes' if is_feasible(trial) else 'no'}"
-        + (f"; reference preset {html.escape(chosen.reference)}"
-           if chosen.reference is not None else "") + ".</p>",
+        _trial_line(trial, why, summary),
         f"<img src='{LAYERS_PNG}' alt='layers of trial {trial.number}'>",
         "<p>Export it:</p>",
         f"<pre>optimize export --study {name} --trial {trial.number} --out best/"

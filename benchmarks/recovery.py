@@ -54,8 +54,9 @@ from edgeslim.models import load_checkpoint
 from edgeslim.search.config import SearchConfig, SpaceOptions
 from edgeslim.search.references import fit_uniform_ratio
 from edgeslim.search.repair import StaticCheck
+from edgeslim.search.samplers import make_sampler
 from edgeslim.search.screening import ScreenObjective, run_screening
-from edgeslim.search.study import build_space, make_sampler
+from edgeslim.search.study import build_space
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, train
 

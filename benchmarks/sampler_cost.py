@@ -32,7 +32,7 @@ import torch
 
 from edgeslim.compress import weight_layers
 from edgeslim.cores import training_threads
-from edgeslim.search.study import make_sampler
+from edgeslim.search.samplers import make_sampler
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
 from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edgeslim.errors import ConfigError
+from edgeslim.timing import timed
 
 if TYPE_CHECKING:
     import optuna
@@ -55,3 +56,29 @@ def sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         raise ConfigError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {name!r}") \
             from None
     return factory(seed)
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of a study (``edgeslim.search.samplers``), its time counted as sampling
+    (``edgeslim.timing``)."""
+    return timed_sampler(sampler(name, seed))
+
+
+# The calls through which Optuna asks a sampler for parameters and tells it results.
+SAMPLER_CALLS = ("infer_relative_search_space", "sample_relative", "sample_independent",
+                 "before_trial", "after_trial")
+
+
+def timed_sampler(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """``sampler`` itself (same type, same behaviour), its calls timed as sampling."""
+    for name in SAMPLER_CALLS:
+        setattr(sampler, name, timed("sampling")(getattr(sampler, name)))
+    return sampler
+
+
+def screening_sampler(name: str) -> str:
+    """The sampler of the screening study: the search's, but TPE for GP. A screening score
+    takes about a second, and a Gaussian-process proposal over the pruning ratios took 4 to 20
+    s at 40 allocations against 0.03 s for TPE (benchmarks/results/sampler_cost.md): GP would
+    spend most of screening's time choosing what to score."""
+    return "tpe" if name == "gp" else name

@@ -1,41 +1,30 @@
 """Running a search: prepare the base model once, then let an Optuna study sample candidates.
 
-Everything the export and the reports need later is stored on the study itself (user
-attributes), so a study can be exported, shown or resumed from its storage alone:
-
-``setup``     what defines the search; a resumed run must match it
-``budget``    the budget as parsed; ``caps`` its limits resolved against the base model
-``base``      the base model's measures (validation and test accuracy, params, MACs, ...)
-``data``      dataset name, input shape, mean/std, class names (the card's preprocessing)
-``space``     the search space's description (groups, their channels, the ratio grid)
-``paths``     where the artifacts, the data and the base weights live
+Everything the export and the reports need later is stored on the study itself
+(``edgeslim.search.records``), so a study can be exported, shown or resumed from its storage
+alone; ``edgeslim.search.setup`` creates it, or checks that a resumed one was set up the same.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
 from rich.console import Console
 
-from edgeslim import __version__
 from edgeslim.cores import training_threads
 from edgeslim.data import DataBundle
-from edgeslim.errors import ConfigError, StudyError
+from edgeslim.errors import ConfigError
 from edgeslim.evaluators import StagedEvaluator
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.logs import LOG_NAME, attach
 from edgeslim.models import build_model
-from edgeslim.search import samplers
 from edgeslim.search._prepare import (
     Prepared,
     build_space,
@@ -48,13 +37,14 @@ from edgeslim.search._prepare import (
 )
 from edgeslim.search._progress import _Progress, _progress_callback
 from edgeslim.search.config import SearchConfig
+from edgeslim.search.interrupted import recover_interrupted
 from edgeslim.search.notes import annotate
-from edgeslim.search.objective import Objective, directions, is_feasible
+from edgeslim.search.objective import Objective, is_feasible
 from edgeslim.search.plan import Plan, make_plan, print_plan
-from edgeslim.search.records import ACCURACY, SETUP_ATTR, StudyRecord, TrialRecord
-from edgeslim.search.references import enqueue_references
+from edgeslim.search.records import TrialRecord
 from edgeslim.search.repair import StaticCheck
 from edgeslim.search.report import print_report
+from edgeslim.search.samplers import make_sampler, screening_sampler
 from edgeslim.search.screening import (
     ScreenObjective,
     enqueue_screened,
@@ -62,132 +52,17 @@ from edgeslim.search.screening import (
     screen_study,
     structural_caps,
 )
-from edgeslim.search.storage import (
-    artifact_store,
-    check_storage_url,
-    open_storage,
-    recover_interrupted,
-)
+from edgeslim.search.setup import open_or_create_study, refuse_other_setup, setup_identity
+from edgeslim.search.storage import artifact_store, check_storage_url
 from edgeslim.search.warmstart import import_trials, source_study
 from edgeslim.search.workers import counted, run_finalists, run_trials, spawn_workers
 from edgeslim.spaces import Candidate, StagedSpace
-from edgeslim.timing import STOPWATCH, timed
+from edgeslim.timing import STOPWATCH
 from edgeslim.training import TrainRecipe
 
 __all__ = ["Prepared", "build_space", "feasible_orders", "latency_meter", "load_inputs",
-           "make_sampler", "measure_base", "open_or_create_study", "prepare", "resolve_caps",
+           "measure_base", "open_or_create_study", "prepare", "resolve_caps",
            "run_search", "setup_identity", "worker_main"]
-
-
-def setup_identity(config: SearchConfig, data: DataBundle) -> dict[str, Any]:
-    """What must not change when a study is resumed."""
-    return {
-        "model": config.model,
-        "dataset": config.dataset,
-        "data_fingerprint": data.fingerprint,
-        "checkpoint": str(config.checkpoint) if config.checkpoint else None,
-        "budget": config.budget.to_dict(),
-        "base_recipe": config.base_recipe.to_dict(),
-        "finetune": config.finetune.to_dict(),
-        "recovery": config.recovery.to_dict(),
-        "space": json.loads(json.dumps(asdict(config.space))),
-        "seed": config.seed,
-        "preset": config.preset,
-    }
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of a study (``edgeslim.search.samplers``), its time counted as sampling
-    (``edgeslim.timing``)."""
-    return timed_sampler(samplers.sampler(name, seed))
-
-
-# The calls through which Optuna asks a sampler for parameters and tells it results.
-SAMPLER_CALLS = ("infer_relative_search_space", "sample_relative", "sample_independent",
-                 "before_trial", "after_trial")
-
-
-def timed_sampler(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
-    """``sampler`` itself (same type, same behaviour), its calls timed as sampling."""
-    for name in SAMPLER_CALLS:
-        setattr(sampler, name, timed("sampling")(getattr(sampler, name)))
-    return sampler
-
-
-def screening_sampler(name: str) -> str:
-    """The sampler of the screening study: the search's, but TPE for GP. A screening score
-    takes about a second, and a Gaussian-process proposal over the pruning ratios took 4 to 20
-    s at 40 allocations against 0.03 s for TPE (benchmarks/results/sampler_cost.md): GP would
-    spend most of screening's time choosing what to score."""
-    return "tpe" if name == "gp" else name
-
-
-def refuse_other_setup(config: SearchConfig, data: DataBundle) -> None:
-    """Refuses to resume a stored study that was created with other options, before anything
-    is trained (and creates no storage file to find out)."""
-    url = config.storage_url
-    if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
-        return
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return
-    storage = open_storage(url)
-    if config.name not in {s.study_name for s in optuna.get_all_study_summaries(
-            storage, include_best_trial=False)}:
-        return
-    stored = StudyRecord.of(optuna.load_study(study_name=config.name, storage=storage)).setup
-    if stored is not None:
-        _same_setup(config, stored, setup_identity(config, data))
-
-
-def _same_setup(config: SearchConfig, stored: dict[str, Any], identity: dict[str, Any]) -> None:
-    if json.dumps(stored, sort_keys=True) != json.dumps(identity, sort_keys=True):
-        changed = sorted(k for k in identity if stored.get(k) != identity[k])
-        raise StudyError(f"study {config.name!r} in {config.storage_url} was created with a "
-                         f"different {', '.join(changed)}; resume it with the same options "
-                         "or pick a new --study-name")
-
-
-def open_or_create_study(config: SearchConfig, prepared: Prepared,
-                         check: StaticCheck | None = None) -> optuna.Study:
-    """Creates the study, or resumes it when one of the same name exists with the same setup.
-    A new study gets its reference trials (``check`` decides what fits the budget)."""
-    storage = open_storage(config.storage_url)
-    identity = setup_identity(config, prepared.data)
-    study = optuna.create_study(storage=storage, study_name=config.name,
-                                directions=directions(config.budget.objectives),
-                                sampler=make_sampler(config.sampler, config.seed),
-                                load_if_exists=True)
-    stored = StudyRecord.of(study).setup
-    if stored is not None:
-        _same_setup(config, stored, identity)
-        return study
-    data = prepared.data
-    references = None
-    if config.references or config.preset:
-        example = torch.zeros(1, *data.input_shape)
-        names = [config.preset] if config.preset else None
-        references = enqueue_references(study, prepared.space, prepared.base.model, example,
-                                        prepared.caps.limits, names, model_name=config.model,
-                                        check=check, limit=config.trials)
-    record = StudyRecord(
-        budget=config.budget.to_dict(),
-        caps={"limits": prepared.caps.limits, "min_val_acc": prepared.caps.min_val_acc},
-        base=prepared.base_values,
-        data={"name": data.name, "input_shape": list(data.input_shape),
-              "mean": list(data.mean), "std": list(data.std),
-              "class_names": list(data.class_names)},
-        space=prepared.space.describe(),
-        objectives=[ACCURACY, *config.budget.objectives],
-        paths={"workdir": str(config.workdir.resolve()),
-               "artifacts": str((config.workdir / "artifacts").resolve()),
-               "data_dir": str(Path(config.data_dir).resolve()),
-               "base_weights": str(prepared.base.weights_path.resolve())},
-        edgeslim_version=__version__, references=references)
-    for key, value in record.to_attrs().items():
-        study.set_user_attr(key, value)
-    # Written last: a study without it was interrupted while being set up, and is set up again.
-    study.set_user_attr(SETUP_ATTR, identity)
-    return study
 
 
 def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMeter,

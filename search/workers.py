@@ -31,6 +31,11 @@ from rich.console import Console
 
 from edgeslim.errors import CandidateError, StudyError
 from edgeslim.interrupts import exit_status, interruption, stop_on_signals
+from edgeslim.search.interrupted import (
+    record_interrupted,
+    recover_interrupted,
+    worker_identity,
+)
 from edgeslim.search.objective import Objective
 from edgeslim.search.records import (
     ACCURACY,
@@ -39,11 +44,6 @@ from edgeslim.search.records import (
     SURPLUS_ATTR,
     WORKER_ATTR,
     TrialRecord,
-)
-from edgeslim.search.storage import (
-    record_interrupted,
-    recover_interrupted,
-    worker_identity,
 )
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from edgeslim.data import load_dataset
 from edgeslim.models import build_model
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import directions
-from edgeslim.search.study import build_space, make_sampler
+from edgeslim.search.samplers import make_sampler
+from edgeslim.search.study import build_space
 from edgeslim.spaces import StagedSpace
 from edgeslim.training import TrainRecipe
 from toys import PI4

@@ -216,7 +216,7 @@ def test_a_trial_that_repeats_a_built_model_takes_its_results_untrained(
 
 
 def test_screening_samples_with_tpe_where_the_search_uses_gp():
-    from edgeslim.search.study import screening_sampler
+    from edgeslim.search.samplers import screening_sampler
 
     # A GP proposal costs seconds, a screening score about one: TPE screens instead.
     assert [screening_sampler(s) for s in ("gp", "tpe", "nsga2", "random")] == [

@@ -21,7 +21,8 @@ import pytest
 from edgeslim.cli import main
 from edgeslim.interrupts import Interrupted
 from edgeslim.search.config import default_storage
-from edgeslim.search.storage import load_study, open_storage, recover_interrupted
+from edgeslim.search.interrupted import recover_interrupted
+from edgeslim.search.storage import load_study, open_storage
 from edgeslim.search.workers import counted, counts, retried, run_trials
 from toys import REPO, UNTIMED
 
@@ -202,7 +203,8 @@ def test_sigkill_in_the_middle_of_a_trial_then_resume(tmp_path: Path):
 
 def test_a_running_trial_of_a_live_process_is_left_alone(tmp_path: Path):
     storage = default_storage(tmp_path)
-    from edgeslim.search.storage import open_storage, worker_identity
+    from edgeslim.search.interrupted import worker_identity
+    from edgeslim.search.storage import open_storage
 
     study = optuna.create_study(storage=open_storage(storage))
     trial = study.ask()

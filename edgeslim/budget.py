@@ -31,9 +31,8 @@ from edgeslim._budget_schema import (
     BudgetSpec,
     LatencySourceName,
     RuntimeName,
-    key_path,
-    validate,
 )
+from edgeslim._budget_validate import key_path, validate
 from edgeslim._yaml import read_yaml
 from edgeslim.errors import BudgetError
 

@@ -1,16 +1,9 @@
 """Feasibility before training: what the search space can reach against each limit.
 
-The plan builds the extreme candidates of the space from the untrained model (the measures
-it reports depend on the structure and the stages, not on trained weights; its batch norms
-get the non-trivial statistics a trained model has, since a converter folds an identity
-batch norm away and would understate the memory of a LiteRT file) and measures each exactly
-as a trial's limits are checked before training:
-
-- the least compressed: no channel pruned, the most cluster values, each quantization mode
-  the space offers (and none, where an order has no quantize stage);
-- the most compressed: every group pruned at ``--max-ratio``, the fewest cluster values, the
-  highest sparsity, each quantization mode; and pruning alone at ``--max-ratio`` (quantized
-  files can be slower than float ones, so the fastest candidate need not be the smallest).
+The plan builds the extreme candidates of the space from the untrained model
+(``edgeslim.search.extremes``: the measures it reports depend on the structure and the stages,
+not on trained weights) and measures each exactly as a trial's limits are checked before
+training.
 
 Each limit gets the base model's value, the range those candidates span, and a verdict: every
 candidate meets it, some do, or none does (with what would change that). Example::
@@ -29,7 +22,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from torch import nn
 
@@ -40,7 +32,7 @@ from edgeslim.evaluators import Caps
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.staged import StagedEvaluator
 from edgeslim.search.config import SearchConfig
-from edgeslim.search.repair import structure_measures
+from edgeslim.search.extremes import describe, extreme_candidates, like_trained, measure_candidate
 from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.training import TrainRecipe, train
 
@@ -106,74 +98,6 @@ class Plan:
         return "no candidate can meet the budget: " + "; ".join(parts)
 
 
-def extreme_candidates(space: StagedSpace) -> tuple[list[Candidate], list[Candidate]]:
-    """The least and the most compressed candidates of ``space`` (see the module docstring)."""
-    pruning = space.pruning
-    counts = sorted(space.cluster_counts)
-    longest = max(space.orders, key=len)
-    uses = {stage for order in space.orders for stage in order}
-    modes = list(space.quant_modes) if "quantize" in uses else []
-
-    def make(order: tuple[str, ...], ratio: float, count: int | None, sparsity: float,
-             mode: str) -> Candidate:
-        return Candidate(
-            order=order,
-            prune_ratios=tuple((g.name, pruning.on_grid(ratio)) for g in pruning.groups)
-            if "prune" in order else (),
-            importance=pruning.importances[0], round_to=pruning.round_to,
-            sparsity=sparsity if "sparsify" in order else 0.0,
-            cluster_counts=tuple((layer.name, min(space.counts_for(layer), key=lambda k:
-                                                   abs(k - count))) for layer in space.layers)
-            if "cluster" in order and count is not None else (),
-            quantize=mode if "quantize" in order else "none")
-
-    plain = [o for o in space.orders if "quantize" not in o]
-    quantized = [o for o in space.orders if "quantize" in o]
-    least = [make(min(plain, key=len), 0.0, counts[-1] if counts else None,
-                  space.sparsity_low, "none")] if plain else []
-    least += [make(min(quantized, key=len), 0.0, counts[-1] if counts else None,
-                   space.sparsity_low, mode) for mode in modes]
-    most = [make(longest, pruning.max_ratio, counts[0] if counts else None,
-                 space.sparsity_high, mode) for mode in (modes if "quantize" in longest
-                                                         else ["none"])]
-    if ("prune",) in space.orders and pruning.groups:
-        most.append(make(("prune",), pruning.max_ratio, None, 0.0, "none"))
-    return _unique(least), _unique(most)
-
-
-def _unique(candidates: list[Candidate]) -> list[Candidate]:
-    return list(dict.fromkeys(candidates))
-
-
-def describe(candidate: Candidate) -> str:
-    parts = [candidate.order_name]
-    ratios = {r for _, r in candidate.prune_ratios}
-    if ratios:
-        parts.append(f"pruned {max(ratios):g}")
-    if candidate.cluster_counts:
-        parts.append(f"{min(k for _, k in candidate.cluster_counts)} cluster values")
-    if candidate.quantize != "none":
-        parts.append(candidate.quantize)
-    return ", ".join(parts)
-
-
-def measure_candidate(evaluator: StagedEvaluator, candidate: Candidate, workdir: Path,
-                      timed: bool, latency_below_ms: float | None = None) -> dict[str, float]:
-    """params and MACs of the pruned structure, and the measures of the file it deploys to
-    (built as before training: no k-means, no fine-tune). With ``latency_below_ms``, latency
-    is timed only as closely as telling it from that limit needs (a quick look when it is far
-    below: see ``HostMeter``)."""
-    values = structure_measures(evaluator.base, evaluator.example, candidate.ratios
-                                if "prune" in candidate.order else {}, "l2", candidate.round_to)
-    with tempfile.TemporaryDirectory(prefix="plan-", dir=workdir) as tmp:
-        built = evaluator.build(candidate, Path(tmp), finetune=False)
-        measured, _ = evaluator.measure_built(built, None, latency=timed,
-                                              latency_below_ms=latency_below_ms)
-        measured["size_bytes"] = float(built.deployable.stat().st_size)
-    values.update(measured)
-    return values
-
-
 def host_line(budget: Budget) -> str | None:
     """A plain line when latency will be timed on a host of another kind than the device."""
     if budget.latency.source != "host" or not budget.asks_for("latency_ms"):
@@ -199,7 +123,6 @@ def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecip
     """Seconds of one fine-tune step of ``model``: ``steps`` steps of the search's own trainer
     (its precision, memory layout, augmentation and distillation from a copy of ``model``),
     after one warm-up step, on copies (``model`` is untouched). None when the steps fail."""
-    import copy
 
     net = copy.deepcopy(model)
     teacher = copy.deepcopy(model) if recipe.distill_alpha > 0 else None
@@ -216,24 +139,6 @@ def trial_steps(config: SearchConfig, data: DataBundle) -> int:
     per_stage = config.finetune.total_steps(len(data.train))
     trainable = len([s for s in config.space.stages if s in ("prune", "cluster", "sparsify")])
     return per_stage * max(1, trainable)
-
-
-def like_trained(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of the untrained ``model`` whose batch norms hold statistics and affine
-    parameters away from the identity (drawn with ``seed``), as a trained model's do: the
-    LiteRT converter folds an identity batch norm into nothing, which a trained model never
-    gets (on cnn1d, a 48-byte smaller LiteRT for Microcontrollers arena)."""
-    model = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
-    return model
 
 
 def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model: nn.Module,

@@ -102,6 +102,7 @@ def test_unknown_layer_is_a_candidate_error():
 def test_a_prunable_copy_prunes_like_the_model_without_tracing_it_again(net, monkeypatch):
     import copy
 
+    from edgeslim.compress import graph as graph_module
     from edgeslim.compress import prunable_copy
     from edgeslim.compress import prune as prune_module
 
@@ -112,9 +113,10 @@ def test_a_prunable_copy_prunes_like_the_model_without_tracing_it_again(net, mon
     kept = apply_pruning(traced, X, ratios, "l1")
     first = prunable_copy(base, X)  # traces the base model's graph once
     calls = []
-    trace = prune_module.dependency_graph
-    monkeypatch.setattr(prune_module, "dependency_graph",
-                        lambda *a: calls.append(1) or trace(*a))
+    trace = graph_module.dependency_graph
+    for module in (graph_module, prune_module):
+        monkeypatch.setattr(module, "dependency_graph",
+                            lambda *a: calls.append(1) or trace(*a))
     second = prunable_copy(base, X)
     assert apply_pruning(first, X, ratios, "l1") == apply_pruning(second, X, ratios, "l1") \
         == kept
@@ -131,6 +133,7 @@ def test_a_graph_too_deep_to_copy_is_traced_again_for_each_copy(monkeypatch):
     without the graph, and their pruning traces one."""
     import copy
 
+    from edgeslim.compress import graph as graph_module
     from edgeslim.compress import prunable_copy
     from edgeslim.compress import prune as prune_module
 
@@ -146,11 +149,12 @@ def test_a_graph_too_deep_to_copy_is_traced_again_for_each_copy(monkeypatch):
             raise RecursionError("maximum recursion depth exceeded")
         return real(obj, memo)
 
-    monkeypatch.setattr(prune_module.copy, "deepcopy", deepcopy)
+    monkeypatch.setattr(graph_module.copy, "deepcopy", deepcopy)
     calls = []
-    trace = prune_module.dependency_graph
-    monkeypatch.setattr(prune_module, "dependency_graph",
-                        lambda *a: calls.append(1) or trace(*a))
+    trace = graph_module.dependency_graph
+    for module in (graph_module, prune_module):
+        monkeypatch.setattr(module, "dependency_graph",
+                            lambda *a: calls.append(1) or trace(*a))
     twins = [prunable_copy(base, X) for _ in range(2)]
     assert [apply_pruning(t, X, ratios, "l1") for t in twins] == [kept, kept]
     assert len(calls) == 3  # the base's graph once, then each copy's

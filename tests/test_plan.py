@@ -15,14 +15,8 @@ from edgeslim.cli import build_parser, main
 from edgeslim.data.synthetic_har import write_npz
 from edgeslim.evaluators import MODEL_MEASURES
 from edgeslim.models import build_model
-from edgeslim.search.plan import (
-    EVERY,
-    SOME,
-    extreme_candidates,
-    host_line,
-    make_plan,
-    measure_candidate,
-)
+from edgeslim.search.extremes import extreme_candidates, measure_candidate
+from edgeslim.search.plan import EVERY, SOME, host_line, make_plan
 from edgeslim.search.study import latency_meter, load_inputs
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
 from toys import PI4, REPO, plain_net
@@ -225,7 +219,7 @@ def test_the_pi4_plan_for_vgg16_bn_holds_for_what_a_search_found(tmp_path):
 def test_the_plan_measures_batch_norms_as_a_trained_model_has_them():
     """An untrained model's batch norms are the identity, which the LiteRT converter folds
     away; the plan measures a copy whose batch norms are not, and leaves the model as it is."""
-    from edgeslim.search.plan import like_trained
+    from edgeslim.search.extremes import like_trained
 
     model = build_model("cnn1d", 9, 6)
     copy = like_trained(model)

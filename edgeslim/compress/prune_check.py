@@ -21,15 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgeslim.compress.prune import (
+from edgeslim.compress.graph import (
     PrunableGroup,
     _groups,
-    _out_dim,
     dependency_graph,
-    kept_channels,
-    prune_group,
+    out_dim,
     untraced,
 )
+from edgeslim.compress.prune import kept_channels, prune_group
 from edgeslim.compress.untraced import WHOLE_MODEL, one_thread
 from edgeslim.defaults import MAX_RATIO
 
@@ -119,7 +118,7 @@ def _tester(model: nn.Module, example: torch.Tensor, counts: dict[str, int],
             graph = dependency_graph(pruned, example)
             for g in groups:
                 module = pruned.get_submodule(g.name)
-                keep, current = counts[g.name], _out_dim(module)
+                keep, current = counts[g.name], out_dim(module)
                 drop = (list(range(current - keep)) if seed is None
                         else rng.sample(range(current), current - keep))
                 prune_group(graph, module, drop, g.name, keep)

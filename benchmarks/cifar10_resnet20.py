@@ -49,11 +49,11 @@ from edgeslim.evaluators import (
 from edgeslim.models import build_model
 from edgeslim.packing import restore_onnx
 from edgeslim.search.config import SearchConfig
-from edgeslim.search.exporter import deployable_artifact
 from edgeslim.search.objective import is_feasible
 from edgeslim.search.records import REFERENCE_ATTR
 from edgeslim.search.references import fit_uniform_ratio
 from edgeslim.search.study import prepare, run_search
+from edgeslim.ship.exporter import deployable_artifact
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe, autocast_for, train
 

@@ -37,9 +37,9 @@ from edgeslim.export import write_onnx
 from edgeslim.litert import onnx_to_tflite
 from edgeslim.packing import restore_onnx
 from edgeslim.search.config import default_storage
-from edgeslim.search.exporter import rebuild_model
 from edgeslim.search.retarget import Retarget, download_trial_artifact, judged_trials
 from edgeslim.search.storage import load_study
+from edgeslim.ship.exporter import rebuild_model
 
 ROOT = Path(__file__).resolve().parent
 BUDGET = ROOT.parent / "budgets" / "pi4.yaml"

@@ -14,6 +14,7 @@ from edgeslim.search.config import SearchConfig, SpaceOptions
 
 if TYPE_CHECKING:
     from edgeslim.budget import Budget
+    from edgeslim.evaluators.profile_build import ProfileOptions
     from edgeslim.training import TrainRecipe
 
 
@@ -174,3 +175,42 @@ def stage_options_of(args: argparse.Namespace) -> dict[str, object]:
             "quant_modes": _names(args.quantize or DEFAULT_QUANTIZE, "--quantize",
                                   tuple(m for m in QUANT_MODES if m != "none")),
             "sparsity": (low, high)}
+
+
+# The runtimes whose latency a profile predicts: it times layers as ONNX files in onnxruntime,
+# or as the LiteRT files converted from them in LiteRT. (LiteRT for Microcontrollers runs on
+# boards without Python.)
+PROFILED_RUNTIMES = ("onnxruntime", "litert")
+
+
+def profile_options(args: argparse.Namespace) -> ProfileOptions:
+    """The options of ``optimize profile``, validated before anything is timed."""
+    from edgeslim.evaluators.latency import available_cores
+    from edgeslim.evaluators.profile_build import ProfileOptions
+    from edgeslim.models import resolve_factory
+    from edgeslim.runtimes import check_installed
+
+    if args.runtime not in PROFILED_RUNTIMES:
+        raise ConfigError(f"--runtime: must be one of {', '.join(PROFILED_RUNTIMES)}, got "
+                          f"{args.runtime!r} (a profile times layers on the board, as ONNX "
+                          "files in onnxruntime or as LiteRT files in LiteRT)")
+    check_installed(args.runtime)  # litert: the converter and LiteRT, on the board
+    try:
+        shape = tuple(int(v) for v in args.input_shape.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not 2 <= len(shape) <= 4 or min(shape) < 1:
+        raise ConfigError(f"--input-shape: must be CxL, CxHxW or CxDxHxW with positive sizes, "
+                          f"got {args.input_shape!r}")
+    if not 0 < args.max_ratio < 1:
+        raise ConfigError(f"--max-ratio: must be > 0 and < 1, got {args.max_ratio}")
+    if args.out.exists() and args.out.is_dir():
+        raise ConfigError(f"--out: {args.out} is a directory; give a file name")
+    resolve_factory(args.model)
+    modes = tuple(m.strip() for m in args.quantize.split(",") if m.strip())
+    return ProfileOptions(model=args.model, input_shape=shape, num_classes=args.num_classes,
+                          round_to=args.round_to, max_ratio=args.max_ratio, modes=modes,
+                          threads=args.threads or available_cores(), models=args.models,
+                          holdout=args.holdout, layer_seconds=args.layer_seconds,
+                          model_seconds=args.model_seconds, seed=args.seed,
+                          runtime=args.runtime)

@@ -62,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("search", "plan"):
         return _search(args, console)
     if args.command == "profile":
-        from edgeslim.search.profiling import run_profile
-
-        return run_profile(args, console)
+        return _profile(args, console)
     from edgeslim.search.storage import load_study
 
     if args.command in ("export", "report"):
@@ -75,23 +73,59 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "show":
         if other is not None:
             return _show_for(study, other, args, console)
-        from edgeslim.search.report import print_report
+        from edgeslim.present.report import print_report
 
         print_report(study, console)
         return 0
     if args.command == "dashboard":
-        from edgeslim.search.dashboard import serve
+        from edgeslim.present.dashboard import serve
         from edgeslim.search.storage import open_storage
 
         url = _storage_url(args)
         return serve(study, open_storage(url), url, args.host, args.port, console)
     if args.command == "report":
-        from edgeslim.search.html_report import write_report
+        from edgeslim.present.html_report import write_report
 
         page = write_report(study, args.out, args.trial, _storage_url(args))
         console.print(f"report of {study.study_name} written to {page}", soft_wrap=True)
         return 0
     return _export(study, other, args, console)
+
+
+def _profile(args: argparse.Namespace, console: Console) -> int:
+    """``profile``: build a device's latency profile and write it (atomically)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from edgeslim._options import profile_options
+    from edgeslim.evaluators.profile_build import build_profile
+    from edgeslim.fsutil import atomic_write_json
+
+    opts = profile_options(args)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(f"timing {phase}", total=total)
+            progress.update(tasks[phase], completed=done)
+
+        profile = build_profile(opts, report)
+    atomic_write_json(profile, args.out)
+    console.print(f"wrote {args.out}: {opts.model} {'x'.join(map(str, opts.input_shape))}, "
+                  f"{len(next(iter(profile['layers'].values())))} layer configurations, "
+                  f"{opts.threads} threads, {opts.runtime} {profile['runtime_version']}")
+    for mode, err in profile["error"].items():
+        console.print(f"  {mode}: held-out error median {100 * err['median_abs_error']:.1f}%, "
+                      f"max {100 * err['max_abs_error']:.1f}%, Spearman {err['spearman']:.2f} "
+                      f"({err['held_out_models']} models)")
+    return 0
 
 
 def _budget(args: argparse.Namespace, console: Console) -> Budget:
@@ -142,7 +176,7 @@ def _export(study: optuna.Study, other: Budget | None, args: argparse.Namespace,
     # A trial with nothing to export is refused in seconds, before the model code loads.
     if args.trial is not None or other is None:
         choose_trial(study, args.trial)
-    from edgeslim.search.exporter import export_trial, parse_formats
+    from edgeslim.ship.exporter import export_trial, parse_formats
 
     formats = parse_formats(args.format)
     card = export_trial(study, args.out, args.trial, args.data_dir, formats, budget=other,
@@ -175,9 +209,9 @@ def _show_for(study: optuna.Study, budget: Budget, args: argparse.Namespace,
     """``show --budget``: every fine-tuned trial of ``study`` judged against ``budget``."""
     import tempfile
 
-    from edgeslim.search._progress import _Progress
+    from edgeslim.present._progress import _Progress
+    from edgeslim.present.report import print_judged
     from edgeslim.search.records import StudyRecord
-    from edgeslim.search.report import print_judged
     from edgeslim.search.retarget import Retarget, judged_trials
 
     workdir = Path(StudyRecord.of(study).path("workdir"))

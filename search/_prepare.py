@@ -24,8 +24,8 @@ from edgeslim.export import write_onnx
 from edgeslim.litert import onnx_to_tflite
 from edgeslim.models import build_model, load_checkpoint
 from edgeslim.models.check import check_model
+from edgeslim.present._progress import _Progress
 from edgeslim.runtimes import runtime_info
-from edgeslim.search._progress import _Progress
 from edgeslim.search.config import SearchConfig, SpaceOptions
 from edgeslim.search.records import ACCURACY
 from edgeslim.search.repair import STRUCTURAL

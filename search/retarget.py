@@ -42,10 +42,10 @@ from edgeslim.models import build_model, load_checkpoint
 from edgeslim.packing import restore_onnx
 from edgeslim.runtimes import runtime_info
 from edgeslim.search._prepare import checked_meter, measure_base, resolve_caps
-from edgeslim.search.card import Target
 from edgeslim.search.config import SpaceOptions
 from edgeslim.search.picking import deployable_artifact
 from edgeslim.search.records import LATENCY, StudyRecord, TrialRecord
+from edgeslim.ship.card import Target
 from edgeslim.spaces import Candidate
 from edgeslim.training import TrainRecipe
 
@@ -234,7 +234,7 @@ class Retarget:
 
     def _float_graph(self, trial: optuna.trial.FrozenTrial, folder: Path) -> Path:
         """The trial's float model as an ONNX file: the graph its LiteRT file came from."""
-        from edgeslim.search.exporter import rebuild_model
+        from edgeslim.ship.exporter import rebuild_model
 
         model = rebuild_model(self.study, trial, self.download(trial, ARTIFACT_STATE, folder))
         return write_onnx(model, torch.zeros(1, *self.data.input_shape), folder / "float.onnx")
@@ -243,7 +243,7 @@ class Retarget:
                     ) -> tuple[dict[str, float], dict[str, Any], dict[str, Path]]:
         """Every measure of the file this budget's runtime deploys, made again from the
         trial's float weights."""
-        from edgeslim.search.exporter import rebuild_model
+        from edgeslim.ship.exporter import rebuild_model
 
         state = self.download(trial, ARTIFACT_STATE, folder)
         model = rebuild_model(self.study, trial, state)

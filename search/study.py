@@ -25,6 +25,9 @@ from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import BaseGradients
 from edgeslim.logs import LOG_NAME, attach
 from edgeslim.models import build_model
+from edgeslim.present._progress import _Progress, _progress_callback
+from edgeslim.present.notes import annotate
+from edgeslim.present.report import print_report
 from edgeslim.search._prepare import (
     Prepared,
     build_space,
@@ -35,15 +38,12 @@ from edgeslim.search._prepare import (
     prepare,
     resolve_caps,
 )
-from edgeslim.search._progress import _Progress, _progress_callback
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.interrupted import recover_interrupted
-from edgeslim.search.notes import annotate
 from edgeslim.search.objective import Objective, is_feasible
 from edgeslim.search.plan import Plan, make_plan, print_plan
 from edgeslim.search.records import TrialRecord
 from edgeslim.search.repair import StaticCheck
-from edgeslim.search.report import print_report
 from edgeslim.search.samplers import make_sampler, screening_sampler
 from edgeslim.search.screening import (
     ScreenObjective,

@@ -28,8 +28,8 @@ from test_browse import toy_study
 
 from edgeslim import logs
 from edgeslim.cli import build_parser, main
+from edgeslim.present.report import summary_line
 from edgeslim.search.config import default_storage
-from edgeslim.search.report import summary_line
 from edgeslim.search.storage import load_study, open_storage
 from edgeslim.search.workers import counted, run_trials
 from toys import PI4, REPO
@@ -355,7 +355,7 @@ def test_export_refuses_a_trial_without_loading_the_model_code(tmp_path):
     workdir = tmp_path / "runs"
     toy_study(workdir, default_storage(workdir))  # trial 3 failed; there is no trial 9
     script = ("import sys; from edgeslim.cli import main; code = main(sys.argv[1:]); "
-              "print(sorted(m for m in ('torch', 'edgeslim.search.exporter') "
+              "print(sorted(m for m in ('torch', 'edgeslim.ship.exporter') "
               "if m in sys.modules)); sys.exit(code)")
     for trial, message in (("3", "trial 3 of 'toy-digits-board' is FAIL (loss diverged); pick "
                                  "a complete trial"),

@@ -13,12 +13,12 @@ from PIL import Image
 
 from edgeslim.cli import main
 from edgeslim.errors import ConfigError, StudyError
-from edgeslim.search._progress import _progress_callback
+from edgeslim.present._progress import _progress_callback
+from edgeslim.present.dashboard import serve
+from edgeslim.present.html_report import pareto_rows, report_trial, write_report
+from edgeslim.present.notes import annotate, study_note
+from edgeslim.present.report import lift_text, pareto_trials, reference_lift
 from edgeslim.search.config import default_storage
-from edgeslim.search.dashboard import serve
-from edgeslim.search.html_report import pareto_rows, report_trial, write_report
-from edgeslim.search.notes import annotate, study_note
-from edgeslim.search.report import lift_text, pareto_trials, reference_lift
 from edgeslim.search.storage import open_storage
 
 BASE = {"val_acc": 0.9, "params": 20000.0, "macs": 1e6, "size_bytes": 80000.0,

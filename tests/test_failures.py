@@ -28,10 +28,10 @@ from edgeslim.compress import kept_channels, quantize_onnx
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, StagedEvaluator, measure_onnx_file, onnx_accuracy
 from edgeslim.models import build_model
+from edgeslim.present.report import summary_line
 from edgeslim.search.config import default_storage
 from edgeslim.search.objective import Objective
 from edgeslim.search.repair import StaticCheck
-from edgeslim.search.report import summary_line
 from edgeslim.search.storage import load_study
 from edgeslim.search.workers import run_trials
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace

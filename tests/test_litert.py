@@ -464,8 +464,8 @@ def test_a_litert_profile_predicts_what_a_litert_search_records(tmp_path):
     trials = [t for t in study.trials
               if t.user_attrs.get("finetuned") and "duplicate_of" not in t.user_attrs]
     assert trials
-    from edgeslim.search.exporter import rebuild_model
     from edgeslim.search.retarget import download_trial_artifact
+    from edgeslim.ship.exporter import rebuild_model
 
     for t in trials:
         assert t.user_attrs["latency_source"] == "profile"

@@ -17,10 +17,10 @@ from edgeslim.cli import main
 from edgeslim.compress import apply_pruning, buildable_orders
 from edgeslim.evaluators import Caps, StagedEvaluator
 from edgeslim.evaluators.screening import fast_accuracy, recalibrate_batch_norm
+from edgeslim.present.report import pareto_trials
 from edgeslim.search.config import default_storage
 from edgeslim.search.objective import Objective
 from edgeslim.search.repair import StaticCheck, structure_measures
-from edgeslim.search.report import pareto_trials
 from edgeslim.search.screening import (
     SCORE_ATTR,
     SCREENED_ATTR,

@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from edgeslim.search._progress import _Progress
+from edgeslim.present._progress import _Progress
 from edgeslim.timing import Stopwatch
 
 

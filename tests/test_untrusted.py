@@ -14,7 +14,7 @@ import yaml
 from test_browse import toy_study
 
 from edgeslim.cli import build_parser, main
-from edgeslim.search import dashboard
+from edgeslim.present import dashboard
 from edgeslim.search.config import default_storage
 from toys import PI4, REPO
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import optuna
 from optuna_dashboard import get_note, save_note
 
+from edgeslim.present.report import FORMATS as _FORMAT
+from edgeslim.present.report import columns, summary_line
 from edgeslim.search.config import default_storage
 from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
-from edgeslim.search.report import FORMATS as _FORMAT
-from edgeslim.search.report import columns, summary_line
 
 
 def location_flags(study: optuna.Study, storage_url: str) -> str:

@@ -30,7 +30,6 @@ from edgeslim.fsutil import atomic_write, atomic_write_json
 from edgeslim.models import build_model
 from edgeslim.packing import restore_onnx
 from edgeslim.runtimes import runtime_info
-from edgeslim.search.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
 from edgeslim.search.picking import choose_trial, deployable_artifact
 from edgeslim.search.records import ACCURACY, LATENCY, StudyRecord, TrialRecord
 from edgeslim.search.retarget import (
@@ -41,6 +40,7 @@ from edgeslim.search.retarget import (
     load_study_data,
     rank,
 )
+from edgeslim.ship.card import CARD_JSON, CARD_MARKDOWN, build_card, card_markdown
 from edgeslim.spaces import Candidate
 
 __all__ = ["FORMATS", "choose_fitting", "choose_trial", "deployable_artifact", "export_trial",

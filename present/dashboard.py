@@ -13,7 +13,7 @@ from optuna_dashboard import wsgi
 from rich.console import Console
 
 from edgeslim.errors import ConfigError
-from edgeslim.search.notes import annotate
+from edgeslim.present.notes import annotate
 from edgeslim.search.records import StudyRecord
 
 DEFAULT_HOST = "127.0.0.1"

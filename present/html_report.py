@@ -15,18 +15,18 @@ import optuna
 from edgeslim import __version__
 from edgeslim.errors import StudyError
 from edgeslim.fsutil import atomic_write
-from edgeslim.search.exporter import choose_trial
-from edgeslim.search.figures import AXES, layers_figure, pareto_figure, save_png
-from edgeslim.search.notes import limit_text, location_flags
-from edgeslim.search.picking import is_feasible
-from edgeslim.search.records import StudyRecord, TrialRecord
-from edgeslim.search.report import (
+from edgeslim.present.figures import AXES, layers_figure, pareto_figure, save_png
+from edgeslim.present.notes import limit_text, location_flags
+from edgeslim.present.report import (
     columns,
     lift_text,
     pareto_trials,
     summary_line,
     trial_label,
 )
+from edgeslim.search.picking import is_feasible
+from edgeslim.search.records import StudyRecord, TrialRecord
+from edgeslim.ship.exporter import choose_trial
 
 REPORT_HTML = "report.html"
 LAYERS_PNG = "layers.png"

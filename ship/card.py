@@ -21,14 +21,14 @@ from edgeslim.evaluators import MODEL_MEASURES, UNITS, Caps, measure_onnx_file, 
 from edgeslim.evaluators.latency import available_cores
 from edgeslim.evaluators.meters import LatencyMeter, make_meter
 from edgeslim.export import INPUT_NAME, OUTPUT_NAME
-from edgeslim.search._card_checks import (
+from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
+from edgeslim.ship._card_checks import (
     CHECK_IMAGES,
     RUNTIME_TEXT,
     check_litert_against_torch,
     check_onnx_against_torch,
     litert_measures,
 )
-from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
 from edgeslim.spaces import Candidate
 
 CARD_JSON = "model_card.json"

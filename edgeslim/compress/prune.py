@@ -1,14 +1,6 @@
-"""Structured (channel) pruning with torch-pruning's DependencyGraph
-(``edgeslim.compress.graph`` builds it and finds the groups).
-
-A *group* is a set of layers whose channels must be removed together: a conv's output channels,
-its batch norm, the next layers' input channels and, through residual adds, every layer writing
-to the same residual stream. Each group is named after its root layer's qualified module name
-(``layer2.0.conv1``), which is stable for a given architecture and readable in the dashboard.
-
-Modules whose forward torch-pruning cannot analyse (a channel shuffle, say) are hidden from the
-graph (``edgeslim.compress.untraced``): the layers inside them, and the groups that reach them,
-keep every channel.
+"""Structured (channel) pruning with torch-pruning's DependencyGraph: the channels a group
+loses, chosen by an importance criterion (``edgeslim.compress.importance``), and removed from
+every layer of the group. ``edgeslim.compress.graph`` builds the graph and finds the groups.
 
 Channel counts are snapped to multiples of ``round_to`` (8 by default): CPU and GPU kernels are
 vectorised over channel blocks, and off-multiple counts (12/24/48) run slower than the unpruned

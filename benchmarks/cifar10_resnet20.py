@@ -38,7 +38,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from rich.console import Console
 
 from edgeslim.budget import load_budget
-from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
+from edgeslim.defaults import FINETUNE_DISTILL_ALPHA
 from edgeslim.evaluators import (
     ARTIFACT_PACKED,
     DEPLOYABLE,
@@ -48,6 +48,7 @@ from edgeslim.evaluators import (
 )
 from edgeslim.models import build_model
 from edgeslim.packing import restore_onnx
+from edgeslim.precision import autocast_for
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.objective import is_feasible
 from edgeslim.search.records import REFERENCE_ATTR
@@ -55,7 +56,7 @@ from edgeslim.search.references import fit_uniform_ratio
 from edgeslim.search.study import prepare, run_search
 from edgeslim.ship.exporter import deployable_artifact
 from edgeslim.spaces import Candidate
-from edgeslim.training import TrainRecipe, autocast_for, train
+from edgeslim.training import TrainRecipe, train
 
 ROOT = Path(__file__).resolve().parent
 
@@ -141,8 +142,7 @@ def main() -> None:
     console = Console()
     data_dir = extract(args.archive) if args.dataset == "cifar10" else Path("data")
     budget = load_budget(ROOT.parent / "budgets" / "pi4.yaml")
-    finetune = TrainRecipe(epochs=args.finetune_epochs, lr=FINETUNE_LR, warmup_fraction=0.1,
-                           distill_alpha=FINETUNE_DISTILL_ALPHA)
+    finetune = TrainRecipe.finetune(epochs=args.finetune_epochs)
     config = SearchConfig(budget=budget, model="resnet20", dataset=args.dataset,
                           data_dir=data_dir, trials=args.trials, workdir=args.workdir,
                           base_recipe=TrainRecipe(epochs=args.base_epochs), finetune=finetune)

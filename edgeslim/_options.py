@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.errors import ConfigError
 from edgeslim.runtimes import DEFAULT_QUANTIZE, runtime_info
 from edgeslim.search.config import SearchConfig, SpaceOptions
@@ -103,10 +102,10 @@ def _recipes(args: argparse.Namespace, entry: Any) -> tuple[TrainRecipe, TrainRe
     base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
     if not 0 < args.finetune_subset <= 1:
         raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
-    finetune = TrainRecipe(
+    finetune = TrainRecipe.finetune(
         epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
-        lr=args.finetune_lr or FINETUNE_LR, warmup_fraction=0.1,
-        distill_alpha=0.0 if args.no_distill else FINETUNE_DISTILL_ALPHA, seed=args.seed,
+        **({"lr": args.finetune_lr} if args.finetune_lr else {}),
+        **({"distill_alpha": 0.0} if args.no_distill else {}), seed=args.seed,
         subset=args.finetune_subset)
     final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,
                                 steps=None, subset=1.0)

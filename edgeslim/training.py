@@ -8,26 +8,22 @@ forward pass runs under bf16 autocast, always with channels_last tensors; on CUD
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.data import DataBundle, Split, augment_batch
+from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.distill import BlockAttention, soft_target_loss
 from edgeslim.errors import CandidateError
+from edgeslim.precision import Precision, autocast_for, default_device, uses_fp16
 from edgeslim.timing import timed
-
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,14 @@ class TrainRecipe:
     channels_last: bool = True
     seed: int = 0
     subset: float = 1.0  # fraction of the training split drawn from (a fixed one per seed)
+
+    @classmethod
+    def finetune(cls, **changes: Any) -> TrainRecipe:
+        """The search's fine-tune of a candidate, as the command line makes it by default:
+        peak rate ``FINETUNE_LR``, a tenth of the steps warming up, distilled from the base
+        model with weight ``FINETUNE_DISTILL_ALPHA``; ``changes`` replace any field."""
+        return cls(**{"lr": FINETUNE_LR, "warmup_fraction": 0.1,
+                      "distill_alpha": FINETUNE_DISTILL_ALPHA, **changes})
 
     def total_steps(self, n_train: int) -> int:
         """Optimizer steps: ``steps``, or ``epochs`` passes (0 epochs: no step at all)."""
@@ -99,50 +103,6 @@ class TrainStats:
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_for(precision: Precision, device: torch.device):
-    """The autocast context the recipe's precision asks for on ``device``."""
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if _cpu_bf16_is_fast() else "fp32"
-    if precision == "fp32":
-        return nullcontext(), precision
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype), precision
-
-
-@functools.cache
-def _cpu_bf16_is_fast() -> bool:
-    """Whether bf16 autocast trains faster than fp32 on this CPU, by its instruction set.
-
-    Measured (ResNet-20, batch 128, 2 threads, channels_last): on an Intel host with AMX tiles
-    bf16 trained about 2.5x as fast as fp32; on an Intel host with AVX-512 BF16 but no AMX it
-    was slower (352 against 449 images/s), the casts costing more than the dot products save;
-    on an AMD Zen 4 host (AVX-512 BF16, no AMX) it was 1.8x as fast (962 against 542).
-    """
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        return True
-    flags, vendor = _cpu_flags()
-    return vendor == "AuthenticAMD" and "avx512_bf16" in flags
-
-
-def _cpu_flags() -> tuple[set[str], str]:
-    """(feature flags, vendor id) of the first CPU in /proc/cpuinfo; empty where unreadable."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set(), ""
-    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
-    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M)
-    return (set(flags.group(1).split()) if flags else set(),
-            vendor.group(1) if vendor else "")
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
@@ -194,7 +154,7 @@ def _train_on(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     batch = min(recipe.batch_size, n)
     total = recipe.total_steps(len(data.train))
     opt, sched = _one_cycle(model, recipe, total)
-    scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(recipe.precision, device))
+    scaler = torch.amp.GradScaler(device.type, enabled=uses_fp16(recipe.precision, device))
     ctx, _ = autocast_for(recipe.precision, device)
     features = BlockAttention(model, teacher) \
         if teacher is not None and recipe.distill_features > 0 else None
@@ -270,12 +230,6 @@ def _check_finite(model: nn.Module, total: int) -> None:
     if broken is not None:
         raise CandidateError(f"training diverged: {broken} is not finite after step "
                              f"{total}/{total}")
-
-
-def _uses_fp16(precision: Precision, device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    return precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported())
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgeslim.data import DataBundle, Split
-from edgeslim.training import autocast_for, default_device
+from edgeslim.precision import autocast_for, default_device
 
 BATCH = 256
 

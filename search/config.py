@@ -53,7 +53,7 @@ class SearchConfig:
     seed: int = 0
     sampler: SamplerName = "gp"
     base_recipe: TrainRecipe = field(default_factory=TrainRecipe)
-    finetune: TrainRecipe = field(default_factory=TrainRecipe)
+    finetune: TrainRecipe = field(default_factory=TrainRecipe.finetune)
     space: SpaceOptions = field(default_factory=SpaceOptions)
     references: bool = True  # enqueue the presets the space can sample as reference trials
     preset: str | None = None  # run this one preset instead of searching

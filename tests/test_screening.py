@@ -17,6 +17,7 @@ from edgeslim.cli import main
 from edgeslim.compress import apply_pruning, buildable_orders
 from edgeslim.evaluators import Caps, StagedEvaluator
 from edgeslim.evaluators.screening import fast_accuracy, recalibrate_batch_norm
+from edgeslim.precision import autocast_for, default_device
 from edgeslim.present.report import pareto_trials
 from edgeslim.search.config import default_storage
 from edgeslim.search.objective import Objective
@@ -33,7 +34,7 @@ from edgeslim.search.storage import SCREEN_SUFFIX, load_study
 from edgeslim.search.study import feasible_orders
 from edgeslim.search.workers import counts, run_trials
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
-from edgeslim.training import TrainRecipe, autocast_for, default_device, train
+from edgeslim.training import TrainRecipe, train
 from toys import REPO, UNTIMED, PlainNet
 
 X = torch.zeros(1, 1, 8, 8)

@@ -23,13 +23,15 @@ The budget only names the host's onnxruntime on one thread. Each model ends in o
 ``part way``    the same, but some of the model torch-pruning cannot analyse or mishandles was
                 left unpruned (the card and the table name it), or nothing could be pruned
 ``refused``     the search stopped at start with one line (exit status 2), quoted
-``not run``     over ``--max-params`` parameters: more than this host runs in the time here
+``not run``     over ``--max-params`` parameters, or no input size it accepts
 ``failed``      anything else (a traceback, a trial that failed, a timeout), quoted
 
     nice -n 10 uv run python benchmarks/torchvision_coverage.py
 
 Results are kept per model in the JSON file as they come (a rerun skips the models done;
-``--only`` redoes some), and the table is written from it. Writes
+``--only`` redoes some), and the table is written from it; models not measured yet are named
+under the totals. The largest models can run in a second process beside the first
+(``--only ... --out OTHER.md``), its rows added with ``--merge OTHER.json``. Writes
 benchmarks/results/torchvision_coverage.md and .json.
 """
 
@@ -178,16 +180,22 @@ def table(rows: dict[str, dict], command: str, host: str) -> str:
     counts: dict[str, int] = {}
     for row in rows.values():
         counts[row["result"]] = counts.get(row["result"], 0) + 1
+    waiting = [n for n in torchvision.models.list_models(module=torchvision.models)
+               if n not in rows]
     lines = [
         "# torchvision classification models: search coverage", "",
         f"Command: `{command}`", "",
         f"Host: {host}. torchvision {torchvision.__version__}, PyTorch {torch.__version__}.", "",
         "Each model: 2 trials of prune > cluster (16 values a layer) > int8 static on 120 "
         "synthetic images at the smallest input it accepts, from its random initialisation "
-        "(one fine-tune step a stage), then `optimize export` of one trial. Groups: searched "
+        "(one fine-tune step a stage, at rate 0.001: one step at the default 0.05 from a random "
+        "initialisation overflows float32 in deep nets), then `optimize export` of one trial; "
+        "each command stopped after the timeout in the command line. Groups: searched "
         "/ left out; untraced: modules torch-pruning cannot analyse, left unpruned.", "",
         "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" (of "
-        f"{len(rows)}).", "",
+        f"{len(rows)} measured; {len(waiting)} of torchvision's "
+        f"{len(rows) + len(waiting)} not measured yet"
+        + (f": {', '.join(waiting)}" if waiting else "") + ").", "",
         "| model | params | input | result | groups | untraced | trials | time | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -211,13 +219,25 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     parser.add_argument("--only", help="comma-separated models to (re)run")
     parser.add_argument("--out", type=Path, default=RESULTS / "torchvision_coverage.md")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="another run's JSON store (a second process run with --only "
+                        "and its own --out): its rows are added, then the table is written")
     args = parser.parse_args()
     store = args.out.with_suffix(".json")
     rows: dict[str, dict] = json.loads(store.read_text()) if store.is_file() else {}
+    host = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    if args.merge:
+        for other in args.merge:
+            rows.update(json.loads(other.read_text()))
+        store.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+        args.out.write_text(table(rows, "nice -n 10 uv run python "
+                                  "benchmarks/torchvision_coverage.py --timeout 1200, and "
+                                  "beside it the largest models with --timeout 1500 --only "
+                                  "... --out OTHER.md, merged with --merge OTHER.json", host))
+        return
     only = set(args.only.split(",")) if args.only else None
     command = "nice -n 10 uv run python benchmarks/torchvision_coverage.py" + (
         f" --max-params {args.max_params:g}" if args.max_params != 1e9 else "")
-    host = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     with tempfile.TemporaryDirectory(prefix="coverage-") as tmp:
         names = torchvision.models.list_models(module=torchvision.models)
         todo = [n for n in names if (n in only if only is not None else n not in rows)]

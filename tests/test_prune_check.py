@@ -123,3 +123,18 @@ def test_the_space_records_what_was_left_out():
     assert described["left_out"] == {"stem": STEM_REASON}
     assert [g["name"] for g in described["groups"]] == ["cat.a", "cat.se.reduce", "head"]
     assert space.not_pruned() == "pruning stem breaks the model, so it is not searched"
+
+
+def test_narrowing_stops_after_its_time_with_a_hiding_that_builds(monkeypatch):
+    """On a model whose analysis takes too long, the hiding reached when the time is up is
+    kept: coarser (here every top-level module: nothing is pruned), but the graph builds and
+    the search starts."""
+    from edgeslim.compress import untraced
+
+    monkeypatch.setattr(untraced, "NARROWING_S", 0.0)
+    monkeypatch.setattr(untraced, "_FOUND", {})
+    model = ShuffleNet().eval()
+    check = check_pruning(model, X, 10)
+    assert check.untraced == tuple(name for name, _ in model.named_children())
+    assert check.groups == ()
+    dependency_graph(model, X)  # builds with them hidden

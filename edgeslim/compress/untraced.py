@@ -11,7 +11,8 @@ channels; the layers elsewhere are pruned as usual, and clustering and quantizat
 need no graph, still reach every layer.
 
 The modules to hide are found once per architecture (``untraced_modules``): the smallest
-modules, from the top of the model down, whose hiding lets the graph build.
+modules, from the top of the model down, whose hiding lets the graph build, as far as
+``NARROWING_S`` seconds of trying get.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +33,12 @@ from edgeslim.errors import CandidateError
 # Stands for the whole model when even its own forward (outside every submodule) defeats
 # torch-pruning: nothing can be pruned.
 WHOLE_MODEL = ""
+# Narrowing the hidden modules down tries one graph build after another, each bounded by
+# ``deadline``; on a transformer, whose flatten and reshape index mappings torch-pruning follows
+# in Python, the tries took over 25 minutes in all (torchvision's Swin-T at 32x32). Past this
+# many seconds the narrowing stops, and the coarser hiding it had reached, which builds, is
+# kept: more layers keep all their channels, and the search starts.
+NARROWING_S = 120.0
 _FOUND: dict[tuple, tuple[str, ...]] = {}
 
 
@@ -166,7 +174,8 @@ def untraced_modules(model: nn.Module, example: torch.Tensor,
     found: tuple[str, ...] = ()
     if not builds(()):
         top = _candidates(model, "")
-        found = _narrow(model, top, builds) if top and builds(top) else (WHOLE_MODEL,)
+        found = _narrow(model, top, builds, time.monotonic() + NARROWING_S) \
+            if top and builds(top) else (WHOLE_MODEL,)
     _FOUND[key] = found
     return found
 
@@ -184,10 +193,12 @@ def _candidates(model: nn.Module, prefix: str) -> list[str]:
 
 
 def _narrow(model: nn.Module, names: list[str], builds: Callable[[Sequence[str]], bool],
-            ) -> tuple[str, ...]:
+            until: float = float("inf")) -> tuple[str, ...]:
+    """Narrows ``names`` (a hiding that builds) down to the smallest modules; past ``until``
+    (``time.monotonic``), the hiding found so far, which builds."""
     hide = list(names)
     i = 0
-    while i < len(hide):
+    while i < len(hide) and time.monotonic() < until:
         rest = hide[:i] + hide[i + 1:]
         if builds(rest):
             hide = rest

@@ -127,9 +127,14 @@ def test_a_prunable_copy_prunes_like_the_model_without_tracing_it_again(net, mon
     assert count_params(base, X).value == count_params(net(), X).value  # base untouched
 
 
-def test_a_graph_too_deep_to_copy_is_traced_again_for_each_copy(monkeypatch):
+@pytest.mark.parametrize("error", [
+    RecursionError("maximum recursion depth exceeded"),
+    TypeError("cannot pickle 'SliceBackward0' object"),
+], ids=["too-deep", "uncopyable"])
+def test_a_graph_that_cannot_be_copied_is_traced_again_for_each_copy(monkeypatch, error):
     """copy.deepcopy recurses once per node along a dependency graph's chain, and a deep
-    network's chain (EfficientNet's) exceeds Python's recursion limit: those copies come
+    network's chain (EfficientNet's) exceeds Python's recursion limit; a transformer's graph
+    (torchvision's Swin) keeps an autograd node that cannot be copied: those copies come
     without the graph, and their pruning traces one."""
     import copy
 
@@ -146,7 +151,7 @@ def test_a_graph_too_deep_to_copy_is_traced_again_for_each_copy(monkeypatch):
 
     def deepcopy(obj, memo=None):
         if isinstance(obj, tuple):  # the model with its graph
-            raise RecursionError("maximum recursion depth exceeded")
+            raise error
         return real(obj, memo)
 
     monkeypatch.setattr(graph_module.copy, "deepcopy", deepcopy)

@@ -109,7 +109,7 @@ def _build(model: nn.Module, example_input: torch.Tensor,
 GRAPHS: weakref.WeakKeyDictionary[nn.Module, tp.DependencyGraph] = weakref.WeakKeyDictionary()
 # Models whose dependency graph is too deep a chain of nodes for copy.deepcopy (Python's
 # recursion limit; EfficientNet's graph is): their copies trace a graph of their own.
-_DEEPGRAPHS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_UNCOPYABLE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _graph_of(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -130,7 +130,7 @@ def prunable_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     dependency graph of ``model`` is traced once (on the first call) and copied along with
     it. The copy must keep the structure ``model`` had (its weights and device may change)
     until it is pruned. A graph too deep to copy is not: each copy's is traced when pruned."""
-    if model in _DEEPGRAPHS:
+    if model in _UNCOPYABLE:
         return copy.deepcopy(model)
     graph = _graph_of(model, example_input)
     # torch-pruning's pruners are stateless singletons the graph compares by identity, and
@@ -138,8 +138,10 @@ def prunable_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     shared = [tp.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
     try:
         twin, twin_graph = copy.deepcopy((model, graph), {id(o): o for o in shared})
-    except RecursionError:
-        _DEEPGRAPHS.add(model)
+    except (RecursionError, TypeError):
+        # Too deep a chain for deepcopy (EfficientNet's), or holding what cannot be copied
+        # (an autograd node of the trace kept by an index mapping: Swin's SliceBackward0).
+        _UNCOPYABLE.add(model)
         return copy.deepcopy(model)  # ``apply_pruning`` traces the copy's graph
     GRAPHS[twin] = twin_graph
     return twin

@@ -114,6 +114,13 @@ def test_a_model_whose_own_forward_defeats_torch_pruning_is_searched_without_pru
     space = PruningSpace.from_model(model, X, 10)
     assert space.groups == () and space.describe()["untraced"] == [WHOLE_MODEL]
     assert apply_pruning(model, X, {}, "l1") == {}  # nothing to prune: no graph is built
+    # The plan counts the unpruned structure of such a model on a copy, without a graph.
+    from edgeslim.compress import prunable_copy
+    from edgeslim.search.repair import structure_measures
+
+    assert prunable_copy(model, X) is not model
+    assert structure_measures(model, X, {}) == {
+        "params": float(sum(p.numel() for p in model.parameters())), "macs": 41712.0}
 
 
 def test_the_space_records_what_was_left_out():

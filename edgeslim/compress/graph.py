@@ -130,8 +130,8 @@ def prunable_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     dependency graph of ``model`` is traced once (on the first call) and copied along with
     it. The copy must keep the structure ``model`` had (its weights and device may change)
     until it is pruned. A graph too deep to copy is not: each copy's is traced when pruned."""
-    if model in _UNCOPYABLE:
-        return copy.deepcopy(model)
+    if model in _UNCOPYABLE or WHOLE_MODEL in untraced(model, example_input):
+        return copy.deepcopy(model)  # no graph to copy: nothing of it can be pruned
     graph = _graph_of(model, example_input)
     # torch-pruning's pruners are stateless singletons the graph compares by identity, and
     # ``ops`` is a module: shared, not copied.

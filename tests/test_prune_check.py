@@ -132,13 +132,13 @@ def test_the_space_records_what_was_left_out():
     assert space.not_pruned() == "pruning stem breaks the model, so it is not searched"
 
 
-def test_narrowing_stops_after_its_time_with_a_hiding_that_builds(monkeypatch):
-    """On a model whose analysis takes too long, the hiding reached when the time is up is
+def test_narrowing_stops_after_its_tries_with_a_hiding_that_builds(monkeypatch):
+    """On a model whose analysis takes too long, the hiding reached when the tries run out is
     kept: coarser (here every top-level module: nothing is pruned), but the graph builds and
     the search starts."""
     from edgeslim.compress import untraced
 
-    monkeypatch.setattr(untraced, "NARROWING_S", 0.0)
+    monkeypatch.setattr(untraced, "NARROWING_BUILDS", 0)
     monkeypatch.setattr(untraced, "_FOUND", {})
     model = ShuffleNet().eval()
     check = check_pruning(model, X, 10)

@@ -12,7 +12,7 @@ need no graph, still reach every layer.
 
 The modules to hide are found once per architecture (``untraced_modules``): the smallest
 modules, from the top of the model down, whose hiding lets the graph build, as far as
-``NARROWING_S`` seconds of trying get.
+``NARROWING_BUILDS`` tries get.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -35,10 +34,12 @@ from edgeslim.errors import CandidateError
 WHOLE_MODEL = ""
 # Narrowing the hidden modules down tries one graph build after another, each bounded by
 # ``deadline``; on a transformer, whose flatten and reshape index mappings torch-pruning follows
-# in Python, the tries took over 25 minutes in all (torchvision's Swin-T at 32x32). Past this
-# many seconds the narrowing stops, and the coarser hiding it had reached, which builds, is
-# kept: more layers keep all their channels, and the search starts.
-NARROWING_S = 120.0
+# in Python, the tries took over 25 minutes in all (torchvision's Swin-T at 32x32). After this
+# many tries the narrowing stops, and the coarser hiding it had reached, which builds, is kept:
+# more layers keep all their channels, and the search starts. A count of tries, not seconds,
+# so that what is hidden does not depend on how busy the machine is (torchvision's
+# ShuffleNetV2 needs 30 tries to narrow down to its five shuffling units).
+NARROWING_BUILDS = 40
 _FOUND: dict[tuple, tuple[str, ...]] = {}
 
 
@@ -174,7 +175,7 @@ def untraced_modules(model: nn.Module, example: torch.Tensor,
     found: tuple[str, ...] = ()
     if not builds(()):
         top = _candidates(model, "")
-        found = _narrow(model, top, builds, time.monotonic() + NARROWING_S) \
+        found = _narrow(model, top, builds, NARROWING_BUILDS) \
             if top and builds(top) else (WHOLE_MODEL,)
     _FOUND[key] = found
     return found
@@ -193,18 +194,24 @@ def _candidates(model: nn.Module, prefix: str) -> list[str]:
 
 
 def _narrow(model: nn.Module, names: list[str], builds: Callable[[Sequence[str]], bool],
-            until: float = float("inf")) -> tuple[str, ...]:
-    """Narrows ``names`` (a hiding that builds) down to the smallest modules; past ``until``
-    (``time.monotonic``), the hiding found so far, which builds."""
+            tries: int) -> tuple[str, ...]:
+    """Narrows ``names`` (a hiding that builds) down to the smallest modules; after ``tries``
+    graph builds, the hiding found so far, which builds."""
     hide = list(names)
+    left = [tries]
+
+    def counted(names: Sequence[str]) -> bool:
+        left[0] -= 1
+        return builds(names)
+
     i = 0
-    while i < len(hide) and time.monotonic() < until:
+    while i < len(hide) and left[0] > 0:
         rest = hide[:i] + hide[i + 1:]
-        if builds(rest):
+        if counted(rest):
             hide = rest
             continue
         inner = _candidates(model, hide[i])
-        if inner and builds(rest + inner):
+        if inner and left[0] > 0 and counted(rest + inner):
             hide = rest + inner
             continue
         i += 1

@@ -29,9 +29,6 @@ import optuna
 ACCURACY = "val_acc"  # validation accuracy of the deployed file: the first objective
 LATENCY = "latency_ms"
 CANDIDATE_ATTR = "candidate"  # Candidate.to_dict() of what was built
-SAMPLED_ATTR = "sampled"  # Candidate.to_dict() of what was sampled, when repair moved it
-REPAIRED_ATTR = "repaired"
-REPAIR_STEP_ATTR = "repair_step"  # which step of the repair ladder it took
 BUILT_AS_ATTR = "built_as"  # the build key: trials with the same one are the same model
 FINETUNED_ATTR = "finetuned"  # whether it was fine-tuned (False: a limit failed before)
 FAIL_REASON_ATTR = "fail_reason"
@@ -42,7 +39,6 @@ RETRY_ATTR = "retry_of"  # the interrupted trial this one runs again
 FINALIST_ATTR = "finalist_of"
 DUPLICATE_ATTR = "duplicate_of"  # a trial that built the same model: its results copied
 REFERENCE_ATTR = "reference"  # the rule-based preset this trial runs
-ALIASES_ATTR = "same_as"  # presets whose fitted trial is the reference's own
 # A trial imported from a study searched for another budget (``edgeslim.search.warmstart``):
 # the study and trial it came from.
 IMPORTED_ATTR = "imported_from"
@@ -66,7 +62,7 @@ class TrialRecord:
     candidate: dict[str, Any] | None = None
     sampled: dict[str, Any] | None = None  # the candidate sampled, when repair moved it
     repaired: bool | None = None
-    repair_step: int | None = None
+    repair_step: int | None = None  # which step of the repair ladder it took
     built_as: str | None = None
     finetuned: bool | None = None
     fail_reason: str | None = None
@@ -76,7 +72,7 @@ class TrialRecord:
     finalist_of: int | None = None
     duplicate_of: int | None = None
     reference: str | None = None
-    same_as: list[str] | None = None
+    same_as: list[str] | None = None  # presets whose fitted trial is the reference's own
     imported_from: dict[str, Any] | None = None
     screened: dict[str, Any] | None = None
     screen_acc: float | None = None
@@ -92,13 +88,11 @@ class TrialRecord:
         named: dict[str, Any] = {}
         keyed: dict[str, dict[str, Any]] = {field: {} for field in (*_PREFIXES, "measures")}
         for key, value in attrs.items():
-            field = next((f for f, p in _PREFIXES.items() if key.startswith(p)), None)
             if key in _TRIAL_FIELDS:
                 named[key] = value
-            elif field is not None:
-                keyed[field][key.removeprefix(_PREFIXES[field])] = value
-            else:
-                keyed["measures"][key] = value
+                continue
+            field = next((f for f, p in _PREFIXES.items() if key.startswith(p)), "measures")
+            keyed[field][key.removeprefix(_PREFIXES.get(field, ""))] = value
         return cls(**named, **keyed)
 
     @classmethod

@@ -145,3 +145,27 @@ def test_narrowing_stops_after_its_tries_with_a_hiding_that_builds(monkeypatch):
     assert check.untraced == tuple(name for name, _ in model.named_children())
     assert check.groups == ()
     dependency_graph(model, X)  # builds with them hidden
+
+
+@pytest.mark.slow
+def test_the_tries_leave_torchvision_shufflenet_narrowed_to_its_shuffling_units(monkeypatch):
+    """ShuffleNetV2 at 32x32 needs 30 graph builds to narrow the hiding down to its five
+    shuffling units: within ``NARROWING_BUILDS``, so the cap changes nothing for it."""
+    from edgeslim.compress import untraced
+    from edgeslim.compress.graph import untraced as untraced_of
+    from edgeslim.models import build_model
+
+    narrow, tries = untraced._narrow, []
+
+    def counting(model, names, builds, left):
+        def counted(hidden):
+            tries.append(hidden)
+            return builds(hidden)
+        return narrow(model, names, counted, left)
+
+    monkeypatch.setattr(untraced, "_narrow", counting)
+    monkeypatch.setattr(untraced, "_FOUND", {})
+    model = build_model("torchvision:shufflenet_v2_x0_5", 3, 10).eval()
+    found = untraced_of(model, torch.zeros(1, 3, 32, 32))
+    assert found == ("stage2.2", "stage3.2", "stage3.4", "stage3.6", "stage4.2")
+    assert len(tries) == 30 < untraced.NARROWING_BUILDS

@@ -107,8 +107,9 @@ def _build(model: nn.Module, example_input: torch.Tensor,
 # of tracing the model again (a second or more per candidate for ResNet-20 at 32x32, most of
 # the cost of pruning it). Weak keys: a model's graph goes when the model does.
 GRAPHS: weakref.WeakKeyDictionary[nn.Module, tp.DependencyGraph] = weakref.WeakKeyDictionary()
-# Models whose dependency graph is too deep a chain of nodes for copy.deepcopy (Python's
-# recursion limit; EfficientNet's graph is): their copies trace a graph of their own.
+# Models whose dependency graph copy.deepcopy cannot copy (too deep a chain of nodes for
+# Python's recursion limit, as EfficientNet's; an autograd node kept inside, as Swin's): their
+# copies trace a graph of their own.
 _UNCOPYABLE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
@@ -129,9 +130,11 @@ def prunable_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """A deep copy of ``model`` that ``apply_pruning`` prunes without tracing it: the
     dependency graph of ``model`` is traced once (on the first call) and copied along with
     it. The copy must keep the structure ``model`` had (its weights and device may change)
-    until it is pruned. A graph too deep to copy is not: each copy's is traced when pruned."""
-    if model in _UNCOPYABLE or WHOLE_MODEL in untraced(model, example_input):
-        return copy.deepcopy(model)  # no graph to copy: nothing of it can be pruned
+    until it is pruned. A graph that cannot be copied is not: each copy's is traced when
+    pruned. A model torch-pruning cannot analyse at all is copied without a graph."""
+    if model in _UNCOPYABLE or (model not in GRAPHS and
+                                WHOLE_MODEL in untraced(model, example_input)):
+        return copy.deepcopy(model)
     graph = _graph_of(model, example_input)
     # torch-pruning's pruners are stateless singletons the graph compares by identity, and
     # ``ops`` is a module: shared, not copied.

@@ -34,11 +34,12 @@ from edgeslim.errors import CandidateError
 WHOLE_MODEL = ""
 # Narrowing the hidden modules down tries one graph build after another, each bounded by
 # ``deadline``; on a transformer, whose flatten and reshape index mappings torch-pruning follows
-# in Python, the tries took over 25 minutes in all (torchvision's Swin-T at 32x32). After this
-# many tries the narrowing stops, and the coarser hiding it had reached, which builds, is kept:
-# more layers keep all their channels, and the search starts. A count of tries, not seconds,
-# so that what is hidden does not depend on how busy the machine is (torchvision's
-# ShuffleNetV2 needs 30 tries to narrow down to its five shuffling units).
+# in Python, each try is slow and the tries go deep (torchvision's Swin models at 32x32 had not
+# started searching after 25 minutes). After this many tries the narrowing stops, and the
+# coarser hiding it had reached, which builds, is kept: more layers keep all their channels,
+# and the search starts. A count of tries, not seconds, so that what is hidden does not depend
+# on how busy the machine is (torchvision's ShuffleNetV2 needs 30 tries to narrow down to its
+# five shuffling units: tests/test_prune_check.py).
 NARROWING_BUILDS = 40
 _FOUND: dict[tuple, tuple[str, ...]] = {}
 
@@ -198,21 +199,18 @@ def _narrow(model: nn.Module, names: list[str], builds: Callable[[Sequence[str]]
     """Narrows ``names`` (a hiding that builds) down to the smallest modules; after ``tries``
     graph builds, the hiding found so far, which builds."""
     hide = list(names)
-    left = [tries]
-
-    def counted(names: Sequence[str]) -> bool:
-        left[0] -= 1
-        return builds(names)
-
     i = 0
-    while i < len(hide) and left[0] > 0:
+    while i < len(hide) and tries > 0:
         rest = hide[:i] + hide[i + 1:]
-        if counted(rest):
+        tries -= 1
+        if builds(rest):
             hide = rest
             continue
         inner = _candidates(model, hide[i])
-        if inner and left[0] > 0 and counted(rest + inner):
-            hide = rest + inner
-            continue
+        if inner and tries > 0:
+            tries -= 1
+            if builds(rest + inner):
+                hide = rest + inner
+                continue
         i += 1
     return tuple(hide)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -99,6 +100,28 @@ def test_int8_static_stores_int8_weights_per_channel(tmp_path, digits):
     assert sorted(int8.values()) == [(10, 32), (16, 1, 3, 3), (32, 16, 3, 3)]
     scales = {tuple(t.dims) for name, t in _weights(q).items() if name.endswith("_scale")}
     assert {(16,), (32,), (10,)} <= scales
+
+
+def test_int8_calibration_held_one_batch_at_a_time_sets_the_same_ranges(tmp_path, monkeypatch):
+    import edgeslim.compress.quantize as quantize
+
+    src = write_onnx(PlainNet().eval(), X, tmp_path / "f.onnx")
+    # batches of growing spread, so that each one widens some range the one before set
+    calib = [np.random.default_rng(i).normal(0, 1 + 2 * i, (16, 1, 8, 8)).astype(np.float32)
+             for i in range(3)]
+    ranges = {}
+    for held in (None, 1):
+        monkeypatch.setattr(quantize, "HELD_BATCHES", held)
+        ranges[held] = _ranges(quantize_onnx(src, tmp_path / f"q{held}.onnx", "int8_static",
+                                             iter(calib)))
+    assert ranges[None] and ranges[None] == ranges[1]
+    first = _ranges(quantize_onnx(src, tmp_path / "first.onnx", "int8_static", iter(calib[:1])))
+    assert first != ranges[1]  # the later batches did widen the ranges
+
+
+def _ranges(path) -> dict[str, list]:
+    return {name: numpy_helper.to_array(t).tolist() for name, t in _weights(path).items()
+            if name.endswith(("_scale", "_zero_point"))}
 
 
 def test_int8_dynamic_quantizes_activations_at_run_time(tmp_path):

@@ -34,14 +34,14 @@ from edgeslim.compress import weight_layers
 from edgeslim.cores import training_threads
 from edgeslim.search.samplers import make_sampler
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
-from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
+from edgeslim.stages.cluster import DEFAULT_CLUSTER_COUNTS
 
 ROOT = Path(__file__).resolve().parent
 
 
 def spaces() -> dict[str, StagedSpace]:
-    from edgeslim.compress import buildable_orders
     from edgeslim.models import build_model
+    from edgeslim.stages import buildable_orders
 
     model = build_model("resnet20", 3, 10)
     pruning = PruningSpace.from_model(model, torch.zeros(1, 3, 32, 32), 10)

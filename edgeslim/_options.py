@@ -22,11 +22,11 @@ def search_config(args: argparse.Namespace, budget: Budget | None = None) -> Sea
     """The search's typed configuration from the parsed command line; every option is
     checked here, so that a mistake costs nothing. ``budget``: ``--budget``, already read."""
     from edgeslim.budget import load_budget
-    from edgeslim.compress import order_name
     from edgeslim.data import dataset_entry
     from edgeslim.models import resolve_factory
     from edgeslim.recovery import Recovery
     from edgeslim.spaces.presets import preset
+    from edgeslim.stages import order_name
 
     budget = load_budget(args.budget) if budget is None else budget
     entry = dataset_entry(args.dataset)
@@ -137,16 +137,10 @@ def _names(text: str, flag: str, valid: tuple[str, ...]) -> tuple[str, ...]:
 
 def stage_options_of(args: argparse.Namespace) -> dict[str, object]:
     """The stage options of the search space, checked here so that a mistake costs nothing."""
-    from edgeslim.compress import (
-        CLUSTER_METHODS,
-        QUANT_MODES,
-        STAGES,
-        order_name,
-        order_problem,
-        parse_order,
-    )
+    from edgeslim.compress import CLUSTER_METHODS, QUANT_MODES
+    from edgeslim.stages import STAGES, order_name, order_problem, parse_order
 
-    stages = _names(args.stages, "--stages", STAGES)
+    stages = _names(args.stages, "--stages", tuple(STAGES))
     order = None
     if args.order is not None:
         parsed = parse_order(args.order)

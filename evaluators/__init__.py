@@ -8,12 +8,11 @@ from edgeslim.evaluators.latency import LatencyResult, available_cores, measure_
 from edgeslim.evaluators.measures import MODEL_MEASURES, Count, count_macs, count_params
 from edgeslim.evaluators.memory import memory_bytes, peak_memory_bytes
 from edgeslim.evaluators.staged import Built, StagedEvaluator, calibration_batches
-from edgeslim.evaluators.stages import MODEL_STAGES, Stage, model_stage
 
 __all__ = [
     "ARTIFACT_ONNX", "ARTIFACT_PACKED", "ARTIFACT_STATE", "DEPLOYABLE", "MODEL_MEASURES",
-    "MODEL_STAGES", "STATIC_MEASURES", "UNITS", "Built", "Caps", "Count", "Evaluator",
-    "LatencyResult", "Measurement", "Stage", "StagedEvaluator", "available_cores",
-    "calibration_batches", "count_macs", "count_params", "measure_latency", "measure_onnx_file",
-    "memory_bytes", "model_stage", "onnx_accuracy", "peak_memory_bytes",
+    "STATIC_MEASURES", "UNITS", "Built", "Caps", "Count", "Evaluator", "LatencyResult",
+    "Measurement", "StagedEvaluator", "available_cores", "calibration_batches", "count_macs",
+    "count_params", "measure_latency", "measure_onnx_file", "memory_bytes", "onnx_accuracy",
+    "peak_memory_bytes",
 ]

@@ -33,13 +33,14 @@ from edgeslim.evaluators.litert import measure_litert_file
 from edgeslim.evaluators.measures import MODEL_MEASURES
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.evaluators.recovery import BaseGradients, Recovery, recover
-from edgeslim.evaluators.stages import StageContext, model_stage
 from edgeslim.export import one_line, write_onnx
 from edgeslim.fsutil import atomic_torch_save
 from edgeslim.litert import onnx_to_tflite
 from edgeslim.packing import restore_onnx, write_packed
 from edgeslim.runtimes import runtime_info
 from edgeslim.spaces import Candidate
+from edgeslim.stages import StageContext
+from edgeslim.stages import stage as stage_named
 from edgeslim.training import TrainRecipe, TrainStats, train
 
 
@@ -124,9 +125,9 @@ class StagedEvaluator(Evaluator):
         teacher = self.base if self.recipe.distill_alpha > 0 else None
         finetunes = []
         for index, name in enumerate(candidate.order):
-            if name == "quantize":
+            stage = stage_named(name)
+            if not stage.trained:  # it runs on the exported file, in ``deploy``
                 continue
-            stage = model_stage(name)
             # The first stage receives the base model itself: its loss gradients are the
             # base's, computed once per evaluator.
             context = StageContext(self.seed, batches=self.gradients.batches,

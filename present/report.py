@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgeslim.search.picking import is_feasible
 from edgeslim.search.records import ACCURACY, StudyRecord, TrialRecord
+from edgeslim.stages import STAGES, parse_order
 
 if TYPE_CHECKING:
     from edgeslim.search.retarget import Retarget, Verdict
@@ -37,8 +38,6 @@ def columns(study: optuna.Study) -> tuple:
     return COLUMNS
 
 
-_SHORT = {"prune": "P", "sparsify": "S", "cluster": "C", "int8_static": "int8s",
-          "int8_dynamic": "int8d", "fp16": "fp16"}
 STAGES_LEGEND = ("stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize; * reference "
                  "preset,\n+ finalist (long fine-tune); lift: accuracy points over the best "
                  "reference\nof equal or higher cost in every objective")
@@ -47,8 +46,8 @@ STAGES_LEGEND = ("stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quant
 def stage_label(order: str, quantize: str, reference: bool, finalist: bool = False) -> str:
     """A compact stage order for narrow tables: ``prune>cluster>quantize`` with int8 static
     quantization reads ``P>C>int8s``; ``*`` marks a preset, ``+`` a finalist."""
-    parts = [_SHORT[quantize] if name == "quantize" else _SHORT.get(name, name)
-             for name in order.split(">") if name]
+    parts = [STAGES[name].label(quantize) if name in STAGES else name
+             for name in parse_order(order)]
     return ">".join(parts) + ("*" if reference else "") + ("+" if finalist else "")
 
 

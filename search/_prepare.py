@@ -14,7 +14,7 @@ from rich.console import Console
 
 from edgeslim.basemodel import BaseModel, obtain_base_model
 from edgeslim.budget import Budget
-from edgeslim.compress import parse_order, weight_layers
+from edgeslim.compress import weight_layers
 from edgeslim.data import DataBundle, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
@@ -31,6 +31,7 @@ from edgeslim.search.records import ACCURACY
 from edgeslim.search.repair import STRUCTURAL
 from edgeslim.search.screening import structural_caps
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
+from edgeslim.stages import parse_order
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from edgeslim.compress import IMPORTANCES
 from edgeslim.defaults import MAX_RATIO
 from edgeslim.recovery import Recovery
 from edgeslim.search.storage import default_storage
-from edgeslim.spaces.stages import DEFAULT_CLUSTER_COUNTS
+from edgeslim.stages.cluster import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
 
 __all__ = ["DEFAULT_STAGES", "SamplerName", "SearchConfig", "SpaceOptions",

@@ -34,6 +34,7 @@ from edgeslim.evaluators.staged import StagedEvaluator
 from edgeslim.search.config import SearchConfig
 from edgeslim.search.extremes import describe, extreme_candidates, like_trained, measure_candidate
 from edgeslim.spaces import Candidate, StagedSpace
+from edgeslim.stages import STAGES
 from edgeslim.training import TrainRecipe, train
 
 # Where each measure comes from, as the plan names it.
@@ -137,7 +138,7 @@ def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecip
 def trial_steps(config: SearchConfig, data: DataBundle) -> int:
     """Fine-tune steps of one trial with every stage (one fine-tune per trainable stage)."""
     per_stage = config.finetune.total_steps(len(data.train))
-    trainable = len([s for s in config.space.stages if s in ("prune", "cluster", "sparsify")])
+    trainable = len([s for s in config.space.stages if STAGES[s].trained])
     return per_stage * max(1, trainable)
 
 

@@ -30,31 +30,22 @@ from edgeslim.ship._card_checks import (
     litert_measures,
 )
 from edgeslim.spaces import Candidate
+from edgeslim.stages import STAGES
 
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
-SPARSITY_NOTE = ("unstructured sparsity shrinks the stored file only: the runtime computes "
-                 "with dense kernels, so MACs and latency are those of the dense model")
 
 
 def _compression(trial: optuna.trial.FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
     record = TrialRecord.of(trial)
     candidate = Candidate.from_dict(record.candidate)
     out: dict[str, Any] = {"stage_order": list(candidate.order), "candidate": record.candidate}
-    if "prune" in candidate.order:
-        out["channels"] = record.channels
-        out["base_channels"] = {g["name"]: g["channels"] for g in space["groups"]}
+    for name, stage in STAGES.items():
+        out.update(stage.card(record, candidate, space, runs=name in candidate.order))
     if space.get("untraced") or space.get("left_out"):
         # What no trial of this study could prune (``PruningSpace.untraced``, ``left_out``).
         out["not_pruned"] = {"untraced": space.get("untraced", []),
                              "left_out": space.get("left_out", {})}
-    if "sparsify" in candidate.order:
-        out["weight_sparsity"] = record.measure("weight_sparsity")
-        out["sparsity_note"] = SPARSITY_NOTE
-    if "cluster" in candidate.order:
-        out["cluster_method"] = candidate.cluster_method
-        out["clusters"] = record.clusters
-    out["quantize"] = candidate.quantize
     return out
 
 

@@ -7,14 +7,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import optuna
 
-from edgeslim.compress.order import order_name
+from edgeslim.stages import STAGES, order_name
 
 
 @dataclass(frozen=True)
 class Candidate:
     """A compression recipe for the base model, before it is applied.
 
-    ``order`` lists the stages in the order they run (see ``edgeslim.compress.order``); the
+    ``order`` lists the stages in the order they run (see ``edgeslim.stages``); the
     other fields configure the stages the order names and keep their defaults otherwise:
 
     - prune: ``prune_ratios`` pairs a dependency group's root layer with the fraction of its
@@ -50,7 +50,7 @@ class Candidate:
     @property
     def packed(self) -> bool:
         """Whether the deployable artifact is a packed file (clustered or sparse weights)."""
-        return "cluster" in self.order or "sparsify" in self.order
+        return any(STAGES[name].packs for name in self.order)
 
     def to_dict(self) -> dict[str, Any]:
         return {"order": list(self.order), "prune_ratios": dict(self.prune_ratios),

@@ -22,24 +22,13 @@ from typing import Any
 
 import optuna
 
-from edgeslim.compress import (
-    CLUSTER_METHODS,
-    QUANT_MODES,
-    buildable_orders,
-    order_name,
-    order_problem,
-    parse_order,
-)
 from edgeslim.errors import ConfigError
 from edgeslim.spaces._base import Candidate
 from edgeslim.spaces.pruning import PruningSpace
+from edgeslim.stages import STAGES, buildable_orders, order_name, order_problem, parse_order
+from edgeslim.stages.cluster import DEFAULT_CLUSTER_COUNTS
 
 ORDER_PARAM = "stages/order"
-SPARSITY_PARAM = "sparsify/ratio"
-CLUSTER_PREFIX = "cluster/"
-CLUSTER_METHOD_PARAM = "cluster/method"
-QUANT_PARAM = "quantize/mode"
-DEFAULT_CLUSTER_COUNTS = (8, 16, 32, 64, 256)
 
 
 @dataclass(frozen=True)
@@ -77,25 +66,10 @@ class StagedSpace:
             problem = order_problem(order)
             if problem:
                 raise ConfigError(f"--order {order_name(order)}: {problem}")
-        if any(o for o in self.orders if "cluster" in o):
-            largest = max(self.layers, key=lambda layer: layer.weights)
-            for k in self.cluster_counts:
-                if not 2 <= k <= largest.weights:
-                    raise ConfigError(f"--cluster-counts: each count must be >= 2 and <= the "
-                                      f"weights of the largest layer ({largest.name}: "
-                                      f"{largest.weights}), got {k}")
-            bad = [m for m in self.cluster_methods if m not in CLUSTER_METHODS]
-            if bad or not self.cluster_methods:
-                raise ConfigError(f"--cluster-methods: must be among "
-                                  f"{', '.join(CLUSTER_METHODS)}, got {', '.join(bad) or 'none'}")
-        modes = [m for m in self.quant_modes if m not in QUANT_MODES or m == "none"]
-        if modes or not self.quant_modes:
-            raise ConfigError(f"--quantize: must be among "
-                              f"{', '.join(m for m in QUANT_MODES if m != 'none')}, "
-                              f"got {', '.join(modes) or 'none'}")
-        if not 0.0 < self.sparsity_low <= self.sparsity_high < 1.0:
-            raise ConfigError(f"--sparsity: must be a range within (0, 1), got "
-                              f"{self.sparsity_low}..{self.sparsity_high}")
+        used = {name for order in self.orders for name in order}
+        for name, stage in STAGES.items():
+            if name in used:
+                stage.check(self)
 
     @classmethod
     def for_stages(cls, pruning: PruningSpace, layers: tuple[WeightLayer, ...],
@@ -112,22 +86,9 @@ class StagedSpace:
         names = [order_name(o) for o in self.orders]
         order = parse_order(str(trial.suggest_categorical(ORDER_PARAM, names)))
         fields: dict[str, Any] = {"order": order, "round_to": self.pruning.round_to}
-        if "prune" in order:
-            fields["prune_ratios"], fields["importance"] = self.pruning.suggest(trial)
-        if "sparsify" in order:
-            fields["sparsity"] = round(trial.suggest_float(
-                SPARSITY_PARAM, self.sparsity_low, self.sparsity_high, step=self.sparsity_step),
-                10)
-        if "cluster" in order:
-            fields["cluster_counts"] = tuple(
-                (layer.name, int(trial.suggest_categorical(CLUSTER_PREFIX + layer.name,
-                                                           self.counts_for(layer))))
-                for layer in self.layers)
-            fields["cluster_method"] = str(trial.suggest_categorical(
-                CLUSTER_METHOD_PARAM, list(self.cluster_methods)))
-        if "quantize" in order:
-            fields["quantize"] = str(trial.suggest_categorical(QUANT_PARAM,
-                                                               list(self.quant_modes)))
+        for name, stage in STAGES.items():  # the canonical order, whatever the trial's
+            if name in order:
+                fields.update(stage.suggest(self, trial))
         return Candidate(**fields)
 
     def params_for(self, candidate: Candidate) -> dict[str, Any]:
@@ -141,54 +102,23 @@ class StagedSpace:
             raise ConfigError(f"order {candidate.order_name} is not in the searched orders "
                               f"({', '.join(order_name(o) for o in self.orders)})")
         params: dict[str, Any] = {ORDER_PARAM: candidate.order_name}
-        if "prune" in candidate.order:
-            params.update(self.pruning.params_for(candidate))
-        if "sparsify" in candidate.order:
-            steps = round((candidate.sparsity - self.sparsity_low) / self.sparsity_step)
-            params[SPARSITY_PARAM] = round(min(max(
-                self.sparsity_low + steps * self.sparsity_step, self.sparsity_low),
-                self.sparsity_high), 10)
-        if "cluster" in candidate.order:
-            counts = candidate.counts
-            for layer in self.layers:
-                offered = self.counts_for(layer)
-                k = counts.get(layer.name, max(offered))
-                if k not in offered:
-                    raise ConfigError(f"cluster count {k} of {layer.name} is not among the "
-                                      f"counts searched for it {offered}")
-                params[CLUSTER_PREFIX + layer.name] = k
-            params[CLUSTER_METHOD_PARAM] = self._offered(candidate.cluster_method,
-                                                         self.cluster_methods, "method")
-        if "quantize" in candidate.order:
-            params[QUANT_PARAM] = self._offered(candidate.quantize, self.quant_modes,
-                                                "quantization mode")
+        for name, stage in STAGES.items():
+            if name in candidate.order:
+                params.update(stage.params_for(self, candidate))
         return params
 
     def built_as(self, candidate: Candidate) -> str:
         """What ``candidate`` builds, as a key: candidates with equal keys build the same
         model (ratios that snap to the same channel counts, a channel criterion with nothing
         pruned, settings of stages the order does not run), so one fine-tune scores both."""
-        order = candidate.order
-        kept = self.pruning.kept(candidate) if "prune" in order else ()
-        pruned = any(k < g.channels for k, g in zip(kept, self.pruning.groups))
-        return json.dumps({
-            "order": list(order), "channels": list(kept),
-            "importance": candidate.importance if pruned else None,
-            "sparsity": candidate.sparsity if "sparsify" in order else None,
-            "clusters": dict(candidate.cluster_counts) if "cluster" in order else None,
-            "cluster_method": candidate.cluster_method if "cluster" in order else None,
-            "quantize": candidate.quantize}, sort_keys=True)
+        key: dict[str, Any] = {"order": list(candidate.order)}
+        for name, stage in STAGES.items():
+            key.update(stage.key(self, candidate, runs=name in candidate.order))
+        return json.dumps(key, sort_keys=True)
 
     def counts_for(self, layer: WeightLayer) -> list[int]:
         """The cluster counts offered to ``layer``: those not above its number of weights."""
         return [k for k in self.cluster_counts if k <= layer.weights] or [layer.weights]
-
-    @staticmethod
-    def _offered(value: str, offered: tuple[str, ...], what: str) -> str:
-        if value not in offered:
-            raise ConfigError(f"{what} {value!r} is not among the searched ones "
-                              f"({', '.join(offered)})")
-        return value
 
     def describe(self) -> dict[str, Any]:
         return {

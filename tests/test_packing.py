@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 
 from edgeslim.compress import cluster_weights, quantize_onnx, sparsify
 from edgeslim.export import INPUT_NAME, write_onnx

@@ -65,7 +65,8 @@ def test_only_the_records_module_names_attribute_keys():
     literal = re.compile(r"""(user_attrs\s*(\[|\.get\()|set_user_attr\(|"""
                          r"""set_trial_user_attr\([^,]+,)\s*f?["']""")
     found = []
-    for folder in ("edgeslim", "search", "present", "ship", "evaluators", "spaces", "budgets"):
+    for folder in ("edgeslim", "search", "present", "ship", "evaluators", "spaces", "stages",
+                   "budgets"):
         for path in sorted((REPO / folder).rglob("*.py")):
             if path.name == "records.py":
                 continue

@@ -6,7 +6,6 @@ import optuna
 import pytest
 import torch
 
-from edgeslim.compress import buildable_orders
 from edgeslim.errors import ConfigError
 from edgeslim.search.references import (
     enqueue_references,
@@ -17,6 +16,7 @@ from edgeslim.search.references import (
 )
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
 from edgeslim.spaces.presets import PRESETS, preset
+from edgeslim.stages import buildable_orders
 from toys import PlainNet
 
 X = torch.zeros(1, 1, 8, 8)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from edgeslim.budget import Runtime
-from edgeslim.compress import buildable_orders
 from edgeslim.evaluators import Caps, StagedEvaluator
 from edgeslim.search.repair import StaticCheck, ladder, repair, structure_measures
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
+from edgeslim.stages import buildable_orders
 from edgeslim.training import TrainRecipe
 from toys import PlainNet
 

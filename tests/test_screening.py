@@ -14,7 +14,7 @@ from torch import nn
 
 from edgeslim.budget import Runtime
 from edgeslim.cli import main
-from edgeslim.compress import apply_pruning, buildable_orders
+from edgeslim.compress import apply_pruning
 from edgeslim.evaluators import Caps, StagedEvaluator
 from edgeslim.evaluators.screening import fast_accuracy, recalibrate_batch_norm
 from edgeslim.precision import autocast_for, default_device
@@ -34,6 +34,7 @@ from edgeslim.search.storage import SCREEN_SUFFIX, load_study
 from edgeslim.search.study import feasible_orders
 from edgeslim.search.workers import counts, run_trials
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
+from edgeslim.stages import buildable_orders
 from edgeslim.training import TrainRecipe, train
 from toys import REPO, UNTIMED, PlainNet
 

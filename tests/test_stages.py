@@ -7,16 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgeslim.compress import (
-    buildable_orders,
-    cluster_weights,
-    order_problem,
-    parse_order,
-    sparsify,
-    tied,
-)
+from edgeslim.compress import cluster_weights, sparsify, tied
 from edgeslim.compress.cluster import assign, cluster_tensor, codebook
 from edgeslim.errors import CandidateError
+from edgeslim.stages import STAGES, Stage, buildable_orders, order_problem, parse_order, stage
 from toys import PlainNet
 
 
@@ -153,3 +147,63 @@ def test_sparsify_never_follows_cluster():
 ])
 def test_order_problems(text, problem):
     assert order_problem(parse_order(text)) == problem
+
+
+def test_an_unknown_stage_lists_the_registered_ones():
+    with pytest.raises(KeyError, match="unknown stage 'shrink'; valid: prune, sparsify, "
+                                       "cluster, quantize"):
+        stage("shrink")
+
+
+class _Halve(Stage):
+    """A stage registered by a test: halves every weight, never after clustering."""
+
+    name = "halve"
+    short = "H"
+    not_after = {"cluster": "it would move the shared values"}
+
+    def suggest(self, space, trial):
+        return {}
+
+    def params_for(self, space, candidate):
+        return {}
+
+    def key(self, space, candidate, runs):
+        return {"halved": runs}
+
+    def apply(self, model, candidate, example, seed=0, context=None):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+        return {"halved": True}
+
+
+def test_orders_follow_the_rules_the_registered_stages_state(monkeypatch):
+    monkeypatch.setitem(STAGES, "halve", _Halve())
+    orders = buildable_orders(("halve", "cluster", "quantize"))
+    assert ("halve", "cluster", "quantize") in orders
+    assert ("cluster", "halve") not in orders and ("halve", "quantize") in orders
+    assert order_problem(("cluster", "halve")) == \
+        "halve cannot follow cluster (it would move the shared values)"
+    assert order_problem(("quantize", "halve")) == \
+        "quantize must be the last stage (it works on the exported file)"
+
+
+def test_a_registered_stage_takes_part_in_the_build_key_and_the_build(monkeypatch, digits,
+                                                                      tmp_path):
+    from edgeslim.budget import Runtime
+    from edgeslim.evaluators import StagedEvaluator
+    from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
+    from edgeslim.training import TrainRecipe
+
+    monkeypatch.setitem(STAGES, "halve", _Halve())
+    base = PlainNet().eval()
+    space = StagedSpace(PruningSpace.from_model(base, torch.zeros(1, 1, 8, 8), 10),
+                        (WeightLayer("conv1", 144),), orders=(("halve",), ("prune",)))
+    halved = Candidate(order=("halve",))
+    assert '"halved": true' in space.built_as(halved)
+    assert '"halved": false' in space.built_as(Candidate(order=("prune",)))
+    evaluator = StagedEvaluator(base, digits, TrainRecipe(epochs=0), Runtime())
+    built = evaluator.build(halved, tmp_path)
+    assert built.info["halved"] is True and "halve_seconds" in built.info
+    assert torch.equal(built.model.conv1.weight, base.conv1.weight * 0.5)

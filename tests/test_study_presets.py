@@ -7,11 +7,11 @@ import optuna
 import pytest
 import torch
 
-from edgeslim.compress import buildable_orders
 from edgeslim.search.references import enqueue_references, preset_candidate, structure_measures
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
 from edgeslim.spaces.complexity import complexity_ratios, group_shares, layer_complexity
 from edgeslim.spaces.presets import PRESETS, preset
+from edgeslim.stages import buildable_orders
 from toys import PlainNet
 
 X = torch.zeros(1, 1, 8, 8)

@@ -1,5 +1,6 @@
 """Compression operations applied to a model copy or to its exported file: structured pruning,
-unstructured sparsity, weight clustering, quantization, and which orders of them can be built."""
+unstructured sparsity, weight clustering and quantization (the stages that run them, and their
+orders: ``edgeslim.stages``)."""
 
 from edgeslim.compress.cluster import (
     CLUSTER_METHODS,
@@ -8,14 +9,6 @@ from edgeslim.compress.cluster import (
     weight_layers,
 )
 from edgeslim.compress.importance import IMPORTANCES
-from edgeslim.compress.order import (
-    STAGES,
-    TRAINED_STAGES,
-    buildable_orders,
-    order_name,
-    order_problem,
-    parse_order,
-)
 from edgeslim.compress.prune import (
     PrunableGroup,
     apply_pruning,
@@ -28,8 +21,7 @@ from edgeslim.compress.sparsify import sparsify
 from edgeslim.compress.ties import tied
 
 __all__ = [
-    "CLUSTER_METHODS", "IMPORTANCES", "QUANT_MODES", "STAGES", "TRAINED_STAGES", "PrunableGroup",
-    "apply_pruning", "buildable_orders", "cluster_weights", "kept_channels", "order_name",
-    "order_problem", "parse_order", "prunable_copy", "prunable_groups", "quantize_onnx",
+    "CLUSTER_METHODS", "IMPORTANCES", "QUANT_MODES", "PrunableGroup", "apply_pruning",
+    "cluster_weights", "kept_channels", "prunable_copy", "prunable_groups", "quantize_onnx",
     "sparsify", "spread_weights", "tied", "weight_layers",
 ]

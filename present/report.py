@@ -38,7 +38,7 @@ def columns(study: optuna.Study) -> tuple:
     return COLUMNS
 
 
-STAGES_LEGEND = ("stages: P prune, S sparsify, C cluster, int8s/int8d/fp16 quantize; * reference "
+STAGES_LEGEND = (f"stages: {', '.join(s.legend() for s in STAGES.values())}; * reference "
                  "preset,\n+ finalist (long fine-tune); lift: accuracy points over the best "
                  "reference\nof equal or higher cost in every objective")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from edgeslim.evaluators.staged import StagedEvaluator
 from edgeslim.search.repair import structure_measures
 from edgeslim.spaces import Candidate, StagedSpace
+from edgeslim.stages import STAGES
 
 __all__ = ["describe", "extreme_candidates", "like_trained", "measure_candidate"]
 
@@ -31,35 +33,25 @@ __all__ = ["describe", "extreme_candidates", "like_trained", "measure_candidate"
 def extreme_candidates(space: StagedSpace) -> tuple[list[Candidate], list[Candidate]]:
     """The least and the most compressed candidates of ``space`` (see the module docstring)."""
     pruning = space.pruning
-    counts = sorted(space.cluster_counts)
     longest = max(space.orders, key=len)
     uses = {stage for order in space.orders for stage in order}
     modes = list(space.quant_modes) if "quantize" in uses else []
 
-    def make(order: tuple[str, ...], ratio: float, count: int | None, sparsity: float,
-             mode: str) -> Candidate:
-        return Candidate(
-            order=order,
-            prune_ratios=tuple((g.name, pruning.on_grid(ratio)) for g in pruning.groups)
-            if "prune" in order else (),
-            importance=pruning.importances[0], round_to=pruning.round_to,
-            sparsity=sparsity if "sparsify" in order else 0.0,
-            cluster_counts=tuple((layer.name, min(space.counts_for(layer), key=lambda k:
-                                                   abs(k - count))) for layer in space.layers)
-            if "cluster" in order and count is not None else (),
-            quantize=mode if "quantize" in order else "none")
+    def make(order: tuple[str, ...], most: bool, mode: str) -> Candidate:
+        fields: dict[str, Any] = {"order": order, "importance": pruning.importances[0],
+                                  "round_to": pruning.round_to}
+        for name in order:
+            fields.update(STAGES[name].extreme(space, most))
+        return Candidate(**fields, quantize=mode if "quantize" in order else "none")
 
     plain = [o for o in space.orders if "quantize" not in o]
     quantized = [o for o in space.orders if "quantize" in o]
-    least = [make(min(plain, key=len), 0.0, counts[-1] if counts else None,
-                  space.sparsity_low, "none")] if plain else []
-    least += [make(min(quantized, key=len), 0.0, counts[-1] if counts else None,
-                   space.sparsity_low, mode) for mode in modes]
-    most = [make(longest, pruning.max_ratio, counts[0] if counts else None,
-                 space.sparsity_high, mode) for mode in (modes if "quantize" in longest
-                                                         else ["none"])]
+    least = [make(min(plain, key=len), False, "none")] if plain else []
+    least += [make(min(quantized, key=len), False, mode) for mode in modes]
+    most = [make(longest, True, mode)
+            for mode in (modes if "quantize" in longest else ["none"])]
     if ("prune",) in space.orders and pruning.groups:
-        most.append(make(("prune",), pruning.max_ratio, None, 0.0, "none"))
+        most.append(make(("prune",), True, "none"))
     return _unique(least), _unique(most)
 
 

@@ -49,6 +49,7 @@ class Stage(ABC):
     - model: ``apply`` (and ``apply_structure``, as cheaply as the static limits allow),
       then the layers the following fine-tunes keep ``masked`` or ``clustered``;
     - ``key``: its part of the build key (equal keys build the same model);
+    - ``extreme``: its fields at the space's least and most compression (for the plan);
     - ``card``: its section of the model card;
     - ``label``: its short name in tables.
     """
@@ -78,14 +79,23 @@ class Stage(ABC):
     def key(self, space: StagedSpace, candidate: Candidate, runs: bool) -> dict[str, Any]:
         """This stage's part of the build key."""
 
+    def extreme(self, space: StagedSpace, most: bool) -> dict[str, Any]:
+        """The candidate fields of this stage at the space's most compressed setting
+        (``most``) or its least compressed one; none by default."""
+        return {}
+
     def card(self, record: TrialRecord, candidate: Candidate, space: dict[str, Any],
              runs: bool) -> dict[str, Any]:
         """This stage's section of the card's ``compression`` (``space``: the study's space
         description); nothing by default when the order does not run it."""
         return {}
 
-    def label(self, candidate_quantize: str) -> str:
+    def label(self, mode: str) -> str:
+        """Its name in narrow tables, for a candidate quantized with ``mode``."""
         return self.short
+
+    def legend(self) -> str:
+        return f"{self.short} {self.name}"
 
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:

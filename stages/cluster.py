@@ -71,6 +71,15 @@ class ClusterStage(Stage):
         return {"clusters": dict(candidate.cluster_counts) if runs else None,
                 "cluster_method": candidate.cluster_method if runs else None}
 
+    def extreme(self, space: StagedSpace, most: bool) -> dict[str, Any]:
+        """Each layer at the offered count nearest the fewest (or the most) values."""
+        if not space.cluster_counts:
+            return {}
+        count = min(space.cluster_counts) if most else max(space.cluster_counts)
+        return {"cluster_counts": tuple(
+            (layer.name, min(space.counts_for(layer), key=lambda k: abs(k - count)))
+            for layer in space.layers)}
+
     def card(self, record: TrialRecord, candidate: Candidate, space: dict[str, Any],
              runs: bool) -> dict[str, Any]:
         if not runs:

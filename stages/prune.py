@@ -42,6 +42,12 @@ class PruneStage(Stage):
         pruned = any(k < g.channels for k, g in zip(kept, space.pruning.groups))
         return {"channels": list(kept), "importance": candidate.importance if pruned else None}
 
+    def extreme(self, space: StagedSpace, most: bool) -> dict[str, Any]:
+        """Every group at ``max_ratio``, or none pruned."""
+        ratio = space.pruning.max_ratio if most else 0.0
+        return {"prune_ratios": tuple((g.name, space.pruning.on_grid(ratio))
+                                      for g in space.pruning.groups)}
+
     def card(self, record: TrialRecord, candidate: Candidate, space: dict[str, Any],
              runs: bool) -> dict[str, Any]:
         if not runs:

@@ -27,7 +27,7 @@ class QuantizeStage(Stage):
     """Quantizes the exported file; a candidate whose order lacks it keeps mode ``none``."""
 
     name = "quantize"
-    short = "Q"
+    short = "Q"  # in tables, the mode's own label instead (``label``)
     trained = False
 
     def check(self, space: StagedSpace) -> None:
@@ -51,5 +51,8 @@ class QuantizeStage(Stage):
              runs: bool) -> dict[str, Any]:
         return {"quantize": candidate.quantize}
 
-    def label(self, candidate_quantize: str) -> str:
-        return _MODE_LABELS.get(candidate_quantize, candidate_quantize)
+    def label(self, mode: str) -> str:
+        return _MODE_LABELS.get(mode, mode)
+
+    def legend(self) -> str:
+        return f"{'/'.join(_MODE_LABELS.values())} {self.name}"

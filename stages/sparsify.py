@@ -54,6 +54,9 @@ class SparsifyStage(Stage):
     def key(self, space: StagedSpace, candidate: Candidate, runs: bool) -> dict[str, Any]:
         return {"sparsity": candidate.sparsity if runs else None}
 
+    def extreme(self, space: StagedSpace, most: bool) -> dict[str, Any]:
+        return {"sparsity": space.sparsity_high if most else space.sparsity_low}
+
     def card(self, record: TrialRecord, candidate: Candidate, space: dict[str, Any],
              runs: bool) -> dict[str, Any]:
         if not runs:

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeslim.compress import CLUSTER_METHODS, cluster_weights, spread_weights
 from edgeslim.errors import ConfigError
+from edgeslim.search.records import CLUSTERS_PREFIX
 from edgeslim.stages._base import Stage, StageContext, offered
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class ClusterStage(Stage):
     def apply(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
               seed: int = 0, context: StageContext | None = None) -> dict[str, Any]:
         distinct = cluster_weights(model, candidate.counts, candidate.cluster_method, seed)
-        return {f"clusters/{name}": n for name, n in distinct.items()}
+        return {CLUSTERS_PREFIX + name: n for name, n in distinct.items()}
 
     def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
                         seed: int = 0) -> dict[str, Any]:
@@ -97,7 +98,7 @@ class ClusterStage(Stage):
         per row as the clustered model can hold, which is what the packed file's size
         depends on."""
         distinct = spread_weights(model, candidate.counts, seed)
-        return {f"clusters/{name}": n for name, n in distinct.items()}
+        return {CLUSTERS_PREFIX + name: n for name, n in distinct.items()}
 
     def clustered(self, model: nn.Module, candidate: Candidate) -> set[str]:
         return set(candidate.counts)

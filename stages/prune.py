@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeslim.compress import apply_pruning
 from edgeslim.compress.importance import UNRANKED, criterion
+from edgeslim.search.records import CHANNELS_PREFIX
 from edgeslim.stages._base import Stage, StageContext
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class PruneStage(Stage):
         kept = apply_pruning(model, example, candidate.ratios, candidate.importance,
                              candidate.round_to, batches=batches, kept_indices=context.kept,
                              gradients=gradients)
-        return {f"channels/{name}": n for name, n in kept.items()}
+        return {CHANNELS_PREFIX + name: n for name, n in kept.items()}
 
     def apply_structure(self, model: nn.Module, candidate: Candidate, example: torch.Tensor,
                         seed: int = 0) -> dict[str, Any]:
@@ -79,4 +80,4 @@ class PruneStage(Stage):
         importance = UNRANKED if criterion(candidate.importance).needs_gradients \
             else candidate.importance
         kept = apply_pruning(model, example, candidate.ratios, importance, candidate.round_to)
-        return {f"channels/{name}": n for name, n in kept.items()}
+        return {CHANNELS_PREFIX + name: n for name, n in kept.items()}

@@ -150,7 +150,10 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
             update = progress.task("search", config.trials, done)
             refresh = _progress_callback(update)
             with spawn_workers(config, config.workers - 1):
-                run_trials(study, objective, config.trials, config.workdir, [refresh])
+                stopped = run_trials(study, objective, config.trials, config.workdir,
+                                     [refresh])
+        if stopped:
+            console.print(stopped, soft_wrap=True)
     if config.finalists:
         run_finalists(study, objective, config.finalists, console)
     annotate(study, config.storage_url)  # the study's note in optuna-dashboard

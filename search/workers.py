@@ -147,17 +147,29 @@ def _trained_here(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def run_trials(study: optuna.Study, objective: Objective, target: int, workdir: Path,
-               callbacks: Sequence[Callable[..., None]] = ()) -> None:
-    """Runs trials in this process until the study holds ``target`` counted trials."""
+               callbacks: Sequence[Callable[..., None]] = ()) -> str | None:
+    """Runs trials in this process until the study holds ``target`` counted trials; returns
+    None then, or why the search stopped short of them: the space holds no model the study
+    has not built (most of its trials sampled a model already built).
+
+    Raises:
+        StudyError: when most candidates could not be made to fit the budget.
+    """
     claimed = _Claimed(objective, target, _is_search)
     while True:
         recover_interrupted(study, workdir)
         trials = study.get_trials(deepcopy=False)
         done = counted(trials)
         if done >= target:
-            return
+            return None
         searched = sum(_is_search(t) for t in trials)
         if searched >= MAX_ATTEMPTS_PER_TRIAL * target + 20:
+            repeats = sum(_is_search(t) and TrialRecord.of(t).duplicate_of is not None
+                          for t in trials)
+            if 2 * repeats >= searched - done:
+                return (f"search stopped at {done} of {target} trials: {repeats} of the "
+                        f"{searched} trials sampled a model already built, so the space holds "
+                        "few others (--stages, --cluster-counts and --quantize widen it)")
             raise StudyError(f"{searched} trials ran but only {done} candidates could be made "
                              "to fit the budget; loosen it or narrow --stages")
         running = sum(t.state == TrialState.RUNNING and _is_search(t) for t in trials)

@@ -313,6 +313,21 @@ def test_a_candidate_that_cannot_be_built_is_recorded_and_the_study_goes_on(narr
     assert summary_line(study) == "3 trials: 1 complete (1 feasible), 2 failed"
 
 
+def test_a_space_with_fewer_models_than_trials_ends_the_search_saying_so(narrow, evaluator,
+                                                                        tmp_path):
+    """Every trial samples the same model: the first is trained, the others repeat it, and
+    the search stops short of its trials with why, rather than failing the study."""
+    space = GivenCandidates.for_stages(PruningSpace.from_model(narrow, evaluator.example, 10),
+                                       (), order="prune")
+    study = _study()
+    objective = _objective(dataclasses.replace(space, candidates=(pruned(),) * 40), evaluator,
+                           tmp_path, Caps())
+    assert run_trials(study, objective, 3, tmp_path) == (
+        "search stopped at 1 of 3 trials: 31 of the 32 trials sampled a model already built, "
+        "so the space holds few others (--stages, --cluster-counts and --quantize widen it)")
+    assert [t.user_attrs.get("duplicate_of") for t in study.trials] == [None] + [0] * 31
+
+
 def test_the_command_records_failed_candidates_and_finishes(model_file, tmp_path, capsys):
     """The whole command on digits with the narrow model: under a size limit every candidate's
     artifact is checked before training. With seed 3, TPE draws, in order, a model the

@@ -238,7 +238,8 @@ def main() -> None:
         return
     only = set(args.only.split(",")) if args.only else None
     command = "nice -n 10 uv run python benchmarks/torchvision_coverage.py" + (
-        f" --max-params {args.max_params:g}" if args.max_params != 1e9 else "")
+        f" --max-params {args.max_params:g}" if args.max_params != 1e9 else "") + (
+        f" --timeout {args.timeout:g}" if args.timeout != 1800 else "")
     with tempfile.TemporaryDirectory(prefix="coverage-") as tmp:
         names = torchvision.models.list_models(module=torchvision.models)
         todo = [n for n in names if (n in only if only is not None else n not in rows)]

@@ -6,7 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeslim.defaults import FINETUNE_LR, MAX_RATIO
+from edgeslim.defaults import (
+    CLUSTER_COUNTS,
+    CLUSTER_METHODS,
+    DATASET,
+    FINETUNE_LR,
+    MAX_RATIO,
+    MODEL,
+    ROUND_TO,
+    SPARSITY,
+    STAGES,
+    TRIALS,
+)
 from edgeslim.runtimes import DEFAULT_QUANTIZE
 from edgeslim.search.samplers import SAMPLERS
 
@@ -53,17 +64,17 @@ def _search_options(s: argparse.ArgumentParser) -> None:
 def _study_options(s: argparse.ArgumentParser) -> None:
     """What is searched, on what, and how the study runs."""
     s.add_argument("--budget", type=Path, required=True, help="budget YAML file")
-    s.add_argument("--model", default="resnet20",
+    s.add_argument("--model", default=MODEL,
                    help="registered name, torchvision:NAME, path/file.py:factory or "
                    "package.module:factory (default: %(default)s)")
-    s.add_argument("--dataset", default="digits",
+    s.add_argument("--dataset", default=DATASET,
                    help="digits, cifar10, mnist, fashion-mnist, imagefolder:PATH or "
                    "npz:PATH (arrays x_train, y_train; see docs/search.md) (default: %(default)s)")
     s.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="where the dataset's files are (default: %(default)s)")
     s.add_argument("--checkpoint", type=Path, help="base model weights (a state dict); "
                    "without it the base model is trained once and cached")
-    s.add_argument("--trials", type=_positive(int, "--trials"), default=20,
+    s.add_argument("--trials", type=_positive(int, "--trials"), default=TRIALS,
                    help="finished trials the study should hold (default: %(default)s)")
     s.add_argument("--study-name", help="default: <model>-<dataset>-<budget>; an existing "
                    "study of that name is resumed")
@@ -125,22 +136,22 @@ def _training_options(s: argparse.ArgumentParser) -> None:
 
 def _space_options(s: argparse.ArgumentParser) -> None:
     """The compression space: stages, their orders and their parameters' ranges."""
-    s.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
+    s.add_argument("--round-to", type=_positive(int, "--round-to"), default=ROUND_TO,
                    help="kept channel counts are multiples of this (default: %(default)s)")
     s.add_argument("--max-ratio", type=float, default=MAX_RATIO,
                    help="largest fraction of a group's channels removed (default: %(default)s)")
     s.add_argument("--importance", default="taylor",  # compress.prune.IMPORTANCES
                    help="channel importance criteria the search chooses from, comma-separated; "
                    "none keeps the first channels unranked (default: %(default)s)")
-    s.add_argument("--stages", default="prune,cluster,quantize",
+    s.add_argument("--stages", default=",".join(STAGES),
                    help="compression stages the search may use, in any buildable order: "
                    "prune, sparsify, cluster, quantize (default: %(default)s)")
     s.add_argument("--order", help="one fixed stage order instead of searching it, e.g. "
                    "prune,cluster,quantize")
-    s.add_argument("--cluster-counts", default="8,16,32,64,256",
+    s.add_argument("--cluster-counts", default=",".join(map(str, CLUSTER_COUNTS)),
                    help="shared weight values a layer may be clustered to (default: "
                    "%(default)s)")
-    s.add_argument("--cluster-methods", default="kmeans",
+    s.add_argument("--cluster-methods", default=",".join(CLUSTER_METHODS),
                    help="codebook methods the search chooses from: kmeans, density, linear "
                    "(default: %(default)s)")
     s.add_argument("--quantize", help="quantization modes the search chooses from when it "
@@ -152,7 +163,7 @@ def _space_options(s: argparse.ArgumentParser) -> None:
                    "prune-finetune-int8-kmeans, prune-retrain-int8")
     s.add_argument("--no-references", action="store_true",
                    help="do not enqueue the presets as reference trials at the study's start")
-    s.add_argument("--sparsity", default="0.3:0.9",
+    s.add_argument("--sparsity", default=":".join(map(str, SPARSITY)),
                    help="range of unstructured sparsity searched, LOW:HIGH (default: "
                    "%(default)s)")
 
@@ -221,13 +232,13 @@ def _profile_parser(sub: argparse._SubParsersAction) -> None:
                    "or litert (each layer converted to a LiteRT file and timed in LiteRT; "
                    "needs the litert extra) (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="profile file to write (JSON)")
-    p.add_argument("--model", default="resnet20", help="model the search will compress "
+    p.add_argument("--model", default=MODEL, help="model the search will compress "
                    "(default: %(default)s)")
     p.add_argument("--input-shape", default="3x32x32",
                    help="one input without the batch, e.g. 3x32x32 or 9x128 "
                    "(default: %(default)s)")
     p.add_argument("--num-classes", type=_positive(int, "--num-classes"), default=10)
-    p.add_argument("--round-to", type=_positive(int, "--round-to"), default=8,
+    p.add_argument("--round-to", type=_positive(int, "--round-to"), default=ROUND_TO,
                    help="as the search's --round-to (default: %(default)s)")
     p.add_argument("--max-ratio", type=float, default=MAX_RATIO,
                    help="as the search's --max-ratio (default: %(default)s)")

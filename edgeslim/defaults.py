@@ -10,3 +10,12 @@ FINETUNE_LR = 0.05
 FINETUNE_DISTILL_ALPHA = 0.9
 # The largest fraction of a group's channels a candidate may remove.
 MAX_RATIO = 0.8
+# What a search compresses and how, unless told otherwise.
+MODEL = "resnet20"
+DATASET = "digits"
+TRIALS = 20
+STAGES = ("prune", "cluster", "quantize")  # the search tries every buildable order of these
+ROUND_TO = 8  # kept channel counts are multiples of this
+CLUSTER_COUNTS = (8, 16, 32, 64, 256)  # shared weight values a layer may keep
+CLUSTER_METHODS = ("kmeans",)
+SPARSITY = (0.3, 0.9)  # the range of unstructured sparsity searched

@@ -8,10 +8,19 @@ from typing import Literal
 
 from edgeslim.budget import Budget
 from edgeslim.compress import IMPORTANCES
-from edgeslim.defaults import MAX_RATIO
+from edgeslim.defaults import (
+    CLUSTER_COUNTS,
+    CLUSTER_METHODS,
+    DATASET,
+    MAX_RATIO,
+    MODEL,
+    ROUND_TO,
+    SPARSITY,
+    STAGES,
+    TRIALS,
+)
 from edgeslim.recovery import Recovery
 from edgeslim.search.storage import default_storage
-from edgeslim.stages.cluster import DEFAULT_CLUSTER_COUNTS
 from edgeslim.training import TrainRecipe
 
 __all__ = ["DEFAULT_STAGES", "SamplerName", "SearchConfig", "SpaceOptions",
@@ -20,7 +29,7 @@ __all__ = ["DEFAULT_STAGES", "SamplerName", "SearchConfig", "SpaceOptions",
 SamplerName = Literal["tpe", "nsga2", "gp", "random"]
 
 
-DEFAULT_STAGES = ("prune", "cluster", "quantize")
+DEFAULT_STAGES = STAGES
 
 
 @dataclass(frozen=True)
@@ -30,23 +39,23 @@ class SpaceOptions:
     max_ratio: float = MAX_RATIO  # largest fraction of a group's channels that may be removed
     step: float = 0.05  # ratio grid
     importances: tuple[str, ...] = IMPORTANCES
-    round_to: int = 8  # kept channel counts are multiples of this
+    round_to: int = ROUND_TO  # kept channel counts are multiples of this
     stages: tuple[str, ...] = DEFAULT_STAGES  # the search tries every buildable order of these
     order: str | None = None  # one fixed order instead, e.g. "prune>cluster>quantize"
-    cluster_counts: tuple[int, ...] = DEFAULT_CLUSTER_COUNTS  # shared values per layer
-    cluster_methods: tuple[str, ...] = ("kmeans",)
+    cluster_counts: tuple[int, ...] = CLUSTER_COUNTS  # shared values per layer
+    cluster_methods: tuple[str, ...] = CLUSTER_METHODS
     quant_modes: tuple[str, ...] = ("int8_static", "int8_dynamic", "fp16")
-    sparsity: tuple[float, float] = (0.3, 0.9)  # range of the unstructured sparsity searched
+    sparsity: tuple[float, float] = SPARSITY  # range of the unstructured sparsity searched
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     budget: Budget
-    model: str = "resnet20"
-    dataset: str = "digits"
+    model: str = MODEL
+    dataset: str = DATASET
     data_dir: Path = Path("data")
     checkpoint: Path | None = None
-    trials: int = 20  # finished trials (complete or failed) the study should hold
+    trials: int = TRIALS  # finished trials (complete or failed) the study should hold
     study_name: str | None = None  # default: "<model>-<dataset>-<budget>"
     storage: str | None = None  # any Optuna storage URL; default: a journal file in ``workdir``
     workdir: Path = Path("edgeslim-runs")

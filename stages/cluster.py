@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgeslim.compress import CLUSTER_METHODS, cluster_weights, spread_weights
+from edgeslim.defaults import CLUSTER_COUNTS as DEFAULT_CLUSTER_COUNTS
 from edgeslim.errors import ConfigError
 from edgeslim.search.records import CLUSTERS_PREFIX
 from edgeslim.stages._base import Stage, StageContext, offered
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 CLUSTER_PREFIX = "cluster/"
 CLUSTER_METHOD_PARAM = "cluster/method"
-DEFAULT_CLUSTER_COUNTS = (8, 16, 32, 64, 256)
 
 
 class ClusterStage(Stage):

@@ -32,9 +32,9 @@ import torch
 
 from edgeslim.compress import weight_layers
 from edgeslim.cores import training_threads
+from edgeslim.defaults import CLUSTER_COUNTS as DEFAULT_CLUSTER_COUNTS
 from edgeslim.search.samplers import make_sampler
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
-from edgeslim.stages.cluster import DEFAULT_CLUSTER_COUNTS
 
 ROOT = Path(__file__).resolve().parent
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import optuna
 
+from edgeslim.defaults import CLUSTER_COUNTS as DEFAULT_CLUSTER_COUNTS
 from edgeslim.errors import ConfigError
 from edgeslim.spaces._base import Candidate
 from edgeslim.spaces.pruning import PruningSpace
 from edgeslim.stages import STAGES, buildable_orders, order_name, order_problem, parse_order
-from edgeslim.stages.cluster import DEFAULT_CLUSTER_COUNTS
 
 ORDER_PARAM = "stages/order"
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from edgeslim.compress import CLUSTER_METHODS, cluster_weights, spread_weights
-from edgeslim.defaults import CLUSTER_COUNTS as DEFAULT_CLUSTER_COUNTS
 from edgeslim.errors import ConfigError
 from edgeslim.search.records import CLUSTERS_PREFIX
 from edgeslim.stages._base import Stage, StageContext, offered

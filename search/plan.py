@@ -60,6 +60,9 @@ LATENCY_SOURCES = {
     "ssh": "timed on the device over ssh",
 }
 EVERY, SOME, NONE = "every candidate", "some candidates", "unreachable"
+# A limit every extreme candidate meets at no more than this share of it is settled: see
+# ``Plan.settled``.
+SETTLED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,15 @@ class Plan:
     @property
     def unreachable(self) -> tuple[LimitPlan, ...]:
         return tuple(lim for lim in self.limits if lim.verdict == NONE)
+
+    def settled(self, share: float = SETTLED_SHARE) -> frozenset[str]:
+        """The limits every extreme candidate meets with room to spare, its largest value at
+        most ``share`` of the cap. The search checks these once a candidate is trained, not
+        before: a candidate that broke one would still be found out, by its trial's
+        measurements, so the untrained file each check builds (export, quantization, timing)
+        would buy nothing."""
+        return frozenset(lim.measure for lim in self.limits
+                         if lim.verdict == EVERY and lim.high <= share * lim.cap)
 
     def explanation(self) -> str:
         """One line: why no candidate can meet the budget, and what would change that."""

@@ -8,7 +8,11 @@ peak memory, activation memory and latency of the file the candidate's structure
 (``StagedEvaluator.static_values``: its stages without k-means or fine-tunes, exported,
 quantized and loaded in onnxruntime; latency timed only as closely as telling it from the
 limit needs), taken only when the budget limits them and the counts fit. The candidate is then
-built once, trained, and measured in full.
+built once, trained, and measured in full. Repairs and the references' fits try many
+candidates; where every limit on the file is one the plan found every extreme candidate meets
+with room to spare (``Plan.settled``), they go by the counts alone, and only the candidate a
+trial builds has its untrained file checked (which also finds a structure the exporter or the
+runtime refuses before it is trained).
 
 How a candidate is moved (``ladder``): every pruning ratio ``r`` becomes
 ``r + t * (max_ratio - r)`` on the space's ratio grid, for ``t`` in ``0, 1/16, ..., 1``: each
@@ -45,12 +49,19 @@ STRUCTURAL = ("params", "macs")
 LADDER_STEPS = 16
 
 
-def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
-                       importance: str = "l2", round_to: int = 8) -> dict[str, float]:
-    """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
+def pruned_structure(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
+                     importance: str = "l2", round_to: int = 8) -> nn.Module:
+    """A copy of ``model`` pruned by ``ratios`` (the model is untouched), in eval mode."""
     pruned = prunable_copy(model, example).cpu().eval()
     if ratios:
         apply_pruning(pruned, example, ratios, importance, round_to)
+    return pruned
+
+
+def structure_measures(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, float],
+                       importance: str = "l2", round_to: int = 8) -> dict[str, float]:
+    """params and MACs of a copy of ``model`` pruned by ``ratios`` (the model is untouched)."""
+    pruned = pruned_structure(model, example, ratios, importance, round_to)
     return {name: float(MODEL_MEASURES[name](pruned, example).value) for name in STRUCTURAL}
 
 
@@ -61,15 +72,18 @@ class StaticCheck:
     ``artifact`` measures the untrained artifact of a candidate (size, memory, latency; see
     ``StagedEvaluator.static_values``); without it only params and MACs are checked. Results
     are kept per candidate (and params/MACs per kept structure), so the references and the
-    repairs of one run never measure the same thing twice.
+    repairs of one run never measure the same thing twice. ``fits`` skips the artifact when
+    every limit on it is in ``settled`` (see the module docstring); ``violations`` never does.
     """
 
     model: nn.Module
     example: torch.Tensor
     limits: Mapping[str, float]
     artifact: Callable[[Candidate], dict[str, float]] | None = None
+    settled: frozenset[str] = frozenset()
     _structure: dict[Any, dict[str, float]] = field(default_factory=dict, repr=False)
     _artifact: dict[Any, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _pruned: tuple[Any, nn.Module] | None = field(default=None, repr=False)
 
     def with_limits(self, limits: Mapping[str, float]) -> StaticCheck:
         """The same check against other limits, sharing what was measured."""
@@ -97,13 +111,21 @@ class StaticCheck:
         return tuple(out)
 
     def structure(self, candidate: Candidate) -> dict[str, float]:
-        ratios = candidate.ratios if "prune" in candidate.order else {}
+        return {name: self._count(candidate, name) for name in STRUCTURAL}
+
+    def _count(self, candidate: Candidate, name: str) -> float:
+        """``name`` (one of ``STRUCTURAL``) of the candidate's pruned structure, counted once
+        per structure: params and MACs depend on how many channels a group keeps, not on
+        which. The last pruned copy is kept for the other count of the same structure."""
         key = self._channels(candidate)
-        if key not in self._structure:
-            # params and MACs depend on how many channels a group keeps, not on which.
-            self._structure[key] = structure_measures(self.model, self.example, ratios,
-                                                      "l2", candidate.round_to)
-        return self._structure[key]
+        values = self._structure.setdefault(key, {})
+        if name not in values:
+            if self._pruned is None or self._pruned[0] != key:
+                ratios = candidate.ratios if "prune" in candidate.order else {}
+                self._pruned = key, pruned_structure(self.model, self.example, ratios, "l2",
+                                                     candidate.round_to)
+            values[name] = float(MODEL_MEASURES[name](self._pruned[1], self.example).value)
+        return values[name]
 
     def _artifact_key(self, candidate: Candidate) -> tuple[Any, ...]:
         return (self._channels(candidate), dataclasses.replace(
@@ -133,6 +155,14 @@ class StaticCheck:
         return _broken(values, caps)
 
     def fits(self, candidate: Candidate) -> bool:
+        caps = self.caps
+        # The cheap counts first, in ``STRUCTURAL`` order: a count that breaks its cap settles
+        # it without the costlier ones (the MAC count traces the model; params need no trace).
+        if any(name in caps and self._count(candidate, name) > caps[name]
+               for name in STRUCTURAL):
+            return False
+        if not set(caps) - set(STRUCTURAL) - self.settled:
+            return True
         return not self.violations(candidate)
 
     def failure(self, candidate: Candidate) -> str | None:

@@ -66,10 +66,11 @@ __all__ = ["Prepared", "build_space", "feasible_orders", "latency_meter", "load_
 
 
 def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMeter,
+                    settled: frozenset[str] = frozenset(),
                     ) -> tuple[StagedEvaluator, StagedEvaluator, StaticCheck]:
     """The search's evaluator (short fine-tune), the finalists' (long fine-tune), and the check
     of the limits that need no training, which measures candidates' structures with the
-    first."""
+    first; ``settled`` (``Plan.settled``) as in ``StaticCheck``."""
     # One computation of the base model's loss gradients a run, for both evaluators and
     # screening (``screen`` reads the search evaluator's).
     gradients = BaseGradients(prepared.base.model, prepared.data, config.seed)
@@ -89,7 +90,7 @@ def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMete
             return search.static_values(candidate, Path(tmp))
 
     check = StaticCheck(prepared.base.model, torch.zeros(1, *prepared.data.input_shape),
-                        prepared.caps.limits, artifact)
+                        prepared.caps.limits, artifact, settled)
     return search, final, check
 
 
@@ -127,7 +128,7 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
     attach(config.workdir / LOG_NAME)  # the input is good: the run's log has a home
     prepared = prepare(config, console, inputs, meter)
     keep_out_of_collections()
-    search, final, check = make_evaluators(config, prepared, meter)
+    search, final, check = make_evaluators(config, prepared, meter, plan.settled())
     study = open_or_create_study(config, prepared, check)
     recover_interrupted(study, config.workdir)
     if source is not None:
@@ -149,7 +150,7 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
         with _Progress(console) as progress:
             update = progress.task("search", config.trials, done)
             refresh = _progress_callback(update)
-            with spawn_workers(config, config.workers - 1):
+            with spawn_workers(config, config.workers - 1, plan.settled()):
                 stopped = run_trials(study, objective, config.trials, config.workdir,
                                      [refresh])
         if stopped:
@@ -222,16 +223,18 @@ def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: 
                   f"best {len(enqueued)} are fine-tuned first")
 
 
-def worker_main(config: SearchConfig, threads: int) -> None:
+def worker_main(config: SearchConfig, threads: int, settled: frozenset[str] = frozenset(),
+                ) -> None:
     """One extra worker of ``run_search --workers N``: joins the study the first process set up
-    and runs trials until the study holds its count. Nothing is printed but failures."""
+    and runs trials until the study holds its count, checking what the first one checks
+    before training (the limits its plan did not settle). Nothing is printed but failures."""
     torch.set_num_threads(threads)
     console = Console(quiet=True)
     inputs = load_inputs(config)
     meter = latency_meter(config, inputs[0])
     prepared = prepare(config, console, inputs, meter)
     keep_out_of_collections()
-    search, final, check = make_evaluators(config, prepared, meter)
+    search, final, check = make_evaluators(config, prepared, meter, settled)
     study = open_or_create_study(config, prepared, check)
     objective = Objective(prepared.space, search, prepared.caps, config.budget.objectives,
                           artifact_store(config.workdir), config.workdir / "trials",

@@ -180,7 +180,7 @@ def run_trials(study: optuna.Study, objective: Objective, target: int, workdir: 
                        gc_after_trial=True)
 
 
-def _worker(config: SearchConfig, threads: int) -> None:
+def _worker(config: SearchConfig, threads: int, settled: frozenset[str]) -> None:
     import sys
 
     from edgeslim.logs import LOG_NAME, attach, quiet_libraries
@@ -190,16 +190,17 @@ def _worker(config: SearchConfig, threads: int) -> None:
     attach(config.workdir / LOG_NAME)
     stop_on_signals()
     try:
-        worker_main(config, threads)
+        worker_main(config, threads, settled)
     except KeyboardInterrupt as exc:  # its trial is recorded; the first process says so
         sys.exit(exit_status(exc))
 
 
 @contextlib.contextmanager
-def spawn_workers(config: SearchConfig, extra: int) -> Iterator[None]:
+def spawn_workers(config: SearchConfig, extra: int, settled: frozenset[str] = frozenset(),
+                  ) -> Iterator[None]:
     """Starts ``extra`` processes running ``worker_main`` on the study while the body runs in
-    this one; waits for them at the end. The machine's cores are shared out: each process
-    trains with ``cores // (extra + 1)`` threads."""
+    this one (with the limits the plan ``settled``); waits for them at the end. The machine's
+    cores are shared out: each process trains with ``cores // (extra + 1)`` threads."""
     if extra <= 0:
         yield
         return
@@ -208,8 +209,8 @@ def spawn_workers(config: SearchConfig, extra: int) -> Iterator[None]:
     threads = max(1, (os.cpu_count() or 1) // (extra + 1))
     torch.set_num_threads(threads)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(config, threads), name=f"edgeslim-worker-{i}")
-             for i in range(extra)]
+    procs = [ctx.Process(target=_worker, args=(config, threads, settled),
+                         name=f"edgeslim-worker-{i}") for i in range(extra)]
     for p in procs:
         p.start()
     try:

@@ -16,7 +16,7 @@ from edgeslim.data.synthetic_har import write_npz
 from edgeslim.evaluators import MODEL_MEASURES
 from edgeslim.models import build_model
 from edgeslim.search.extremes import extreme_candidates, measure_candidate
-from edgeslim.search.plan import EVERY, SOME, host_line, make_plan
+from edgeslim.search.plan import EVERY, NONE, SOME, LimitPlan, Plan, host_line, make_plan
 from edgeslim.search.study import latency_meter, load_inputs
 from edgeslim.spaces import PruningSpace, StagedSpace, WeightLayer
 from toys import PI4, REPO, plain_net
@@ -230,3 +230,14 @@ def test_the_plan_measures_batch_norms_as_a_trained_model_has_them():
                if isinstance(m, torch.nn.BatchNorm1d))
     assert all(torch.equal(a, b) for a, b in zip(like_trained(model).state_dict().values(),
                                                   copy.state_dict().values()))
+
+
+def test_settled_limits_are_those_every_extreme_meets_with_room_to_spare():
+    def limit(measure, cap, high, verdict):
+        return LimitPlan(measure, cap, cap, 0.0, high, "measured", verdict)
+
+    plan = Plan((limit("size_bytes", 8e6, 1.1e6, EVERY), limit("latency_ms", 20.0, 11.0, EVERY),
+                 limit("peak_memory_bytes", 1e6, 2e6, SOME), limit("params", 1e3, 2e3, NONE)),
+                "most", "least", None, None, None, 4)
+    assert plan.settled() == {"size_bytes"}  # latency's largest is over half its cap
+    assert plan.settled(share=0.6) == {"size_bytes", "latency_ms"}

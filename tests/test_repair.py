@@ -94,6 +94,49 @@ def test_a_candidate_the_runtime_refuses_does_not_fit_but_a_failing_device_fails
     with pytest.raises(DeviceError, match="device busy"):
         repair(_candidate(0.5, 0.5), _space(), check)
 
+def test_a_count_over_its_cap_settles_fits_without_the_costlier_ones(monkeypatch):
+    """``fits`` counts params first: a candidate they rule out is never traced for its MACs,
+    and neither is its artifact built; ``violations`` still names every broken limit."""
+    from edgeslim.evaluators import MODEL_MEASURES
+
+    traced = []
+    count_macs = MODEL_MEASURES["macs"]
+    monkeypatch.setitem(MODEL_MEASURES, "macs",
+                        lambda m, x: traced.append(1) or count_macs(m, x))
+    built = []
+    check = StaticCheck(PlainNet(), X, {"params": 2500, "macs": 1.0, "size_bytes": 1e9},
+                        lambda c: built.append(c) or {"size_bytes": 1.0})
+    wide = _candidate(0.0, 0.0)
+    assert not check.fits(wide) and traced == [] and built == []
+    assert check.violations(wide) == [f"params {BASE_PARAMS} > 2500",
+                                      f"macs {check.structure(wide)['macs']:.6g} > 1"]
+    assert len(traced) == 1  # counted once per structure
+    assert check.structure(wide)["params"] == BASE_PARAMS and len(traced) == 1
+
+
+def test_limits_the_plan_settled_are_left_to_the_candidate_a_trial_builds():
+    """Where every limit on the file is settled, repairs and fits go by the counts; the
+    candidate a trial builds is still checked, and a file that cannot be built fails it."""
+    from edgeslim.errors import CandidateError
+
+    built = []
+
+    def refused(candidate):
+        built.append(candidate)
+        raise CandidateError("ONNX export failed: an operator the exporter lacks")
+
+    settled = StaticCheck(PlainNet(), X, {"params": 2500, "size_bytes": 1e9}, refused,
+                          frozenset({"size_bytes"}))
+    fixed = repair(_candidate(0.0, 0.0), _space(), settled)
+    assert fixed.fits and fixed.repaired and built == []
+    assert settled.violations(fixed.candidate) == [
+        "cannot be built: ONNX export failed: an operator the exporter lacks"]
+    assert built == [fixed.candidate]
+    # Not settled: every step the repair tries has its file built, and none fits.
+    unsettled = StaticCheck(PlainNet(), X, {"params": 2500, "size_bytes": 1e9}, refused)
+    assert not repair(_candidate(0.0, 0.0), _space(), unsettled).fits and len(built) > 1
+
+
 @pytest.mark.parametrize("stages", [("prune",), ("prune", "quantize")])
 def test_size_limit_is_checked_on_the_untrained_artifact(digits, tmp_path: Path, stages):
     """Size is not counted but measured: the repaired candidate's exported file fits, and the

@@ -15,7 +15,7 @@ from rich.console import Console
 from edgeslim.basemodel import BaseModel, obtain_base_model
 from edgeslim.budget import Budget
 from edgeslim.compress import weight_layers
-from edgeslim.data import DataBundle, load_dataset
+from edgeslim.data import DataBundle, cache_writes_held, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
 from edgeslim.evaluators import MODEL_MEASURES, Caps, measure_onnx_file, onnx_accuracy
 from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file
@@ -88,13 +88,14 @@ def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Pat
 def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
     """The data and the search space. The space needs only the architecture, so a bad stage
     option fails here, before the storage is opened or anything is trained."""
-    if config.checkpoint is not None:
-        # Its keys and shapes depend on the data's channels and classes: checked on data
-        # decoded without its cache, so that a checkpoint for another model writes nothing.
-        bare = load_dataset(config.dataset, config.data_dir, None, config.seed)
-        load_checkpoint(build_model(config.model, bare.in_channels, bare.num_classes),
-                        config.checkpoint, config.model)
-    data = load_dataset(config.dataset, config.data_dir, config.cache_dir / "data", config.seed)
+    with cache_writes_held():
+        data = load_dataset(config.dataset, config.data_dir, config.cache_dir / "data",
+                            config.seed)
+        if config.checkpoint is not None:
+            # Its keys and shapes depend on the data's channels and classes; a checkpoint for
+            # another model leaves the decoded data uncached, so the command writes nothing.
+            load_checkpoint(build_model(config.model, data.in_channels, data.num_classes),
+                            config.checkpoint, config.model)
     model = build_model(config.model, data.in_channels, data.num_classes)
     # Seconds: a model that does not fit the data, train or export is refused before training.
     check_model(model, config.model, data.name, tuple(data.input_shape), data.num_classes)

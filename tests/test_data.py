@@ -68,6 +68,29 @@ def test_imagefolder(tmp_path):
     assert cached.fingerprint == data.fingerprint
 
 
+def test_cache_writes_held_until_the_block_ends_without_an_error(tmp_path, monkeypatch):
+    """Inside ``cache_writes_held`` an existing cache file is read (nothing decoded) and a new
+    one is written only once the block ends without an error."""
+    from edgeslim.data import cache_writes_held
+    from edgeslim.data import imagefolder
+
+    _image_tree(tmp_path / "pics")
+    spec, cache = f"imagefolder:{tmp_path / 'pics'}", tmp_path / "cache"
+    with pytest.raises(RuntimeError), cache_writes_held():
+        load_dataset(spec, Path("unused"), cache)
+        raise RuntimeError("the checkpoint does not fit")
+    assert not cache.exists()
+    with cache_writes_held():
+        data = load_dataset(spec, Path("unused"), cache)
+        assert not cache.exists()
+    assert len(list(cache.iterdir())) == 2  # train and test
+    decoded = []
+    monkeypatch.setattr(imagefolder.Image, "open", lambda *a: decoded.append(a))
+    with cache_writes_held():
+        again = load_dataset(spec, Path("unused"), cache)
+    assert decoded == [] and again.fingerprint == data.fingerprint
+
+
 def test_cifar10_from_an_imagefolder_tree(tmp_path):
     _image_tree(tmp_path, classes=tuple("abcdefghij"), per_class=2, size=32)
     data = load_dataset("cifar10", tmp_path)

@@ -15,7 +15,7 @@ from edgeslim.data._base import (
 )
 from edgeslim.data.arrays import load_npz
 from edgeslim.data.digits import load_digits
-from edgeslim.data.imagefolder import load_imagefolder
+from edgeslim.data.imagefolder import cache_writes_held, load_imagefolder
 from edgeslim.data.torchvision_files import load_cifar10, load_fashion_mnist, load_mnist
 from edgeslim.errors import DataError
 
@@ -82,5 +82,6 @@ def load_dataset(spec: str, data_dir: Path, cache_dir: Path | None = None,
 
 __all__ = [
     "DATASETS", "Augment", "DataBundle", "DatasetEntry", "RawDataset", "Split",
-    "augment_batch", "carve_validation", "dataset_entry", "load_dataset", "register_dataset",
+    "augment_batch", "cache_writes_held", "carve_validation", "dataset_entry", "load_dataset",
+    "register_dataset",
 ]

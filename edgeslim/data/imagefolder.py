@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,32 @@ from edgeslim.errors import DataError
 from edgeslim.fsutil import atomic_torch_save
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Cache files decoded inside ``cache_writes_held``, to write when it ends without an error.
+_HELD: ContextVar[list[tuple[Split, Path]] | None] = ContextVar("held_cache_writes",
+                                                                 default=None)
+
+
+@contextmanager
+def cache_writes_held() -> Iterator[None]:
+    """Inside, decoded splits are read from their cache files but new ones are not written
+    until the block ends without an error: what the data is checked against (a checkpoint's
+    shapes, say) can refuse it first, and a refused command writes nothing."""
+    held: list[tuple[Split, Path]] = []
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+    for split, cache in held:  # only reached when the block raised nothing
+        _write_cache(split, cache)
+
+
+def _write_cache(split: Split, cache: Path) -> None:
+    held = _HELD.get()
+    if held is not None:
+        held.append((split, cache))
+    else:
+        atomic_torch_save({"x": split.x, "y": split.y}, cache)
 
 
 def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -110,7 +139,7 @@ def load_imagefolder(root: Path, cache_dir: Path | None = None, grey: bool = Fal
     test, test_cache = _read_split(test_items, cache_dir, grey) if test_items else (None, None)
     for split, cache in ((train, train_cache), (test, test_cache)):
         if split is not None and cache is not None:
-            atomic_torch_save({"x": split.x, "y": split.y}, cache)
+            _write_cache(split, cache)
     if augment is None:
         augment = Augment(crop_padding=max(1, train.x.shape[-1] // 8), hflip=True)
     return RawDataset(train=train, test=test, class_names=tuple(classes), augment=augment)

@@ -71,8 +71,7 @@ def test_imagefolder(tmp_path):
 def test_cache_writes_held_until_the_block_ends_without_an_error(tmp_path, monkeypatch):
     """Inside ``cache_writes_held`` an existing cache file is read (nothing decoded) and a new
     one is written only once the block ends without an error."""
-    from edgeslim.data import cache_writes_held
-    from edgeslim.data import imagefolder
+    from edgeslim.data import cache_writes_held, imagefolder
 
     _image_tree(tmp_path / "pics")
     spec, cache = f"imagefolder:{tmp_path / 'pics'}", tmp_path / "cache"

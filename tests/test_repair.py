@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import torch
 
 from edgeslim.budget import Runtime
 from edgeslim.evaluators import Caps, StagedEvaluator
-from edgeslim.search.repair import StaticCheck, ladder, repair, structure_measures
+from edgeslim.search.repair import (
+    StaticCheck,
+    first_fitting,
+    ladder,
+    repair,
+    structure_measures,
+)
 from edgeslim.spaces import Candidate, PruningSpace, StagedSpace, WeightLayer
 from edgeslim.stages import buildable_orders
 from edgeslim.training import TrainRecipe
@@ -93,6 +100,43 @@ def test_a_candidate_the_runtime_refuses_does_not_fit_but_a_failing_device_fails
     check = StaticCheck(PlainNet(), X, {"size_bytes": 1e9}, busy)
     with pytest.raises(DeviceError, match="device busy"):
         repair(_candidate(0.5, 0.5), _space(), check)
+
+class _Counted:
+    """A check over a ladder of plain numbers: a step fits when its count is at most ``cap``."""
+
+    def __init__(self, values, cap, guess=True):
+        self.values, self.cap, self.guess, self.tried = values, cap, guess, []
+
+    def fits(self, step):
+        self.tried.append(step)
+        return self.values[step] <= self.cap
+
+    def crossing(self, unfit, fit):
+        a, b, cap = (math.sqrt(v) for v in (self.values[unfit], self.values[fit], self.cap))
+        return (a - cap) / (a - b) if self.guess and a > cap >= b else None
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
+def test_the_guessed_search_finds_the_first_step_that_fits_in_fewer_tries(power):
+    """Counts that fall like a pruned model's (a power of the kept share): the search lands
+    on the bisection's step for every cap, and tries fewer steps on the whole; a repair
+    (the first step known not to fit) about half as many."""
+    values = [1000 * (1 - 0.8 * k / 16) ** power for k in range(17)]
+    steps = list(range(17))
+    guessed = bisected = repaired = repairs = 0
+    for cap in [v - 1e-6 for v in values] + [v + 1e-6 for v in values]:
+        first = next((k for k in steps if values[k] <= cap), None)
+        for low in (-1, 0):
+            if low == 0 and values[0] <= cap:
+                continue
+            check, plain = _Counted(values, cap), _Counted(values, cap, guess=False)
+            assert first_fitting(steps, check, low) == first_fitting(steps, plain, low) == first
+            guessed, bisected = guessed + len(check.tried), bisected + len(plain.tried)
+            if low == 0:
+                repaired += len(check.tried) / len(plain.tried)
+                repairs += 1
+    assert guessed < 0.85 * bisected and repaired / repairs < 0.7
+
 
 def test_a_count_over_its_cap_settles_fits_without_the_costlier_ones(monkeypatch):
     """``fits`` counts params first: a candidate they rule out is never traced for its MACs,

@@ -24,8 +24,10 @@ from typing import Literal, ParamSpec, TypeVar
 
 Kind = Literal["training", "screening", "measuring", "sampling"]
 KINDS: tuple[Kind, ...] = ("training", "screening", "measuring", "sampling")
-# Work of an inner kind that counts to the outer one while the outer one runs.
-ABSORBS: dict[str, frozenset[str]] = {"screening": frozenset({"measuring", "training"})}
+# Work of an inner kind that counts to the outer one while the outer one runs: the training
+# steps the plan times to estimate a trial's fine-tune count as measuring.
+ABSORBS: dict[str, frozenset[str]] = {"screening": frozenset({"measuring", "training"}),
+                                      "measuring": frozenset({"training"})}
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -35,6 +35,7 @@ from edgeslim.search.config import SearchConfig
 from edgeslim.search.extremes import describe, extreme_candidates, like_trained, measure_candidate
 from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.stages import STAGES
+from edgeslim.timing import STOPWATCH
 from edgeslim.training import TrainRecipe, train
 
 # Where each measure comes from, as the plan names it.
@@ -197,7 +198,8 @@ def make_plan(config: SearchConfig, data: DataBundle, space: StagedSpace, model:
                                 _fixes(m, config, space) if verdict == NONE else ()))
     step = trial = None
     if config.trials:
-        step = finetune_step_seconds(model, data, config.finetune)
+        with STOPWATCH("measuring"):  # timing steps on copies: no candidate is fine-tuned
+            step = finetune_step_seconds(model, data, config.finetune)
         trial = None if step is None else step * trial_steps(config, data)
     return Plan(tuple(limits), describe(most[0]), describe(least[0]), host_line(budget),
                 step, trial, config.trials)

@@ -49,6 +49,19 @@ def test_screening_keeps_its_measuring_but_not_its_sampling(monkeypatch):
                              "sampling": 1.0}
 
 
+def test_training_steps_timed_for_the_plan_count_as_measuring(monkeypatch):
+    """The plan times a few fine-tune steps on copies: measuring, not a candidate's training."""
+    clock = FakeClock()
+    monkeypatch.setattr("edgeslim.timing.time.perf_counter", clock)
+    watch = Stopwatch()
+    with watch("measuring"), watch("training"):
+        clock.now += 2.0
+    with watch("training"):
+        clock.now += 5.0
+    assert watch.seconds == {"training": 5.0, "screening": 0.0, "measuring": 2.0,
+                             "sampling": 0.0}
+
+
 def test_an_unknown_kind_lists_the_valid_ones():
     with pytest.raises(KeyError, match="unknown kind of work 'eating'; valid: training, "
                                        "screening, measuring, sampling"):

@@ -207,6 +207,8 @@ def table(rows: dict[str, dict], command: str, host: str) -> str:
                   else "-")
         secs = f"{r['seconds']} s" if r.get("seconds") is not None else "-"
         note = str(r.get("note", "")).replace("|", "\\|").replace("\n", " ")
+        if not note and (r.get("exit") or 0) < 0:  # killed, with nothing printed
+            note = f"killed by signal {-r['exit']}, nothing printed"
         lines.append(f"| {name} | {r['params'] / 1e6:.1f}M | {size} | {r['result']} | {groups} "
                      f"| {len(r.get('untraced', []))} | {trials} | {secs} | {note} |")
     return "\n".join(lines) + "\n"

@@ -97,10 +97,10 @@ class Plan:
 
     def settled(self, share: float = SETTLED_SHARE) -> frozenset[str]:
         """The limits every extreme candidate meets with room to spare, its largest value at
-        most ``share`` of the cap. The search checks these once a candidate is trained, not
-        before: a candidate that broke one would still be found out, by its trial's
-        measurements, so the untrained file each check builds (export, quantization, timing)
-        would buy nothing."""
+        most ``share`` of the cap. Repairs and the references' fits go by the counts alone
+        where every limit on the file is settled (``StaticCheck.settled``): the untrained file
+        each of their tries would build (export, quantization, timing) would buy nothing. The
+        candidate a trial builds is still checked before training, and measured after it."""
         return frozenset(lim.measure for lim in self.limits
                          if lim.verdict == EVERY and lim.high <= share * lim.cap)
 

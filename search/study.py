@@ -128,7 +128,8 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
     attach(config.workdir / LOG_NAME)  # the input is good: the run's log has a home
     prepared = prepare(config, console, inputs, meter)
     keep_out_of_collections()
-    search, final, check = make_evaluators(config, prepared, meter, plan.settled())
+    settled = plan.settled()
+    search, final, check = make_evaluators(config, prepared, meter, settled)
     study = open_or_create_study(config, prepared, check)
     recover_interrupted(study, config.workdir)
     if source is not None:
@@ -150,7 +151,7 @@ def _run_search(config: SearchConfig, console: Console) -> optuna.Study:
         with _Progress(console) as progress:
             update = progress.task("search", config.trials, done)
             refresh = _progress_callback(update)
-            with spawn_workers(config, config.workers - 1, plan.settled()):
+            with spawn_workers(config, config.workers - 1, settled):
                 stopped = run_trials(study, objective, config.trials, config.workdir,
                                      [refresh])
         if stopped:

@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from edgeslim.basemodel import BaseModel, obtain_base_model
-from edgeslim.budget import Budget
+from edgeslim.budget import Budget, Runtime
 from edgeslim.compress import weight_layers
 from edgeslim.data import DataBundle, cache_writes_held, load_dataset
 from edgeslim.errors import CandidateError, ConfigError, ModelError
@@ -59,15 +59,14 @@ def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Pat
                  meter: LatencyMeter | None = None) -> dict[str, float]:
     """The base model measured exactly like a candidate: counted in PyTorch, then exported to
     ONNX (and converted to a float32 LiteRT file with a LiteRT runtime) and measured on that
-    file in the budget's runtime (size, peak memory, validation and test accuracy, and latency
-    when the budget asks for it)."""
+    file in the budget's runtime (size, peak memory, validation accuracy, and latency when the
+    budget asks for it). Its test accuracy, which no limit or objective reads, is taken for
+    the card at export (``base_test_accuracy``)."""
     example = torch.zeros(1, *data.input_shape)
     values = {name: float(m(base.model, example).value) for name, m in MODEL_MEASURES.items()}
-    litert = runtime_info(budget.runtime.name).litert
     try:
-        path = write_onnx(base.model, example, out_dir / "base.onnx")
-        if litert:
-            tflite = onnx_to_tflite(path, out_dir / "base.tflite")
+        path, tflite = _base_files(base.model, example, budget.runtime.name, out_dir)
+        if tflite is not None:
             measured, _ = measure_litert_file(tflite, path, data, budget.runtime, data.val,
                                               latency=budget.asks_for("latency_ms"),
                                               meter=meter)
@@ -78,11 +77,26 @@ def measure_base(base: BaseModel, data: DataBundle, budget: Budget, out_dir: Pat
         raise ModelError(f"the base model cannot be deployed: {exc}; every candidate is "
                          f"measured in {budget.runtime.name}") from None
     values.update(measured)
-    if data.test is not None:
-        values["test_acc"] = litert_accuracy(tflite, data.test, data, budget.runtime.name,
-                                             budget.runtime.threads) if litert else \
-            onnx_accuracy(path, data.test, data, threads=torch.get_num_threads())
     return values
+
+
+def base_test_accuracy(model: torch.nn.Module, data: DataBundle, runtime: Runtime,
+                       out_dir: Path) -> float | None:
+    """The base model's accuracy on the test split, run as ``measure_base`` runs it (its ONNX
+    file, or the LiteRT file made from it, in ``runtime``); None without a test split."""
+    if data.test is None:
+        return None
+    path, tflite = _base_files(model, torch.zeros(1, *data.input_shape), runtime.name, out_dir)
+    if tflite is not None:
+        return litert_accuracy(tflite, data.test, data, runtime.name, runtime.threads)
+    return onnx_accuracy(path, data.test, data, threads=torch.get_num_threads())
+
+
+def _base_files(model: torch.nn.Module, example: torch.Tensor, runtime: str, out_dir: Path,
+                ) -> tuple[Path, Path | None]:
+    path = write_onnx(model, example, out_dir / "base.onnx")
+    litert = runtime_info(runtime).litert
+    return path, onnx_to_tflite(path, out_dir / "base.tflite") if litert else None
 
 
 def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:

@@ -4,6 +4,7 @@ file: its measures in the budget's LiteRT runtime."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from edgeslim.errors import CandidateError, StudyError
 from edgeslim.evaluators.litert import litert_accuracy, measure_litert_file, open_runner
 from edgeslim.evaluators.meters import LatencyMeter
 from edgeslim.export import INPUT_NAME, ONNX_ATOL, OUTPUT_NAME, ort_session
+from edgeslim.models import build_model, load_checkpoint
+from edgeslim.search._prepare import base_test_accuracy
+from edgeslim.search.records import StudyRecord
 
 # How each runtime ran the file, for the card.
 RUNTIME_TEXT = {
@@ -45,6 +49,20 @@ def check_onnx_against_torch(model: nn.Module, onnx_path: Path, data: DataBundle
             "pass": diff <= ONNX_ATOL if exact else None,
             "note": "float32 weights: logits must match" if exact else
                     "quantized weights: logits differ by design; accuracy above is the file's"}
+
+
+def with_base_test_accuracy(record: StudyRecord, base: dict[str, float], data: DataBundle,
+                            runtime: Runtime) -> dict[str, float]:
+    """``base`` with the base model's test accuracy in ``runtime``: a search leaves it to the
+    card, since no limit or objective reads it. Unchanged without a test split, when ``base``
+    has it already, or when the study's base weights are no longer on disk."""
+    weights = record.path("base_weights")
+    if data.test is None or "test_acc" in base or weights is None or not Path(weights).is_file():
+        return base
+    model = build_model(record.setup["model"], data.in_channels, data.num_classes)
+    load_checkpoint(model, Path(weights), record.setup["model"])
+    with tempfile.TemporaryDirectory(prefix="base-") as tmp:
+        return {**base, "test_acc": base_test_accuracy(model.eval(), data, runtime, Path(tmp))}
 
 
 # Float32 LiteRT against PyTorch: the same 1e-3 bound as the ONNX file (``ONNX_ATOL``).

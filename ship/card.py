@@ -28,6 +28,7 @@ from edgeslim.ship._card_checks import (
     check_litert_against_torch,
     check_onnx_against_torch,
     litert_measures,
+    with_base_test_accuracy,
 )
 from edgeslim.spaces import Candidate
 from edgeslim.stages import STAGES
@@ -162,6 +163,7 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
     values, latency = _measures(model, onnx_path, deployable, data, runtime, meter, tflite,
                                 quantize)
     budget = target.budget
+    base = with_base_test_accuracy(record, target.base, data, runtime)
     limits = _limits(target, values)
     compression = _compression(trial, record.space)
     files = _files(onnx_path, deployable, tflite)
@@ -179,7 +181,7 @@ def build_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: nn.M
         "measured_on": _measured_on(files, runtime, latency, source),
         "search_measures": {k: trial_record.measures[k] for k in UNITS
                             if k in trial_record.measures},
-        "base": target.base,
+        "base": base,
         "budget": budget,
         # The budget the trial was chosen for, and the one the study searched for.
         "chosen_for": budget["name"],

@@ -44,6 +44,7 @@ def test_sensor_search_measures_every_trial(sensor_search):
     assert base["macs"] == (4032 * 128 + 20480 * 128 + 40960 * 64 + 49152 * 32
                             + 2 * (64 * 128 + 64 * 128 + 128 * 64 + 128 * 32) + 768)
     assert base["val_acc"] > 0.9
+    assert "test_acc" not in base  # no limit or objective reads it: the card takes it
     for t in study.trials:
         attrs = t.user_attrs
         assert t.params["stages/order"] == "prune>cluster>quantize"
@@ -68,3 +69,12 @@ def test_sensor_export_runs_on_windows(sensor_search, tmp_path):
     assert logits.shape == (len(data.val), 6)
     acc = float((logits.argmax(1) == data.val.y.numpy()).mean())
     assert acc == pytest.approx(card["measures"]["val_acc"]["value"], abs=1 / len(data.val))
+    # The base model's test accuracy, measured for the card on the file the search exported.
+    x = (data.test.x.numpy() / 255.0 - np.array(pre["mean"]).reshape(1, -1, 1)) / \
+        np.array(pre["std"]).reshape(1, -1, 1)
+    base = ort.InferenceSession(str(workdir / "base" / "base.onnx"),
+                                providers=["CPUExecutionProvider"])
+    logits = base.run(None, {pre["input_name"]: x.astype(np.float32)})[0]
+    base_acc = float((logits.argmax(1) == data.test.y.numpy()).mean())
+    assert card["base"]["test_acc"] == pytest.approx(base_acc, abs=1 / len(data.test))
+    assert "test_acc" in card["measures"]

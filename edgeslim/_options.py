@@ -97,14 +97,20 @@ def _check_checkpoint(path: Path | None) -> None:
 def _recipes(args: argparse.Namespace, entry: Any) -> tuple[TrainRecipe, TrainRecipe,
                                                              TrainRecipe]:
     """The base model's recipe, the search's fine-tunes' and the finalists'."""
+    from edgeslim.defaults import FINETUNE_LR
     from edgeslim.training import TrainRecipe
 
-    base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed)
+    # The default peak rates are for batch 128; another batch scales them linearly (Goyal et
+    # al., 2017). A rate given on the command line is taken as it is.
+    batch = args.batch_size or TrainRecipe.batch_size
+    scale = batch / TrainRecipe.batch_size
+    base = TrainRecipe(epochs=args.base_epochs or entry.base_epochs, seed=args.seed,
+                       batch_size=batch, lr=TrainRecipe.lr * scale)
     if not 0 < args.finetune_subset <= 1:
         raise ConfigError(f"--finetune-subset: must be > 0 and <= 1, got {args.finetune_subset}")
     finetune = TrainRecipe.finetune(
         epochs=args.finetune_epochs or entry.finetune_epochs, steps=args.finetune_steps,
-        **({"lr": args.finetune_lr} if args.finetune_lr else {}),
+        batch_size=batch, lr=args.finetune_lr or FINETUNE_LR * scale,
         **({"distill_alpha": 0.0} if args.no_distill else {}), seed=args.seed,
         subset=args.finetune_subset)
     final = dataclasses.replace(finetune, epochs=args.final_epochs or entry.final_epochs,

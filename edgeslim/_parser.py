@@ -117,6 +117,10 @@ def _training_options(s: argparse.ArgumentParser) -> None:
                    help="fine-tune epochs per candidate (default: per dataset)")
     g.add_argument("--finetune-steps", type=_positive(int, "--finetune-steps"),
                    help="fine-tune optimizer steps per candidate, instead of epochs")
+    s.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=None,
+                   help="training batch of the base model and the fine-tunes; the default "
+                   "peak learning rates scale with it from batch 128 (default: 128, or fewer "
+                   "when the training split is smaller)")
     s.add_argument("--finetune-subset", type=float, default=1.0,
                    help="fraction of the training images the search's fine-tunes draw from "
                    "(a fixed subset; the finalists use all) (default: %(default)s)")

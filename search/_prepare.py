@@ -111,8 +111,10 @@ def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
             load_checkpoint(build_model(config.model, data.in_channels, data.num_classes),
                             config.checkpoint, config.model)
     model = build_model(config.model, data.in_channels, data.num_classes)
-    # Seconds: a model that does not fit the data, train or export is refused before training.
-    check_model(model, config.model, data.name, tuple(data.input_shape), data.num_classes)
+    # Seconds: a model that does not fit the data, train, export, or whose training step
+    # does not fit in memory, is refused before training.
+    check_model(model, config.model, data.name, tuple(data.input_shape), data.num_classes,
+                train_batch=training_batch(config, len(data.train)), processes=config.workers)
     space = build_space(config, model, data)
     # Params and MACs need no trained weights: a budget only pruning can meet is checked
     # against the stages now, before a base model is trained.
@@ -121,6 +123,15 @@ def load_inputs(config: SearchConfig) -> tuple[DataBundle, StagedSpace]:
     limits = {lim.measure: lim.resolve(counted[lim.measure]) for lim in config.budget.limits
               if lim.measure in STRUCTURAL}
     return data, feasible_orders(space, Caps(limits=limits), counted)
+
+
+def training_batch(config: SearchConfig, n_train: int) -> int:
+    """The largest batch any of the run's trainings takes (the base model's, unless loaded
+    from a checkpoint; the fine-tunes'; the finalists')."""
+    recipes = [config.finetune, config.final or config.finetune]
+    if config.checkpoint is None:
+        recipes.append(config.base_recipe)
+    return max(min(r.batch_size, r.subset_size(n_train)) for r in recipes)
 
 
 def latency_meter(config: SearchConfig, data: DataBundle) -> LatencyMeter:

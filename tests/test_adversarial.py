@@ -22,12 +22,15 @@ from wsgiref.util import setup_testing_defaults
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna_dashboard import wsgi
 from test_bad_input import WORKDIR, refused, search, write
 from test_browse import toy_study
+from torch import nn
 
 from edgeslim import logs
 from edgeslim.cli import build_parser, main
+from edgeslim.errors import ModelError
 from edgeslim.present.report import summary_line
 from edgeslim.search.config import default_storage
 from edgeslim.search.storage import load_study, open_storage
@@ -211,6 +214,44 @@ def test_a_model_that_cannot_be_searched_on_the_data_is_refused_at_start(tmp, ca
     extra, message = case(tmp)
     assert refused(search(tmp, *extra), tmp, capsys) == message
     assert not (tmp / WORKDIR).exists()
+
+
+def test_a_training_batch_that_does_not_fit_in_memory_is_refused_at_start(tmp, capsys,
+                                                                          monkeypatch):
+    """The kernel's out-of-memory killer used to end such a search in its first training
+    step, with nothing printed. Here the machine is made to have room for 40 samples."""
+    from edgeslim.data import load_dataset
+    from edgeslim.models import build_model, train_memory
+
+    data = load_dataset("digits", tmp)
+    need = train_memory.step_memory(build_model("resnet20", 1, 10), (1, 8, 8),
+                                    torch.device("cpu"))
+    batch = min(128, len(data.train))
+    assert need.per_sample > 0 and need.at(batch) > need.at(40)
+    monkeypatch.setattr(train_memory, "available_bytes", lambda device: need.at(40))
+    message = refused(search(tmp), tmp, capsys)
+    assert message.startswith(f"training model 'resnet20' on batches of {batch} samples of "
+                              "1 x 8 x 8 needs about ")
+    assert message.endswith(" is memory available on this machine: pass --batch-size 32 or "
+                            "less")
+    with pytest.raises(ModelError):  # 40 fit, but not 41
+        train_memory.check_training_memory(build_model("resnet20", 1, 10), "m", (1, 8, 8),
+                                           41, torch.device("cpu"), need.at(40))
+    train_memory.check_training_memory(build_model("resnet20", 1, 10), "m", (1, 8, 8), 40,
+                                       torch.device("cpu"), need.at(40))
+
+
+def test_a_training_step_holds_what_its_samples_save_for_the_backward_pass():
+    """Per sample, a step holds what autograd saves: four times as much at twice the side
+    for a convolutional model without pooling, and the parameters' copies in the fixed part."""
+    from edgeslim.models.train_memory import PARAM_COPIES, step_memory
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(0))
+    small, large = (step_memory(model, (3, side, side), torch.device("cpu")) for side in (16, 32))
+    assert large.per_sample == 4 * small.per_sample > 0
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert small.fixed >= PARAM_COPIES * params
 
 
 def test_nothing_the_exporter_prints_reaches_the_terminal(tmp, capfd):

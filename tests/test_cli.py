@@ -214,6 +214,26 @@ def test_the_finetune_rate_reaches_the_search_and_the_finalists():
     assert recipes("--finetune-lr", "0.002") == (0.002, 0.002)
 
 
+def test_a_smaller_batch_scales_the_default_rates_but_not_a_given_one():
+    from edgeslim._options import search_config
+    from edgeslim.cli import build_parser
+    from edgeslim.defaults import FINETUNE_LR
+    from edgeslim.training import TrainRecipe
+
+    def recipes(*extra: str):
+        config = search_config(build_parser().parse_args(["search", "--budget", str(PI4),
+                                                          *extra]))
+        return [(r.batch_size, r.lr) for r in (config.base_recipe, config.finetune,
+                                               config.final)]
+
+    default = TrainRecipe()
+    assert recipes() == [(128, default.lr), (128, FINETUNE_LR), (128, FINETUNE_LR)]
+    assert recipes("--batch-size", "32") == [
+        (32, default.lr / 4), (32, FINETUNE_LR / 4), (32, FINETUNE_LR / 4)]
+    assert recipes("--batch-size", "32", "--finetune-lr", "0.01") == [
+        (32, default.lr / 4), (32, 0.01), (32, 0.01)]
+
+
 def test_bad_budget_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: {name: b}\nlimits: {flops: 40Q}\n")

@@ -1,6 +1,7 @@
 """Checks of a built, untrained model against the data, before anything is trained: that it
 takes the data's samples (the first layer it runs has the dimensions and channels of one
-sample), returns one score per class, can be trained, and exports to an ONNX file that
+sample), returns one score per class, can be trained (and, given the training batch, that a
+step on it fits in memory: ``edgeslim.models.train_memory``), and exports to an ONNX file that
 onnxruntime runs (every candidate is deployed and measured as one). Each failure is a
 ``ModelError`` of one line; seconds, where the base model's training takes minutes.
 """
@@ -16,17 +17,27 @@ from torch import nn
 from edgeslim.compress.untraced import one_thread
 from edgeslim.errors import CandidateError, ModelError
 from edgeslim.export import INPUT_NAME, ORT_ERRORS, onnx_bytes, ort_reason
+from edgeslim.models.train_memory import check_training_memory
+from edgeslim.precision import default_device
 
 # Dimensions of one sample (without the batch) each layer type takes, and how they read.
 _TAKES = {nn.Conv1d: (2, "C x L"), nn.Conv2d: (3, "C x H x W"), nn.Conv3d: (4, "C x D x H x W")}
 
 
 def check_model(model: nn.Module, spec: str, data_name: str, shape: tuple[int, ...],
-                num_classes: int) -> None:
+                num_classes: int, train_batch: int | None = None,
+                device: torch.device | None = None, processes: int = 1) -> None:
     """Raises ``ModelError`` naming what keeps ``model`` from being searched on samples of
-    ``shape`` (see the module docstring). ``model`` is left as it was."""
+    ``shape`` (see the module docstring); with ``train_batch``, also when a training step on
+    that many samples in each of ``processes`` does not fit the memory of ``device``
+    (``check_training_memory``).
+    ``model`` is left as it was."""
+    copied = copy.deepcopy(model)
     with one_thread():  # batch-1 forwards of one sample
-        _check(copy.deepcopy(model), spec, data_name, shape, num_classes)
+        _check(copied, spec, data_name, shape, num_classes)
+    if train_batch is not None:
+        check_training_memory(copied, spec, shape, train_batch, device or default_device(),
+                              processes=processes)
 
 
 def _check(model: nn.Module, spec: str, data_name: str, shape: tuple[int, ...],

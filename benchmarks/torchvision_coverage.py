@@ -22,7 +22,9 @@ The budget only names the host's onnxruntime on one thread. Each model ends in o
                 and the export of one of them wrote its files and card
 ``part way``    the same, but some of the model torch-pruning cannot analyse or mishandles was
                 left unpruned (the card and the table name it), or nothing could be pruned
-``refused``     the search stopped at start with one line (exit status 2), quoted
+``refused``     the search stopped at start with one line (exit status 2), quoted; when the
+                line says the training batch does not fit in memory, the model is searched
+                again at the batch it names, and the row is that search's
 ``not run``     over ``--max-params`` parameters, or no input size it accepts
 ``failed``      anything else (a traceback, a trial that failed, a timeout), quoted
 
@@ -41,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,14 +121,31 @@ def optimize(args: list[str], timeout: float) -> tuple[int | None, str, str, flo
 
 
 def run_model(name: str, size: int, folder: Path, timeout: float) -> dict:
+    """The model searched and exported; when its training batch does not fit in memory, once
+    more at the batch the refusal names (the row says so)."""
+    row = _search_and_export(name, size, folder, timeout)
+    fits = re.search(r"pass --batch-size (\d+) or less$", row.get("note", ""))
+    if row["result"] != "refused" or fits is None:
+        return row
+    again = _search_and_export(name, size, folder, timeout, ["--batch-size", fits[1]])
+    why = row["note"].split(": pass --batch-size")[0]
+    again["note"] = (f"at --batch-size {fits[1]}; the default batch was refused in "
+                     f"{row['seconds']} s ({why})"
+                     + (f"; {again['note']}" if again["note"] else ""))
+    again["seconds"] += row["seconds"]
+    return again
+
+
+def _search_and_export(name: str, size: int, folder: Path, timeout: float,
+                       extra: tuple[str, ...] | list[str] = ()) -> dict:
     data, init = write_inputs(name, size, folder)
     budget = folder / "coverage.yaml"
     budget.write_text(BUDGET)
-    workdir = folder / name
+    workdir = folder / (name if not extra else f"{name}-{'-'.join(extra).strip('-')}")
     common = ["--workdir", str(workdir)]
     code, out, err, seconds = optimize(
         ["--budget", str(budget), "--model", f"torchvision:{name}", "--dataset", f"npz:{data}",
-         "--checkpoint", str(init), *SEARCH, *common], timeout)
+         "--checkpoint", str(init), *SEARCH, *extra, *common], timeout)
     row: dict = {"seconds": round(seconds), "exit": code}
     if "Traceback" in out + err:
         return {**row, "result": "failed", "note": "traceback: " + (out + err)[-300:]}

@@ -22,6 +22,8 @@ from edgeslim.fsutil import atomic_write
 from edgeslim.logs import captured_stderr
 
 ONNX_OPSET = 17
+# The largest message protobuf serialises: one ONNX file holds at most this many bytes.
+ONNX_FILE_LIMIT = 2**31
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # ONNX fp32 against PyTorch fp32 on the same input: kernels differ in summation order, so
 # logits agree to about 1e-5 relative; 1e-3 absolute on logits of magnitude ~10 is a clear bound.
@@ -95,6 +97,12 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
         CandidateError: when the exporter cannot convert the model (``EXPORT_ERRORS``).
     """
     model = model.eval()
+    weights = sum(t.numel() * t.element_size()
+                  for t in (*model.parameters(), *model.buffers()))
+    if weights > ONNX_FILE_LIMIT:  # the exporter would fail after minutes, saying less
+        raise CandidateError(f"ONNX export failed: the model's weights take "
+                             f"{weights / 1e9:.1f} GB, over the {ONNX_FILE_LIMIT / 2**30:.0f} "
+                             "GiB one ONNX file holds (protobuf's limit)")
     buf = io.BytesIO()
     # The TorchScript exporter dumps the whole graph to its log when it fails, and turns that
     # log on in every export; sent to stderr, the dump is caught with the rest into the run's

@@ -254,6 +254,22 @@ def test_a_training_step_holds_what_its_samples_save_for_the_backward_pass():
     assert small.fixed >= PARAM_COPIES * params
 
 
+def test_a_model_too_large_for_one_onnx_file_is_refused_before_its_export(tmp, capsys,
+                                                                          monkeypatch):
+    """ViT-H/14's 2.5 GB of weights: the exporter failed after a minute, asking for a file
+    name. Here the limit is lowered below ResNet-20's 1.1 MB."""
+    from edgeslim import export
+
+    monkeypatch.setattr(export, "ONNX_FILE_LIMIT", 2**20)
+    exported = []
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exported.append(a))
+    message = refused(search(tmp), tmp, capsys)
+    assert message.startswith("model 'resnet20' cannot be searched: every candidate is deployed "
+                              "as an ONNX file, and ONNX export failed: the model's weights take ")
+    assert message.endswith(" GiB one ONNX file holds (protobuf's limit)")
+    assert not exported
+
+
 def test_nothing_the_exporter_prints_reaches_the_terminal(tmp, capfd):
     """The TorchScript exporter's C++ code printed a 58-line graph before the one line."""
     extra, message = _unexportable(tmp)

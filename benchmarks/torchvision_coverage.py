@@ -254,8 +254,8 @@ def main() -> None:
         store.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
         args.out.write_text(table(rows, "nice -n 10 uv run python "
                                   "benchmarks/torchvision_coverage.py --timeout 1200, the "
-                                  "models measured later with --timeout 1500 --only ... "
-                                  "--out OTHER.md, merged with --merge OTHER.json", host))
+                                  "models measured later with --timeout 1200 or 1500 --only "
+                                  "NAME --out OTHER.md, merged with --merge OTHER.json", host))
         return
     only = set(args.only.split(",")) if args.only else None
     command = "nice -n 10 uv run python benchmarks/torchvision_coverage.py" + (

@@ -119,6 +119,36 @@ def test_int8_calibration_held_one_batch_at_a_time_sets_the_same_ranges(tmp_path
     assert first != ranges[1]  # the later batches did widen the ranges
 
 
+def test_int8_calibration_batches_are_cut_to_a_memory_bound_with_the_same_ranges(tmp_path,
+                                                                                 monkeypatch):
+    """MaxViT-T at 224x224: 64 images a batch made the calibrator hold 8.5 GB of activations."""
+    import edgeslim.compress.quantize as quantize
+
+    src = write_onnx(PlainNet().eval(), X, tmp_path / "f.onnx")
+    calib = [np.random.default_rng(i).normal(0, 1 + 2 * i, (16, 1, 8, 8)).astype(np.float32)
+             for i in range(3)]
+    seen = []
+    split = quantize._split
+    monkeypatch.setattr(quantize, "_split", lambda b, n: seen.append(split(b, n)) or seen[-1])
+    ranges = {}
+    for bound in (1 << 30, 1):  # every batch whole; one image a batch
+        monkeypatch.setattr(quantize, "CALIBRATION_BATCH_BYTES", bound)
+        ranges[bound] = _ranges(quantize_onnx(src, tmp_path / f"q{bound}.onnx", "int8_static",
+                                              iter(calib)))
+    whole, single = seen
+    assert [len(b) for b in whole] == [16, 16, 16] and [len(b) for b in single] == [1] * 48
+    assert np.array_equal(np.concatenate(single), np.concatenate(calib))
+    assert ranges[1 << 30] and ranges[1 << 30] == ranges[1]
+    # A bound of eight images' activations (the graph's shapes inferred, as the quantizer's
+    # pre-processing does): batches of eight.
+    shaped = tmp_path / "shaped.onnx"
+    onnx.shape_inference.infer_shapes_path(str(src), str(shaped))
+    image = quantize._image_bytes(shaped)
+    assert image >= 4 * 8 * 8 * 16  # at least the first conv's 16 maps of 8x8
+    monkeypatch.setattr(quantize, "CALIBRATION_BATCH_BYTES", 8 * image)
+    assert [len(b) for b in split(calib, image)] == [8] * 6
+
+
 def _ranges(path) -> dict[str, list]:
     return {name: numpy_helper.to_array(t).tolist() for name, t in _weights(path).items()
             if name.endswith(("_scale", "_zero_point"))}

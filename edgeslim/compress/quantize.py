@@ -57,6 +57,11 @@ _NAN_RANGE = "scale issue"
 # (15 GB for ViT-B/16 at 224x224); its CalibMaxIntermediateOutputs drops them instead of
 # folding them in (onnxruntime 1.31).
 HELD_BATCHES = 1
+# Activation bytes one calibration batch may hold. The min/max calibrator outputs every tensor
+# of the graph for each image of a batch: at 64 images of 224x224, about 10 GB for MaxViT-T,
+# which the kernel killed the search for. Batches are split to stay under this; the ranges
+# are the same (min/max folds batch after batch).
+CALIBRATION_BATCH_BYTES = 1 << 30
 # Operators whose float weights the fp16 mode stores as float16.
 _WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
@@ -119,7 +124,7 @@ def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | N
             quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8)
             return
 
-        batches = list(calibration)
+        batches = _split(list(calibration), _image_bytes(pre))
 
         class Reader(CalibrationDataReader):
             """The batches, one range of them at a time (``set_range``, for the strided
@@ -149,6 +154,26 @@ def _int8(src: Path, dst: Path, mode: str, calibration: Iterator[np.ndarray] | N
                             "minmax": CalibrationMethod.MinMax,
                             "percentile": CalibrationMethod.Percentile,
                             "entropy": CalibrationMethod.Entropy}[calibrate])
+
+
+def _image_bytes(path: Path) -> int:
+    """Bytes of every float tensor the graph at ``path`` computes for one image (its shapes
+    inferred, the batch dimension taken as 1)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    total = 0
+    for info in (*graph.value_info, *graph.output):
+        ttype = info.type.tensor_type
+        if ttype.elem_type == onnx.TensorProto.FLOAT and ttype.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim]
+            total += 4 * int(np.prod(dims, dtype=np.int64))
+    return total
+
+
+def _split(batches: list[np.ndarray], image_bytes: int) -> list[np.ndarray]:
+    """``batches`` cut so that none holds more than ``CALIBRATION_BATCH_BYTES`` of
+    activations (``image_bytes`` an image); the same images in the same order."""
+    size = max(1, CALIBRATION_BATCH_BYTES // max(1, image_bytes))
+    return [b[i:i + size] for b in batches for i in range(0, len(b), size)]
 
 
 def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:

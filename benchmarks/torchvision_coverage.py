@@ -26,7 +26,9 @@ The budget only names the host's onnxruntime on one thread. Each model ends in o
                 line says the training batch does not fit in memory, the model is searched
                 again at the batch it names, and the row is that search's
 ``not run``     over ``--max-params`` parameters, or no input size it accepts
-``failed``      anything else (a traceback, a trial that failed, a timeout), quoted
+``timed out``   still running when the timeout in the command line stopped it: too slow for
+                this host, which says nothing of its coverage
+``failed``      anything else (a traceback, a trial that failed), quoted
 
     nice -n 10 uv run python benchmarks/torchvision_coverage.py
 
@@ -150,7 +152,8 @@ def _search_and_export(name: str, size: int, folder: Path, timeout: float,
     if "Traceback" in out + err:
         return {**row, "result": "failed", "note": "traceback: " + (out + err)[-300:]}
     if code is None:
-        return {**row, "result": "failed", "note": f"not finished in {timeout / 60:.0f} min"}
+        return {**row, "result": "timed out",
+                "note": f"not finished in {timeout / 60:.0f} min on this host"}
     if code == 2:
         return {**row, "result": "refused", "note": err.strip().removeprefix("optimize: error: ")}
     if code != 0:
@@ -210,7 +213,9 @@ def table(rows: dict[str, dict], command: str, host: str) -> str:
         "synthetic images at the smallest input it accepts, from its random initialisation "
         "(one fine-tune step a stage, at rate 0.001: one step at the default 0.05 from a random "
         "initialisation overflows float32 in deep nets), then `optimize export` of one trial; "
-        "each command stopped after the timeout in the command line. Groups: searched "
+        "each command stopped after the timeout in the command line. A model whose training "
+        "batch is refused for memory is searched again at the batch the refusal names. "
+        "Groups: searched "
         "/ left out; untraced: modules torch-pruning cannot analyse, left unpruned.", "",
         "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" (of "
         f"{len(rows)} measured; {len(waiting)} of torchvision's "

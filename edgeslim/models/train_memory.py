@@ -10,14 +10,14 @@ tensors' fixed part, and four copies of the parameters (the weights, their gradi
 optimizer's momentum, and the teacher a fine-tune distils from).
 
 A step holds more than that at its peak: the backward pass's gradient buffers, the kernels'
-scratch and the allocator's slack. Whole training steps (bf16 autocast, channels_last, SGD with
-momentum, a teacher's forward) measured on a 2-core x86 host, peak resident memory against what
-the saved tensors predict: MobileNetV2 at 224x224, batch 64, 2.86 GB against 2.54; MaxViT-T at
-224x224, batch 16, 3.74 GB against 3.19; ResNet-18 at 64x64, batch 128, 0.35 against 0.33;
-ResNet-20 at 32x32, batch 128, 0.37 against 0.11. A search of MaxViT-T at batch 108 was
-killed in its first step with 23.7 GB resident, where the saved tensors predict 18.4 GB.
-``HEADROOM`` times the prediction plus ``RUNTIME_BYTES`` covers each, so a refused batch would
-not have fitted; a batch that just fits may be refused, with the numbers to decide on.
+scratch and the allocator's slack. benchmarks/results/train_memory.md sets whole training steps
+(bf16 autocast, channels_last, SGD with momentum, a teacher's forward), their peak resident
+memory measured on a 2-core x86 host, against this figure: MobileNetV2 and MaxViT-T at
+224x224 added 2.74 and 3.97 GB where the saved tensors alone predict 2.54 and 3.19. A search of
+MaxViT-T at batch 108 was killed in its first step with 23.7 GB resident, where the saved
+tensors predict 18.4 GB. ``HEADROOM`` times the prediction plus ``RUNTIME_BYTES`` covers each,
+so a refused batch would not have fitted; a batch that just fits may be refused, with the
+numbers to decide on.
 """
 
 from __future__ import annotations

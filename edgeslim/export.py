@@ -147,6 +147,21 @@ def write_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Pat
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def value_dims(info: onnx.ValueInfoProto) -> list[int]:
+    """The shape of a graph value, each symbolic dimension (the batch) taken as 1."""
+    return [d.dim_value if d.HasField("dim_value") else 1
+            for d in info.type.tensor_type.shape.dim]
+
+
+def value_bytes(info: onnx.ValueInfoProto) -> int:
+    """Bytes one instance of a graph value holds (batch 1); 0 when its shape is unknown."""
+    ttype = info.type.tensor_type
+    if not ttype.HasField("shape"):
+        return 0
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).itemsize
+    return int(np.prod(value_dims(info), dtype=np.int64)) * itemsize
+
+
 def ort_session(path: Path, threads: int = 1,
                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                 ) -> ort.InferenceSession:

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from edgeslim.errors import CandidateError
+from edgeslim.export import value_bytes, value_dims
 
 
 def peak_memory_bytes(onnx_path: Path, batch: int = 1) -> int:
@@ -56,7 +57,7 @@ def memory_bytes(onnx_path: Path, batch: int = 1) -> tuple[int, int]:
     graph = _shaped(onnx_path, batch).graph
     weights = sum(_init_bytes(t) for t in graph.initializer)
     init_names = {t.name for t in graph.initializer}
-    sizes = {vi.name: _value_bytes(vi) for vi in
+    sizes = {vi.name: value_bytes(vi) for vi in
              list(graph.input) + list(graph.value_info) + list(graph.output)}
     nodes = list(graph.node)
     consumers: dict[str, set[str]] = {}
@@ -130,19 +131,6 @@ def _init_bytes(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
-def _dims(info: onnx.ValueInfoProto) -> list[int]:
-    return [d.dim_value if d.HasField("dim_value") else 1
-            for d in info.type.tensor_type.shape.dim]
-
-
-def _value_bytes(info: onnx.ValueInfoProto) -> int:
-    ttype = info.type.tensor_type
-    if not ttype.HasField("shape"):
-        return 0
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).itemsize
-    return int(np.prod(_dims(info), dtype=np.int64)) * itemsize
-
-
 @dataclass(frozen=True)
 class RuntimeMemory:
     """What onnxruntime allocated for one model on this host, in bytes, beyond its fixed cost.
@@ -179,7 +167,7 @@ def runtime_memory(onnx_path: Path) -> RuntimeMemory:
 def _identity_like(model: onnx.ModelProto) -> onnx.ModelProto:
     inp = model.graph.input[0]
     out = onnx.helper.make_tensor_value_info("output", inp.type.tensor_type.elem_type,
-                                             _dims(inp))
+                                             value_dims(inp))
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", [inp.name], ["output"])],
                                    "identity", [inp], [out])
     return onnx.helper.make_model(graph, opset_imports=list(model.opset_import),

@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeslim.errors import CandidateError
-from edgeslim.export import INPUT_NAME, ORT_ERRORS, one_line, ort_reason
+from edgeslim.export import INPUT_NAME, ORT_ERRORS, one_line, ort_reason, value_bytes
 
 QUANT_MODES = ("none", "int8_static", "int8_dynamic", "fp16")
 # How int8_static sets each activation's range from the calibration images (onnxruntime's
@@ -160,13 +160,8 @@ def _image_bytes(path: Path) -> int:
     """Bytes of every float tensor the graph at ``path`` computes for one image (its shapes
     inferred, the batch dimension taken as 1)."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    total = 0
-    for info in (*graph.value_info, *graph.output):
-        ttype = info.type.tensor_type
-        if ttype.elem_type == onnx.TensorProto.FLOAT and ttype.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim]
-            total += 4 * int(np.prod(dims, dtype=np.int64))
-    return total
+    return sum(value_bytes(info) for info in (*graph.value_info, *graph.output)
+               if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)
 
 
 def _split(batches: list[np.ndarray], image_bytes: int) -> list[np.ndarray]:

@@ -1,7 +1,7 @@
 """The default pi4 study on CIFAR-10, end to end, as a user runs it, judged on a test split.
 
 Runs the search with the defaults the tool ships (stages, fine-tune, screening, references,
-finalists), on ResNet-20 trained by benchmarks/recovery.py (60 epochs; the same data split
+finalists), on ResNet-20 trained by benchmarks/recovery.py (its base, the same data split
 and cache), then ``optimize export``:
 
     optimize --budget budgets/pi4.yaml --model resnet20 \\
@@ -36,6 +36,7 @@ import torch
 from optuna.artifacts import download_artifact
 
 from edgeslim.evaluators import onnx_accuracy
+from edgeslim.export import write_onnx
 from edgeslim.packing import restore_onnx
 from edgeslim.search.config import default_storage
 from edgeslim.search.picking import deployable_artifact, is_feasible
@@ -76,10 +77,17 @@ def runnable(path: Path, tmp: Path) -> Path:
     return restore_onnx(path, tmp / "restored.onnx") if path.suffix == ".eslim" else path
 
 
-def trial_rows(workdir: Path, data) -> list[dict]:
+def base_measures(study, model, data) -> dict:
+    """The study's record of the base model, with its test accuracy (the search reads no test
+    image), measured on the base's own ONNX file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_onnx(model, torch.zeros(1, *data.input_shape), Path(tmp) / "base.onnx")
+        return {**study.user_attrs["base"], "test_acc": onnx_accuracy(path, data.test, data)}
+
+
+def trial_rows(workdir: Path, data, base: dict) -> list[dict]:
     study = load_study(None, default_storage(workdir))
     store = artifact_store(workdir)
-    base = study.user_attrs["base"]
     rows = []
     for t in study.get_trials(deepcopy=False):
         name = deployable_artifact(t) if t.state.name == "COMPLETE" else None
@@ -138,10 +146,10 @@ def write(results: dict, out: Path) -> None:
         "    " + " ".join(results["search_command"]),
         "",
         f"Host: {platform.machine()}, {results['cores']} cores, torch {torch.__version__}. Data "
-        "and base model: those of benchmarks/results/recovery.md (ResNet-20, 60 epochs; "
-        "36,000 training, 4,000 validation and 10,000 test images). Every accuracy is the "
-        "deployable file's in onnxruntime; the search and the export read the validation split "
-        "only, the test column is reported, never used.",
+        f"and base model: those of benchmarks/results/recovery.md (ResNet-20, "
+        f"{results['base_epochs']} epochs; 36,000 training, 4,000 validation and 10,000 test "
+        "images). Every accuracy is the deployable file's in onnxruntime; the search and the "
+        "export read the validation split only, the test column is reported, never used.",
         "",
         f"Base: val {_pct(base['val_acc'])}, test {_pct(base['test_acc'])}, fp32 ONNX file "
         f"{base['size_bytes'] / 1000:.1f} kB.",
@@ -190,11 +198,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--base-epochs", type=float, default=recovery.BASE_EPOCHS)
+    parser.add_argument("--second-cycle", type=float, default=recovery.SECOND_CYCLE)
+    parser.add_argument("--second-lr", type=float, default=recovery.SECOND_LR)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "pi4_study")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "pi4_study.md")
     args = parser.parse_args()
-    data, base, _ = recovery.setup(argparse.Namespace(archive=args.archive, base_epochs=60,
-                                                      second_cycle=0))
+    data, base, _ = recovery.setup(argparse.Namespace(
+        archive=args.archive, base_epochs=args.base_epochs, second_cycle=args.second_cycle,
+        second_lr=args.second_lr))
     cli = Path(sys.executable).with_name("optimize")
     root = recovery.cifar_split(args.archive, 4000, 1000)
     command = [str(cli), "--budget", str(ROOT.parent / "budgets" / "pi4.yaml"), "--model",
@@ -205,9 +217,10 @@ def main() -> None:
     study = load_study(None, default_storage(args.workdir))
     results = {"command": "uv run python benchmarks/pi4_study.py " + " ".join(sys.argv[1:]),
                "search_command": ["optimize", *command[1:]], "cores": os.cpu_count(),
-               "base": study.user_attrs["base"], "search": found,
-               "export": exported(args.workdir, data, cli),
-               "trials": trial_rows(args.workdir, data)}
+               "base_epochs": recovery.epochs_label(args),
+               "base": base_measures(study, base.model, data), "search": found,
+               "export": exported(args.workdir, data, cli)}
+    results["trials"] = trial_rows(args.workdir, data, results["base"])
     write(results, args.out)
     print(f"wrote {args.out}")
 

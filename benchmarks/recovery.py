@@ -22,8 +22,10 @@ same float file with other calibration settings.
 
 (the runs behind the committed table are listed in it).
 
-Every run is appended to benchmarks/runs/recovery/rows.jsonl (a rerun skips what is there);
-``--part table`` writes benchmarks/results/recovery.md and .json from it.
+Every run is appended to benchmarks/runs/recovery/<base>/rows.jsonl, one folder per base
+model (a rerun skips what is there); ``--part table`` writes benchmarks/results/recovery.md and
+.json from the current base's rows. The base is trained once and committed under
+benchmarks/weights/ (see ``WEIGHTS``), so that a checkout reruns the tables without it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -62,7 +65,12 @@ from edgeslim.training import TrainRecipe, train
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / "runs" / "recovery"
-ROWS = WORK / "rows.jsonl"
+# The base every table starts from: BASE_EPOCHS of the tool's recipe, then SECOND_CYCLE epochs
+# of a second one-cycle schedule peaking at SECOND_LR (none when 0).
+BASE_EPOCHS, SECOND_CYCLE, SECOND_LR = 120.0, 0.0, 0.05
+# Bases trained by ``--part base``, committed under the name the cache gives them (with their
+# training time beside): a checkout reruns the tables without training the base again.
+WEIGHTS = ROOT / "weights"
 MODEL = "resnet20"
 
 # The fine-tune the search used before this benchmark: one-cycle SGD peaking at 0.05 with a
@@ -140,6 +148,7 @@ def setup(args: argparse.Namespace):
     root = cifar_split(args.archive, 4000, 1000)
     data = load_dataset(f"imagefolder:{root}", Path("."), WORK / "cache" / "data", 0)
     recipe = TrainRecipe(epochs=args.base_epochs, seed=0)
+    _seed_cache(WORK / "cache" / "base")
     start = time.perf_counter()
     base = obtain_base_model(MODEL, data, recipe, WORK / "cache" / "base")
     info_path = base.weights_path.with_suffix(".json")
@@ -162,8 +171,24 @@ def setup(args: argparse.Namespace):
             [info_path, path.with_suffix(".json")])
 
 
-def base_row(data, base, info_paths: list[Path], base_epochs: str) -> dict:
-    path = WORK / "base.onnx"
+def epochs_label(args: argparse.Namespace) -> str:
+    """The base's training, as the tables name it: ``120``, or ``120 + 30 (lr 0.05)``."""
+    return f"{args.base_epochs:g}" + (f" + {args.second_cycle:g} (lr {args.second_lr:g})"
+                                      if args.second_cycle else "")
+
+
+def _seed_cache(cache: Path) -> None:
+    """Copies the committed bases (``WEIGHTS``) into the cache where it lacks them; a base of
+    another recipe or data has another name and is never read."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for path in sorted(WEIGHTS.glob("*.pt")):
+        for f in (path, path.with_suffix(".json")):
+            if f.is_file() and not (cache / f.name).is_file():
+                shutil.copyfile(f, cache / f.name)
+
+
+def base_row(data, base, info_paths: list[Path], base_epochs: str, run: Path) -> dict:
+    path = run / "base.onnx"
     write_onnx(base.model, torch.zeros(1, *data.input_shape), path)
     seconds = sum(json.loads(p.read_text())["seconds"] for p in info_paths) \
         if all(p.is_file() for p in info_paths) else None
@@ -175,9 +200,10 @@ def base_row(data, base, info_paths: list[Path], base_epochs: str) -> dict:
             "params": MODEL_MEASURES["params"](base.model, example).value}
 
 
-def allocations(data, base, screen: int) -> dict[str, dict[str, float]]:
-    """The fixed allocations (see the module docstring), computed once and kept in WORK."""
-    path = WORK / "allocations.json"
+def allocations(data, base, screen: int, run: Path) -> dict[str, dict[str, float]]:
+    """The fixed allocations (see the module docstring), computed once for the base and kept
+    in its run directory."""
+    path = run / "allocations.json"
     if path.is_file():
         return json.loads(path.read_text())
     example = torch.zeros(1, *data.input_shape)
@@ -200,10 +226,10 @@ def allocations(data, base, screen: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def done_keys() -> set[str]:
-    if not ROWS.is_file():
+def done_keys(rows: Path) -> set[str]:
+    if not rows.is_file():
         return set()
-    return {json.loads(line)["key"] for line in ROWS.read_text().splitlines() if line.strip()}
+    return {json.loads(line)["key"] for line in rows.read_text().splitlines() if line.strip()}
 
 
 def run_one(data, base, alloc: str, ratios: dict[str, float], name: str, config: Config,
@@ -237,8 +263,8 @@ def run_one(data, base, alloc: str, ratios: dict[str, float], name: str, config:
 
 
 def run_part(args, data, base, allocs, configs: dict[str, Config], epochs: list[float],
-             quant: bool) -> None:
-    have = done_keys()
+             quant: bool, rows: Path) -> None:
+    have = done_keys(rows)
     for seed in args.seeds:
         for e in epochs:
             for alloc in args.allocs:
@@ -250,7 +276,7 @@ def run_part(args, data, base, allocs, configs: dict[str, Config], epochs: list[
                                   quant)
                     row["key"] = key
                     row["command"] = " ".join(sys.argv[1:])
-                    with ROWS.open("a") as f:
+                    with rows.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{key}: val {100 * row['val']:.2f} test {100 * row['test']:.2f} "
                           f"({row['build_seconds']:.0f} s)", flush=True)
@@ -260,7 +286,7 @@ def sections(rows_path: Path) -> list[tuple[str, str, list[str]]]:
     from _recovery_table import ablation_table, curve_table, quant_table
 
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
-    base = json.loads((WORK / "base.json").read_text())
+    base = json.loads((rows_path.parent / "base.json").read_text())
     pi4 = ["uniform-2x", "searched-2x"]
     return [
         ("One method at a time, 1 fine-tune epoch",
@@ -288,10 +314,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--part", choices=("base", "run", "table"), required=True)
-    parser.add_argument("--base-epochs", type=float, default=60)
-    parser.add_argument("--second-cycle", type=float, default=0,
+    parser.add_argument("--base-epochs", type=float, default=BASE_EPOCHS)
+    parser.add_argument("--second-cycle", type=float, default=SECOND_CYCLE,
                         help="epochs of a second one-cycle schedule after the base recipe")
-    parser.add_argument("--second-lr", type=float, default=0.05)
+    parser.add_argument("--second-lr", type=float, default=SECOND_LR)
     parser.add_argument("--screen", type=int, default=48)
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")],
                         default=[0, 1, 2])
@@ -309,27 +335,26 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     WORK.mkdir(parents=True, exist_ok=True)
     data, base, info_paths = setup(args)
-    epochs = f"{args.base_epochs:g}" + (f" + {args.second_cycle:g} (lr {args.second_lr:g})"
-                                        if args.second_cycle else "")
-    known = json.loads((WORK / "base.json").read_text()) if (WORK / "base.json").is_file() \
-        else {}
-    if known.get("weights") != base.weights_path.name:
-        (WORK / "base.json").write_text(json.dumps(base_row(data, base, info_paths, epochs)))
-    print(f"base: {(WORK / 'base.json').read_text()}", flush=True)
+    run = WORK / base.weights_path.stem  # the base's own rows, allocations and record
+    run.mkdir(exist_ok=True)
+    if not (run / "base.json").is_file():
+        (run / "base.json").write_text(json.dumps(base_row(data, base, info_paths,
+                                                           epochs_label(args), run)))
+    print(f"base: {(run / 'base.json').read_text()}", flush=True)
     if args.part == "base":
         return
-    allocs = allocations(data, base, args.screen)
+    allocs = allocations(data, base, args.screen, run)
     if args.part == "run":
         unknown = [c for c in args.configs if c not in CONFIGS]
         if unknown:
             sys.exit(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
         run_part(args, data, base, allocs, {c: CONFIGS[c] for c in args.configs},
-                 args.epochs, args.quant)
+                 args.epochs, args.quant, run / "rows.jsonl")
     else:
         from _recovery_table import write_tables
 
-        md = write_tables(ROWS, WORK, ROOT / "results", " ".join(sys.argv[1:]),
-                          sections(ROWS))
+        md = write_tables(run / "rows.jsonl", run, ROOT / "results", " ".join(sys.argv[1:]),
+                          sections(run / "rows.jsonl"))
         print(f"wrote {md}")
 
 

@@ -67,7 +67,7 @@ def search(workdir: Path, command: list[str]) -> dict:
         done = WALL.match(lines[-1])
     # The breakdown wraps over lines on a narrow terminal: joined from "time:" to the end.
     text = " ".join(line.strip() for line in lines)
-    breakdown = re.search(r"time: (.*?other [^)]*\))", text)
+    breakdown = re.search(r"time: (\d+ s = .*?other [^)]*\))", text)
     return {"exit": int(done.group(1)), "wall_s": int(done.group(2)),
             "breakdown": breakdown.group(1) if breakdown else None}
 

@@ -24,8 +24,9 @@ same float file with other calibration settings.
 
 Every run is appended to benchmarks/runs/recovery/<base>/rows.jsonl, one folder per base
 model (a rerun skips what is there); ``--part table`` writes benchmarks/results/recovery.md and
-.json from the current base's rows. The base is trained once and committed under
-benchmarks/weights/ (see ``WEIGHTS``), so that a checkout reruns the tables without it.
+.json from the current base's rows. The base is trained once per checkout and cached under
+benchmarks/runs/recovery/cache/base (``--part base`` records it in
+benchmarks/results/recovery_bases.md).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -70,9 +70,6 @@ WORK = ROOT / "runs" / "recovery"
 # The base every table starts from: BASE_EPOCHS of the tool's recipe, then SECOND_CYCLE epochs
 # of a second one-cycle schedule peaking at SECOND_LR (none when 0).
 BASE_EPOCHS, SECOND_CYCLE, SECOND_LR = 120.0, 0.0, 0.05
-# Bases trained by ``--part base``, committed under the name the cache gives them (with their
-# training time beside): a checkout reruns the tables without training the base again.
-WEIGHTS = ROOT / "weights"
 MODEL = "resnet20"
 
 # The fine-tune the search used before this benchmark: one-cycle SGD peaking at 0.05 with a
@@ -150,7 +147,6 @@ def setup(args: argparse.Namespace):
     root = cifar_split(args.archive, 4000, 1000)
     data = load_dataset(f"imagefolder:{root}", Path("."), WORK / "cache" / "data", 0)
     recipe = TrainRecipe(epochs=args.base_epochs, seed=0)
-    _seed_cache(WORK / "cache" / "base")
     start = time.perf_counter()
     base = obtain_base_model(MODEL, data, recipe, WORK / "cache" / "base")
     info_path = base.weights_path.with_suffix(".json")
@@ -183,6 +179,7 @@ def write_bases(row: dict) -> Path:
     """Adds ``row`` to the committed record of the bases trained (benchmarks/results/
     recovery_bases.json, by weights file) and writes their table beside it."""
     path = ROOT / "results" / "recovery_bases.json"
+    recipe = TrainRecipe()
     bases = json.loads(path.read_text()) if path.is_file() else {}
     bases[row["weights"]] = row
     path.write_text(json.dumps(bases, indent=1))
@@ -191,35 +188,25 @@ def write_bases(row: dict) -> Path:
              "    uv run python benchmarks/recovery.py --archive "
              "../shared/data/cifar10-train-jpeg.tar.gz --part base --base-epochs E", "",
              f"Host: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. "
-             "The tool's base recipe (one-cycle Nesterov SGD peaking at 0.2, batch 128, weight "
-             "decay 5e-4, label smoothing 0.1, random crops and flips) on the recovery "
+             f"The tool's base recipe (one-cycle Nesterov SGD peaking at {recipe.lr:g}, batch "
+             f"{recipe.batch_size}, weight decay {recipe.weight_decay:g}, label smoothing "
+             f"{recipe.label_smoothing:g}, random crops and flips) on the recovery "
              "benchmark's split: 36,000 training and 4,000 validation images, 10,000 test "
              "images no choice reads. Accuracy of the base's ONNX file in onnxruntime. "
              "Training time is wall time on a host other work shared at times (compare the "
-             "seconds an epoch). Committed: the weights are in benchmarks/weights/, and the "
-             "scripts load them instead of training.", "",
-             "| epochs | training time | s an epoch | val acc | test acc | weights | committed |",
-             "|---|---|---|---|---|---|---|"]
+             "seconds an epoch). The weights stay in the cache of the checkout that trained "
+             "them, named as in the last column.", "",
+             "| epochs | training time | s an epoch | val acc | test acc | weights |",
+             "|---|---|---|---|---|---|"]
     for name, r in sorted(bases.items(), key=lambda kv: float(str(kv[1]["epochs"]).split()[0])):
         seconds = r.get("train_seconds")
         total = sum(float(n) for n in str(r["epochs"]).split("(")[0].split("+"))
         timing = f"{seconds / 60:.0f} min | {seconds / total:.0f}" if seconds else "- | -"
         lines.append(f"| {r['epochs']} | {timing} | {100 * r['val']:.2f}% | "
-                     f"{100 * r['test']:.2f}% | {name} | "
-                     f"{'yes' if (WEIGHTS / name).is_file() else 'no'} |")
+                     f"{100 * r['test']:.2f}% | {name} |")
     md = path.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     return md
-
-
-def _seed_cache(cache: Path) -> None:
-    """Copies the committed bases (``WEIGHTS``) into the cache where it lacks them; a base of
-    another recipe or data has another name and is never read."""
-    cache.mkdir(parents=True, exist_ok=True)
-    for path in sorted(WEIGHTS.glob("*.pt")):
-        for f in (path, path.with_suffix(".json")):
-            if f.is_file() and not (cache / f.name).is_file():
-                shutil.copyfile(f, cache / f.name)
 
 
 def base_row(data, base, info_paths: list[Path], base_epochs: str, run: Path) -> dict:

@@ -55,7 +55,7 @@ from edgeslim.search.screening import (
 from edgeslim.search.setup import open_or_create_study, refuse_other_setup, setup_identity
 from edgeslim.search.storage import artifact_store, check_storage_url
 from edgeslim.search.warmstart import import_trials, source_study
-from edgeslim.search.workers import counted, run_finalists, run_trials, spawn_workers
+from edgeslim.search.workers import counted, queued, run_finalists, run_trials, spawn_workers
 from edgeslim.spaces import Candidate, StagedSpace
 from edgeslim.timing import STOPWATCH
 from edgeslim.training import TrainRecipe
@@ -208,7 +208,7 @@ def screen(config: SearchConfig, prepared: Prepared, check: StaticCheck, study: 
     if not caps or "prune" not in {s for o in prepared.space.orders for s in o}:
         console.print("screening skipped: the budget limits neither params nor MACs")
         return
-    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
+    waiting = queued(study.trials)
     if remaining <= waiting:
         return  # the reference trials fill the count
     screening = screen_study(study, make_sampler(screening_sampler(config.sampler), config.seed))

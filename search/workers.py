@@ -85,6 +85,19 @@ def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
     return sum(counts(t, again) for t in trials)
 
 
+def queued(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """How many WAITING trials of ``trials`` will run: one per reference or screened
+    allocation (two processes that set the study up at once both enqueue them; the second
+    copy is pruned as surplus), none whose tag already ran or runs."""
+    again = retried(trials)
+    started = {_enqueued_as(t) for t in trials
+               if t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+               or (t.state == TrialState.FAIL and t.number not in again)}
+    tags = [_enqueued_as(t) for t in trials if t.state == TrialState.WAITING]
+    untagged = sum(tag is None for tag in tags)
+    return untagged + len({tag for tag in tags if tag is not None} - started)
+
+
 def _enqueued_as(trial: optuna.trial.FrozenTrial) -> tuple[str, object] | None:
     """What a trial was enqueued as, where the study must run it once: a reference (by its
     preset) or a screened allocation (by its screening trial)."""

@@ -23,7 +23,7 @@ from edgeslim.interrupts import Interrupted
 from edgeslim.search.config import default_storage
 from edgeslim.search.interrupted import recover_interrupted
 from edgeslim.search.storage import load_study, open_storage
-from edgeslim.search.workers import counted, counts, retried, run_trials
+from edgeslim.search.workers import counted, counts, queued, retried, run_trials
 from toys import REPO, UNTIMED
 
 COMPLETE, FAIL, RUNNING, WAITING = (
@@ -268,6 +268,21 @@ def test_an_interrupted_trial_is_recorded_and_queued_by_its_own_process(tmp_path
     run_trials(study, objective, 2, tmp_path)  # resumed: the retry runs, then one more
     assert [t.state for t in study.trials] == [FAIL, COMPLETE, COMPLETE]
     assert study.trials[1].params == stopped.params and counted(study.trials) == 2
+
+
+def test_references_enqueued_by_two_processes_at_once_are_queued_once():
+    """Two processes that set a study up at the same moment both enqueue its references:
+    what is queued counts each once (or screening, which fills the rest, would be skipped)."""
+    study = optuna.create_study()
+    for _ in range(2):
+        for name in ("uniform", "int8"):
+            study.enqueue_trial({"x": 0.5}, user_attrs={"reference": name})
+    study.enqueue_trial({"x": 0.1})  # no tag: runs whatever else is queued
+    assert queued(study.trials) == 3
+    trial = study.ask()  # the first reference starts: it no longer waits
+    assert queued(study.trials) == 2
+    study.tell(trial, 1.0)
+    assert queued(study.trials) == 2
 
 
 def test_a_trial_stopped_again_before_its_retry_was_queued_gets_one_on_resume(tmp_path):

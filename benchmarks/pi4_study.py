@@ -194,6 +194,13 @@ def write(results: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
 
 
+def shown(arg: str) -> str:
+    """A command-line argument as the table quotes it: paths inside the repository relative
+    to its root (where the commands run)."""
+    repo = str(ROOT.parent) + os.sep
+    return arg.replace(repo, "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
@@ -216,7 +223,8 @@ def main() -> None:
     found = search(args.workdir, command)
     study = load_study(None, default_storage(args.workdir))
     results = {"command": "uv run python benchmarks/pi4_study.py " + " ".join(sys.argv[1:]),
-               "search_command": ["optimize", *command[1:]], "cores": os.cpu_count(),
+               "search_command": ["optimize", *map(shown, command[1:])],
+               "cores": os.cpu_count(),
                "base_epochs": recovery.epochs_label(args),
                "base": base_measures(study, base.model, data), "search": found,
                "export": exported(args.workdir, data, cli)}

@@ -148,7 +148,8 @@ def setup(args: argparse.Namespace):
     data = load_dataset(f"imagefolder:{root}", Path("."), WORK / "cache" / "data", 0)
     recipe = TrainRecipe(epochs=args.base_epochs, seed=0)
     start = time.perf_counter()
-    base = obtain_base_model(MODEL, data, recipe, WORK / "cache" / "base")
+    base = obtain_base_model(MODEL, data, recipe, WORK / "cache" / "base",
+                             on_step=_progress("base", start))
     info_path = base.weights_path.with_suffix(".json")
     if base.trained_here:
         info_path.write_text(json.dumps({"seconds": time.perf_counter() - start}))
@@ -160,13 +161,23 @@ def setup(args: argparse.Namespace):
         f"{base.weights_path.stem}-then-{args.second_cycle:g}ep-lr{args.second_lr:g}.pt")
     if not path.is_file():
         start = time.perf_counter()
-        train(base.model, data, second)
+        train(base.model, data, second, on_step=_progress("second cycle", start))
         atomic_torch_save(base.model.cpu().eval().state_dict(), path)
         path.with_suffix(".json").write_text(json.dumps(
             {"seconds": time.perf_counter() - start}))
     load_checkpoint(base.model, path, MODEL)
     return (data, dataclasses.replace(base, weights_path=path),
             [info_path, path.with_suffix(".json")])
+
+
+def _progress(what: str, start: float, every: int = 20):
+    """An ``on_step`` for ``train`` printing how far a long training is, ``every`` times."""
+    def report(step: int, total: int) -> None:
+        if step == total or step % max(1, total // every) == 0:
+            minutes = (time.perf_counter() - start) / 60
+            print(f"{what}: step {step}/{total} ({100 * step / total:.0f}%), {minutes:.1f} min",
+                  flush=True)
+    return report
 
 
 def epochs_label(args: argparse.Namespace) -> str:

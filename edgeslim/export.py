@@ -17,6 +17,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from torch import nn
 
+from edgeslim._pooling import exportable_pooling
 from edgeslim.errors import CandidateError
 from edgeslim.fsutil import atomic_write
 from edgeslim.logs import captured_stderr
@@ -112,23 +113,26 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor) -> bytes:
     with warnings.catch_warnings(), captured_stderr("the ONNX exporter"):
         warnings.simplefilter("ignore")
         try:
-            try:
-                torch.onnx.export(model, (example_input,), buf, dynamo=False,
-                                  opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"},
-                                                OUTPUT_NAME: {0: "batch"}})
-            except TypeError:  # an exporter without the TorchScript path
-                batch = torch.export.Dim("batch")
-                program = torch.onnx.export(model, (example_input,), dynamo=True,
-                                            input_names=[INPUT_NAME],
-                                            output_names=[OUTPUT_NAME],
-                                            dynamic_shapes=({0: batch},))
-                program.save(buf)
+            with exportable_pooling(model, example_input):
+                _export(model, example_input, buf)
         except EXPORT_ERRORS as exc:
             raise CandidateError(f"ONNX export failed: {type(exc).__name__}: "
                                  f"{one_line(exc)}") from exc
     return buf.getvalue()
+
+
+def _export(model: nn.Module, example_input: torch.Tensor, buf: io.BytesIO) -> None:
+    try:
+        torch.onnx.export(model, (example_input,), buf, dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except TypeError:  # an exporter without the TorchScript path
+        batch = torch.export.Dim("batch")
+        program = torch.onnx.export(model, (example_input,), dynamo=True,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: batch},))
+        program.save(buf)
 
 
 def write_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:

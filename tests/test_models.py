@@ -3,10 +3,12 @@ ratios, and exports to an ONNX file that onnxruntime runs with PyTorch's outputs
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 from torch import nn
 
+from edgeslim._pooling import window_matrix
 from edgeslim.compress import apply_pruning, prunable_groups
 from edgeslim.errors import ModelError
 from edgeslim.export import ONNX_ATOL, onnx_max_abs_diff, write_onnx
@@ -38,6 +40,28 @@ def test_model_contract(spec, tmp_path):
         assert sum(p.numel() for p in model.parameters()) < before
         path = write_onnx(model.eval(), x[:1], tmp_path / f"{ratio}.onnx")
         assert onnx_max_abs_diff(model, path, x) <= ONNX_ATOL
+
+
+@pytest.mark.parametrize("size, out", [(5, 3), (7, 2), (1, 7), (6, 4), (9, 9), (4, 1)])
+def test_adaptive_pooling_windows_are_pytorchs(size, out):
+    x = torch.randn(2, 3, size)
+    expected = nn.functional.adaptive_avg_pool1d(x, out)
+    assert torch.allclose(x @ window_matrix(size, out).t(), expected, atol=1e-6)
+
+
+def test_adaptive_pooling_to_a_size_that_does_not_divide_exports(tmp_path):
+    """VGG's 7x7 pool on the 1x1 map of a 32x32 image has no ONNX form in the TorchScript
+    exporter: it is exported as the equal matrix products, and the model is left as it was."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d((3, None)),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.randn(2, 3, 9, 7)  # the conv leaves 7x5: pooled to 3x5, then to 2x2
+    path = write_onnx(model, x[:1], tmp_path / "pool.onnx")
+    assert onnx_max_abs_diff(model, path, x) <= ONNX_ATOL
+    assert not any("forward" in vars(m) for m in model.modules())
+    divides = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2)).eval()
+    path = write_onnx(divides, x[:1, :, :6, :6], tmp_path / "plain.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "MatMul" not in ops  # a pool the exporter takes is left to it
 
 
 @pytest.mark.parametrize("spec", ["alexnet", "convnext_atto", "resnet18", "resnet34",

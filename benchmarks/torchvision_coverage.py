@@ -28,7 +28,10 @@ The budget only names the host's onnxruntime on one thread. Each model ends in o
 ``not run``     over ``--max-params`` parameters, or no input size it accepts
 ``timed out``   still running when the timeout in the command line stopped it: too slow for
                 this host, which says nothing of its coverage
-``failed``      anything else (a traceback, a trial that failed), quoted
+``failed``      anything else (a traceback, a trial that failed), quoted; a model whose
+                trials fail because the fine-tune step from the random initialisation made
+                its activations overflow float32 is searched again at a tenth of the rate
+                first, and the row is that search's
 
     nice -n 10 uv run python benchmarks/torchvision_coverage.py
 
@@ -58,6 +61,7 @@ import torchvision
 
 from edgeslim.models import build_model
 from edgeslim.search.config import default_storage
+from edgeslim.search.records import StudyRecord, TrialRecord
 from edgeslim.search.storage import load_study
 
 ROOT = Path(__file__).resolve().parent
@@ -68,6 +72,10 @@ SEARCH = ["--trials", "2", "--order", "prune,cluster,quantize", "--quantize", "i
           "--cluster-counts", "16", "--finetune-steps", "1", "--finetune-lr", "0.001",
           "--screen", "0", "--finalists", "0",
           "--no-references", "--sampler", "random"]
+# A trial's reason when the fine-tuned float model's activations overflow float32 (from a
+# random initialisation, one step is enough in the deepest nets): searched again at SLOWER_LR.
+OVERFLOW = "activations overflow (inf or nan)"
+SLOWER_LR = "0.0001"
 
 
 def parameters(name: str) -> int:
@@ -124,18 +132,34 @@ def optimize(args: list[str], timeout: float) -> tuple[int | None, str, str, flo
 
 def run_model(name: str, size: int, folder: Path, timeout: float) -> dict:
     """The model searched and exported; when its training batch does not fit in memory, once
-    more at the batch the refusal names (the row says so)."""
+    more at the batch the refusal names; when the fine-tune step from the random
+    initialisation makes its activations overflow float32, once more at ``SLOWER_LR`` (the
+    row says so, and counts the time of every try)."""
+    extra: list[str] = []
+    why: list[str] = []
     row = _search_and_export(name, size, folder, timeout)
+    seconds = row["seconds"]
     fits = re.search(r"pass --batch-size (\d+) or less$", row.get("note", ""))
-    if row["result"] != "refused" or fits is None:
-        return row
-    again = _search_and_export(name, size, folder, timeout, ["--batch-size", fits[1]])
-    why = row["note"].split(": pass --batch-size")[0]
-    again["note"] = (f"at --batch-size {fits[1]}; the default batch was refused in "
-                     f"{row['seconds']} s ({why})"
-                     + (f"; {again['note']}" if again["note"] else ""))
-    again["seconds"] += row["seconds"]
-    return again
+    if row["result"] == "refused" and fits is not None:
+        refusal = row["note"].split(": pass --batch-size")[0]
+        why.append(f"the default batch was refused in {row['seconds']} s ({refusal})")
+        extra += ["--batch-size", fits[1]]
+        row = _search_and_export(name, size, folder, timeout, extra)
+        seconds += row["seconds"]
+    if row["result"] == "failed" and any(OVERFLOW in f for f in row.get("trial_failures", [])):
+        rate = SEARCH[SEARCH.index("--finetune-lr") + 1]
+        why.append(f"at --finetune-lr {rate}, {len(row['trial_failures'])} of "
+                   f"{len(row['trial_failures']) + row['complete']} trials failed in "
+                   f"{row['seconds']} s: their float model's activations overflowed float32 "
+                   "after the fine-tune step from the random initialisation")
+        extra += ["--finetune-lr", SLOWER_LR]
+        row = _search_and_export(name, size, folder, timeout, extra)
+        seconds += row["seconds"]
+    if why:
+        row["note"] = "; ".join([f"at {' '.join(extra)}", *why] + ([row["note"]] if row["note"]
+                                                                   else []))
+        row["seconds"] = seconds
+    return row
 
 
 def _search_and_export(name: str, size: int, folder: Path, timeout: float,
@@ -159,15 +183,16 @@ def _search_and_export(name: str, size: int, folder: Path, timeout: float,
     if code != 0:
         return {**row, "result": "failed", "note": (err or out).strip()[-300:]}
     study = load_study(None, default_storage(workdir))
-    space = study.user_attrs["space"]
+    space = StudyRecord.of(study).space or {}
     failed = [t for t in study.trials if t.state.name != "COMPLETE"]
     row.update(groups=len(space["groups"]), left_out=len(space.get("left_out", {})),
                untraced=space.get("untraced", []),
                complete=sum(t.state.name == "COMPLETE" for t in study.trials),
-               trial_failures=[t.user_attrs.get("fail_reason", t.state.name) for t in failed])
+               trial_failures=[TrialRecord.of(t).fail_reason or t.state.name for t in failed])
+    width = {g["name"]: g["channels"] for g in space["groups"]}
     pruned = [t for t in study.trials if t.state.name == "COMPLETE"
-              and any(v < g["channels"] for g in space["groups"]
-                      for k, v in t.user_attrs.items() if k == f"channels/{g['name']}")]
+              and any(kept < width.get(group, kept)
+                      for group, kept in TrialRecord.of(t).channels.items())]
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if failed or not done:
         return {**row, "result": "failed", "note": "; ".join(row["trial_failures"])[:300]}
@@ -214,7 +239,9 @@ def table(rows: dict[str, dict], command: str, host: str) -> str:
         "(one fine-tune step a stage, at rate 0.001: one step at the default 0.05 from a random "
         "initialisation overflows float32 in deep nets), then `optimize export` of one trial; "
         "each command stopped after the timeout in the command line. A model whose training "
-        "batch is refused for memory is searched again at the batch the refusal names. "
+        "batch is refused for memory is searched again at the batch the refusal names; one "
+        f"whose trials fail because that step made its activations overflow, at rate "
+        f"{SLOWER_LR}. "
         "Groups: searched "
         "/ left out; untraced: modules torch-pruning cannot analyse, left unpruned.", "",
         "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" (of "
@@ -259,8 +286,8 @@ def main() -> None:
         store.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
         args.out.write_text(table(rows, "nice -n 10 uv run python "
                                   "benchmarks/torchvision_coverage.py --timeout 1200, the "
-                                  "models measured later with --timeout 1200 or 1500 --only "
-                                  "NAME --out OTHER.md, merged with --merge OTHER.json", host))
+                                  "models measured later with --timeout 1200 to 3000 --only "
+                                  "NAMES --out OTHER.md, merged with --merge OTHER.json", host))
         return
     only = set(args.only.split(",")) if args.only else None
     command = "nice -n 10 uv run python benchmarks/torchvision_coverage.py" + (

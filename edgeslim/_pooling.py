@@ -62,10 +62,10 @@ def exportable_pooling(model: nn.Module, example_input: torch.Tensor) -> Iterato
     if not pools:
         yield
         return
-    sizes: dict[nn.Module, tuple[int, int]] = {}
+    sizes: dict[nn.Module, set[tuple[int, int]]] = {}
 
     def record(module: nn.Module, args: tuple) -> None:
-        sizes.setdefault(module, tuple(args[0].shape[-2:]))
+        sizes.setdefault(module, set()).add(tuple(args[0].shape[-2:]))
 
     hooks = [m.register_forward_pre_hook(record) for m in pools]
     try:
@@ -75,7 +75,10 @@ def exportable_pooling(model: nn.Module, example_input: torch.Tensor) -> Iterato
         for hook in hooks:
             hook.remove()
     patched = []
-    for pool, (height, width) in sizes.items():
+    for pool, seen in sizes.items():
+        if len(seen) != 1:  # one module pooling inputs of several sizes: left to the exporter
+            continue
+        ((height, width),) = seen
         out_h, out_w = _output_size(pool, (height, width))
         if height % out_h or width % out_w:
             pool.forward = _PoolByMatmul(window_matrix(height, out_h), window_matrix(width, out_w))

@@ -47,14 +47,16 @@ class BaseGradients:
     """The base model's loss gradients on the labelled batches the gradient criteria read
     (``labelled_batches`` of ``GRADIENT_IMAGES`` images), computed on the first call and
     shared by whoever holds this: a run's screening, its search and its finalists prune the
-    same base model with the same batches."""
+    same base model with the same batches. ``batch`` is the training batch: the backward pass
+    holds what a training step of that batch holds (which the memory check before training
+    sized), and the summed loss's gradients do not depend on how the images are batched."""
 
-    def __init__(self, base: nn.Module, data: DataBundle, seed: int) -> None:
-        self.base, self.data, self.seed = base, data, seed
+    def __init__(self, base: nn.Module, data: DataBundle, seed: int, batch: int = 128) -> None:
+        self.base, self.data, self.seed, self.batch = base, data, seed, batch
         self._gradients: dict[str, torch.Tensor] | None = None
 
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return labelled_batches(self.data, GRADIENT_IMAGES, self.seed)
+        return labelled_batches(self.data, GRADIENT_IMAGES, self.seed, self.batch)
 
     def __call__(self) -> dict[str, torch.Tensor]:
         if self._gradients is None:

@@ -102,7 +102,8 @@ class StagedEvaluator(Evaluator):
         self.example = torch.zeros(1, *self.data.input_shape)
         self._calibration: list[np.ndarray] | None = None
         if self.gradients is None:
-            self.gradients = BaseGradients(self.base, self.data, self.seed)
+            self.gradients = BaseGradients(self.base, self.data, self.seed,
+                                           self.recipe.batch_size)
 
     def calibration(self) -> list[np.ndarray]:
         if self._calibration is None:

@@ -73,7 +73,8 @@ def make_evaluators(config: SearchConfig, prepared: Prepared, meter: LatencyMete
     first; ``settled`` (``Plan.settled``) as in ``StaticCheck``."""
     # One computation of the base model's loss gradients a run, for both evaluators and
     # screening (``screen`` reads the search evaluator's).
-    gradients = BaseGradients(prepared.base.model, prepared.data, config.seed)
+    gradients = BaseGradients(prepared.base.model, prepared.data, config.seed,
+                              min(r.batch_size for r in (config.finetune, config.final) if r))
 
     def evaluator(recipe: TrainRecipe) -> StagedEvaluator:
         return StagedEvaluator(prepared.base.model, prepared.data, recipe,

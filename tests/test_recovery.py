@@ -128,6 +128,25 @@ def test_a_run_computes_the_base_gradients_once_for_every_evaluator(digits, tmp_
         evaluator.build(candidate, tmp_path / str(n))
     assert calls == [1]
 
+def test_base_gradients_are_taken_on_the_training_batch(digits):
+    """The backward pass of the base's gradients holds what a training step of its batch
+    holds: at ``--batch-size 32`` no larger batch (ViT-L/16 at 224x224 was killed for memory
+    on the 128-image batches); the summed loss's gradients are the same however batched."""
+    from edgeslim.budget import Runtime
+    from edgeslim.evaluators import StagedEvaluator
+    from edgeslim.evaluators.recovery import BaseGradients
+    from edgeslim.training import TrainRecipe
+
+    torch.manual_seed(0)
+    base = build_model("resnet20", 1, 10).eval()
+    evaluator = StagedEvaluator(base, digits, TrainRecipe(batch_size=32), Runtime())
+    assert max(len(x) for x, _ in evaluator.gradients.batches()) == 32
+    small, large = evaluator.gradients(), BaseGradients(base, digits, 0)()
+    assert small.keys() == large.keys()
+    for name, grad in large.items():
+        assert torch.allclose(small[name], grad, rtol=1e-3, atol=1e-4), name
+
+
 def test_gradients_of_another_model_are_refused():
     gradients = loss_gradients(PlainNet(), [(torch.randn(4, 1, 8, 8), torch.arange(4))])
     with pytest.raises(ValueError, match="the gradients given do not match the model"):

@@ -22,6 +22,7 @@ from edgeslim.data import DataBundle, Split, augment_batch
 from edgeslim.defaults import FINETUNE_DISTILL_ALPHA, FINETUNE_LR
 from edgeslim.distill import BlockAttention, soft_target_loss
 from edgeslim.errors import CandidateError
+from edgeslim.heap import release_freed_memory
 from edgeslim.precision import Precision, autocast_for, default_device, uses_fp16
 from edgeslim.timing import timed
 
@@ -131,6 +132,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
     finally:
         for m, home in homes:
             m.to(device=home, memory_format=torch.contiguous_format)
+        release_freed_memory()  # the step's activations, gradients and optimizer state
 
 
 def _device_of(model: nn.Module) -> torch.device:

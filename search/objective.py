@@ -15,6 +15,7 @@ from optuna_dashboard import save_note
 from edgeslim.errors import CandidateError
 from edgeslim.evaluators import Caps, Evaluator, Measurement
 from edgeslim.export import one_line
+from edgeslim.heap import release_freed_memory
 from edgeslim.search.picking import is_feasible
 from edgeslim.search.records import (
     ACCURACY,
@@ -83,6 +84,8 @@ class Objective:
             reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
             raise CandidateError(reason) from exc
+        finally:
+            release_freed_memory()  # the candidate's copies, files and sessions
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         record = TrialRecord.of(trial)

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.heap import release_freed_memory
+
 # The criterion the search uses by default (``CRITERIA`` lists every one): first-order Taylor
 # kept 0.6 validation points more than L2 (three seeds) after a one-epoch fine-tune of
 # ResNet-20 at half the MACs, for a second of gradients; L1, L2 and LAMP rank a group's
@@ -88,7 +90,11 @@ def loss_gradients(model: nn.Module, batches: Batches) -> dict[str, torch.Tensor
     with torch.enable_grad():
         for x, y in batches:
             F.cross_entropy(twin(x), y, reduction="sum").backward()
-    return {name: p.grad.detach() for name, p in twin.named_parameters() if p.grad is not None}
+    gradients = {name: p.grad.detach() for name, p in twin.named_parameters()
+                 if p.grad is not None}
+    del twin
+    release_freed_memory()  # the backward pass's activations and the copy
+    return gradients
 
 
 def scorer_for(name: str, model: nn.Module, batches: Batches | None,

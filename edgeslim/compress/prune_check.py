@@ -31,6 +31,7 @@ from edgeslim.compress.graph import (
 from edgeslim.compress.prune import kept_channels, prune_group
 from edgeslim.compress.untraced import WHOLE_MODEL, one_thread
 from edgeslim.defaults import MAX_RATIO
+from edgeslim.heap import release_freed_memory
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,10 @@ def check_pruning(model: nn.Module, example: torch.Tensor, num_classes: int, rou
                   max_ratio: float = MAX_RATIO, step: float = 0.05, seed: int = 0) -> PruningCheck:
     """The prunable groups of ``model`` that survive pruning (see the module docstring)."""
     with one_thread():
-        return _check(model, example, num_classes, round_to, max_ratio, step, seed)
+        try:
+            return _check(model, example, num_classes, round_to, max_ratio, step, seed)
+        finally:
+            release_freed_memory()  # the pruned copies
 
 
 def _check(model: nn.Module, example: torch.Tensor, num_classes: int, round_to: int,

@@ -180,6 +180,10 @@ def _search_and_export(name: str, size: int, folder: Path, timeout: float,
                 "note": f"not finished in {timeout / 60:.0f} min on this host"}
     if code == 2:
         return {**row, "result": "refused", "note": err.strip().removeprefix("optimize: error: ")}
+    if code < 0:  # killed (SIGKILL: on Linux, most often the kernel's out-of-memory killer)
+        reached = re.findall(r"search: \d+/\d+", out)
+        return {**row, "result": "failed", "note": f"killed by signal {-code} after "
+                f"{round(seconds)} s" + (f", at {reached[-1]} trials" if reached else "")}
     if code != 0:
         return {**row, "result": "failed", "note": (err or out).strip()[-300:]}
     study = load_study(None, default_storage(workdir))

@@ -291,7 +291,8 @@ def main() -> None:
         args.out.write_text(table(rows, "nice -n 10 uv run python "
                                   "benchmarks/torchvision_coverage.py --timeout 1200, the "
                                   "models measured later with --timeout 1200 to 3000 --only "
-                                  "NAMES --out OTHER.md, merged with --merge OTHER.json", host))
+                                  "NAMES (ViT-L/16: --timeout 2400) "
+                                  "--out OTHER.md, merged with --merge OTHER.json", host))
         return
     only = set(args.only.split(",")) if args.only else None
     command = "nice -n 10 uv run python benchmarks/torchvision_coverage.py" + (

@@ -4,11 +4,11 @@ PyTorch allocates CPU tensors with ``malloc``. glibc serves a block below its mm
 from its heap, and raises that threshold to the size of every mmapped block freed (up to 32
 MiB), so after the first large tensor is freed most later ones come from the heap; freed,
 they stay in the process (for the next ``malloc``), and fragmentation keeps much of that from
-being reused. Measured: four one-step fine-tunes of ViT-B/16 at 224x224, each on fresh copies,
-left the process at 2.8 to 3.3 GB against 1.2 GB once each was followed by ``malloc_trim``;
-ViT-L/16's search grew to 24 GB on a 24 GB machine, and was killed, with some 13 GB live.
-``release_freed_memory`` returns the free pages after each phase that frees gigabytes
-(a training, the gradients of the base model, the pruning check); it costs milliseconds.
+being reused. benchmarks/results/heap_release.md: four one-step fine-tunes of ViT-B/16 at
+224x224, each on fresh copies, left the process at 2.8 to 3.3 GB, against 1.2 GB when each was
+followed by ``malloc_trim`` (at most 68 ms there).
+``release_freed_memory`` returns the free pages after each phase that frees gigabytes for
+large models (a training, the gradients of the base model, the pruning check, a trial).
 Elsewhere than glibc it does nothing.
 """
 

@@ -128,6 +128,7 @@ def test_a_run_computes_the_base_gradients_once_for_every_evaluator(digits, tmp_
         evaluator.build(candidate, tmp_path / str(n))
     assert calls == [1]
 
+
 def test_base_gradients_are_taken_on_the_training_batch(digits):
     """The backward pass of the base's gradients holds what a training step of its batch
     holds: at ``--batch-size 32`` no larger batch (ViT-L/16 at 224x224 was killed for memory

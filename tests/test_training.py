@@ -108,8 +108,8 @@ def test_base_cache_key_reads_whole_epochs_as_the_same_recipe(digits):
 
 def test_memory_freed_between_phases_goes_back_to_the_system():
     """glibc serves tensors below its (risen) mmap threshold from its heap and keeps them when
-    freed; ``release_freed_memory`` hands those pages back (ViT-L/16's search was killed at
-    24 GB with some 13 GB live)."""
+    freed; ``release_freed_memory`` hands those pages back (benchmarks/results/
+    heap_release.md)."""
     from edgeslim.heap import _glibc, release_freed_memory
 
     if _glibc() is None:

@@ -42,6 +42,8 @@ MAGIC, FORMAT = b"ESLM", 1
 SUFFIX = ".eslim"
 # Smaller tensors (biases, scales) stay inside the graph: their headers would cost more.
 MIN_ELEMENTS = 256
+# Values a bit-packing step handles at once (a multiple of 8): bounds its working memory.
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,30 @@ def _bits_for(k: int) -> int:
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Unsigned integers < 2**bits, ``bits`` bits each, little-endian bit order."""
-    values = np.asarray(values, dtype=np.uint32)
-    planes = ((values[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8)
-    return np.packbits(planes.ravel(), bitorder="little").tobytes()
+    """Unsigned integers < 2**bits, ``bits`` bits each, little-endian bit order. Works through
+    ``CHUNK`` values at a time (a multiple of 8, so each chunk ends on a byte): the bit planes
+    of a 100M-weight layer at once would take gigabytes."""
+    values = np.asarray(values).reshape(-1)
+    shifts = np.arange(bits, dtype=np.uint32)
+    out = []
+    for start in range(0, values.size, CHUNK):
+        part = values[start:start + CHUNK].astype(np.uint32)
+        planes = ((part[:, None] >> shifts) & 1).astype(np.uint8)
+        out.append(np.packbits(planes.ravel(), bitorder="little").tobytes())
+    return b"".join(out)
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    flat = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little", count=count * bits)
+    """The ``count`` integers ``pack_bits`` packed, as uint8 up to 8 bits (uint32 above),
+    ``CHUNK`` at a time."""
+    raw = np.frombuffer(data, np.uint8)
+    out = np.empty(count, np.uint8 if bits <= 8 else np.uint32)
     weights = (1 << np.arange(bits, dtype=np.uint32))
-    return (flat.reshape(count, bits).astype(np.uint32) * weights).sum(axis=1)
+    for start in range(0, count, CHUNK):
+        n = min(CHUNK, count - start)
+        flat = np.unpackbits(raw[start * bits // 8:], bitorder="little", count=n * bits)
+        out[start:start + n] = (flat.reshape(n, bits).astype(np.uint32) * weights).sum(axis=1)
+    return out
 
 
 def _rowcode(words: np.ndarray) -> tuple[dict[str, bytes], dict[str, int]] | None:
@@ -82,13 +98,13 @@ def _rowcode(words: np.ndarray) -> tuple[dict[str, bytes], dict[str, int]] | Non
         if values.size > 256:
             return None
         uniques.append(values)
-        indices.append(inverse)
+        indices.append(inverse.astype(np.uint8))  # at most 256 values: 1 byte, not 8
     k = max(u.size for u in uniques)
     book = np.zeros((rows, k), dtype=words.dtype)
     for r, values in enumerate(uniques):
         book[r, :values.size] = values
     bits = _bits_for(k)
-    flat = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    flat = np.concatenate(indices) if indices else np.zeros(0, np.uint8)
     return {"codebook": book.tobytes(), "indices": pack_bits(flat, bits)}, {"k": k,
                                                                             "bits": bits}
 
@@ -112,7 +128,9 @@ def encode(array: np.ndarray) -> Encoded:
         width = int(per_row.max()) if rows else 0
         if width:
             # Ragged rows: encode each row's nonzeros against that row's own codebook.
-            uniques = [np.unique(r, return_inverse=True) for r in split]
+            # Indices below 256 as 1 byte each (a row with more distinct values is not coded).
+            uniques = [(v, i.astype(np.uint8)) for v, i in
+                       (np.unique(r, return_inverse=True) for r in split)]
             k = max(u[0].size for u in uniques)
             if k <= 256:
                 book = np.zeros((rows, k), dtype=words.dtype)
@@ -137,7 +155,12 @@ def decode(enc: str, sections: dict[str, bytes], meta: dict[str, int], dtype: np
         book = np.frombuffer(sections["codebook"], word).reshape(rows, k)
         if enc == "rowcode":
             index = unpack_bits(sections["indices"], meta["bits"], n).reshape(rows, -1)
-            words = np.take_along_axis(book, index.astype(np.int64), axis=1).reshape(-1)
+            words = np.empty((rows, n // rows), word)
+            step = max(1, CHUNK // max(1, n // rows))  # rows at a time: int64 indices are big
+            for r in range(0, rows, step):
+                words[r:r + step] = np.take_along_axis(
+                    book[r:r + step], index[r:r + step].astype(np.int64), axis=1)
+            words = words.reshape(-1)
         else:
             mask = np.unpackbits(np.frombuffer(sections["mask"], np.uint8), bitorder="little",
                                  count=n).astype(bool)

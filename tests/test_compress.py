@@ -165,3 +165,20 @@ def test_a_graph_that_cannot_be_copied_is_traced_again_for_each_copy(monkeypatch
     assert len(calls) == 3  # the base's graph once, then each copy's
     y = torch.randn(2, 1, 8, 8)
     assert all(torch.equal(t.eval()(y), expected.eval()(y)) for t in twins)
+
+
+def test_spread_weights_works_through_large_layers_in_chunks(monkeypatch):
+    """Each row of a layer larger than a chunk holds min(k, its nonzeros) distinct values,
+    zeros stay zero, as when the layer is spread at once."""
+    from edgeslim.compress import cluster
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(40, 30)
+    with torch.no_grad():
+        layer.weight[:, :25] = 0  # rows of 15 nonzeros
+        layer.weight[3, 25:] = 0  # and one row of none
+    zeros = layer.weight == 0
+    monkeypatch.setattr(cluster, "SPREAD_CHUNK", 100)  # 2 rows at a time: 15 chunks
+    assert cluster.spread_weights(layer, {"": 4}) == {"": 5}  # 4 levels and zero
+    assert torch.equal(layer.weight == 0, zeros)
+    assert [len(set(r[r != 0].tolist())) for r in layer.weight] == [4] * 3 + [0] + [4] * 26

@@ -182,3 +182,14 @@ def test_unknown_quantization_mode(tmp_path):
         quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", "int4")
     assert str(err.value) == ("unknown quantization mode 'int4'; valid: none, int8_static, "
                               "int8_dynamic, fp16")
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_bits_are_packed_a_chunk_at_a_time_as_at_once(monkeypatch, bits):
+    from edgeslim import packing
+
+    values = np.random.default_rng(bits).integers(0, 1 << bits, 1001)
+    whole = packing.pack_bits(values, bits)
+    monkeypatch.setattr(packing, "CHUNK", 64)  # 16 chunks, the last one partial
+    assert packing.pack_bits(values, bits) == whole
+    assert packing.unpack_bits(whole, bits, values.size).tolist() == values.tolist()

@@ -32,6 +32,9 @@ CLUSTER_METHODS = ("kmeans", "density", "linear")
 # k-means is fitted on at most this many weights of a layer (sampled with a fixed seed); every
 # weight is then assigned to its nearest centroid and each centroid set to its members' mean.
 FIT_SAMPLE = 8192
+# Weights ``spread_weights`` handles at once: its int64 ranks of a 100M-weight layer at once
+# would take gigabytes.
+SPREAD_CHUNK = 1 << 20
 _CLUSTERABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -104,6 +107,21 @@ def cluster_tensor(weight: torch.Tensor, k: int, method: str, seed: int = 0) -> 
     return torch.from_numpy(out.reshape(weight.shape)).to(weight.dtype)
 
 
+def _spread_rows(rows: torch.Tensor, levels: torch.Tensor, gen: torch.Generator
+                 ) -> torch.Tensor:
+    """``rows`` with their nonzeros cycling through ``levels`` (see ``spread_weights``)."""
+    k = levels.numel()
+    nonzero = rows != 0
+    # Each row's first k nonzeros take every level once, the rest one at random, all in a
+    # random order: as hard to compress as clustered weights (a regular pattern would make the
+    # small tensors the packed file zips smaller than the real ones).
+    # A zero's rank (-1 before a row's first nonzero) picks a level the mask then clears.
+    rank = (torch.cumsum(nonzero, dim=1) - 1).clamp_(min=0)
+    index = torch.where(rank < k, rank, torch.randint(0, k, rank.shape, generator=gen))
+    shuffle = torch.argsort(torch.rand(rows.shape[0], k, generator=gen), dim=1)
+    return levels[torch.gather(shuffle, 1, index)] * nonzero
+
+
 @torch.no_grad()
 def spread_weights(model: nn.Module, counts: Mapping[str, int], seed: int = 0,
                    ) -> dict[str, int]:
@@ -128,15 +146,11 @@ def spread_weights(model: nn.Module, counts: Mapping[str, int], seed: int = 0,
         rows = weight.reshape(weight.shape[0], -1)
         # Evenly spaced in [-1, 1] and never zero; int8's 255 levels keep them apart.
         levels = torch.linspace(-1.0, 1.0, k + k % 2)[:k].to(weight.dtype)
-        nonzero = rows != 0
-        # Each row's first k nonzeros take every level once, the rest one at random, all in a
-        # random order: as hard to compress as clustered weights (a regular pattern would
-        # make the small tensors the packed file zips smaller than the real ones).
-        rank = torch.cumsum(nonzero, dim=1) - 1
-        index = torch.where(rank < k, rank, torch.randint(0, k, rank.shape, generator=gen))
-        shuffle = torch.argsort(torch.rand(rows.shape[0], k, generator=gen), dim=1)
-        index = torch.gather(shuffle, 1, index)
-        weight.copy_((levels[index] * nonzero).reshape(weight.shape))
+        spread = torch.empty_like(rows)
+        step = max(1, SPREAD_CHUNK // max(1, rows.shape[1]))  # rows at a time: int64 ranks
+        for r in range(0, rows.shape[0], step):
+            spread[r:r + step] = _spread_rows(rows[r:r + step], levels, gen)
+        weight.copy_(spread.reshape(weight.shape))
         distinct[name] = int(torch.unique(weight).numel())
     return distinct
 

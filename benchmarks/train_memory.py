@@ -1,13 +1,18 @@
-"""The training-step memory check against whole training steps, per model.
+"""The training-memory check against whole training steps and whole searches, per model.
 
-For each (model, input side, batch): what ``edgeslim.models.train_memory`` predicts from the
-tensors autograd saves (before and after its headroom), against the peak resident memory a
-whole training step really adds (bf16 autocast where training uses it, channels_last, SGD with
-momentum, a teacher's forward), each case in its own process. Linux only (``ru_maxrss``).
+Steps: for each (model, input side, batch), what ``edgeslim.models.train_memory`` predicts
+from the tensors autograd saves (before and after its headroom), against the peak resident
+memory a whole training step really adds (bf16 autocast where training uses it,
+channels_last, SGD with momentum, a teacher's forward), each case in its own process.
+
+Searches: for each (torchvision model, input side, batch), one search of one trial with every
+stage (the torchvision coverage benchmark's command, on its synthetic data), in its own
+process: its peak resident memory against what the check counts (its figure, plus what the
+process already held when it checked). Linux only (``ru_maxrss``).
 
     uv run python benchmarks/train_memory.py
 
-Writes benchmarks/results/train_memory.md and .json; takes a few minutes.
+Writes benchmarks/results/train_memory.md and .json; takes about 15 minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = [("resnet20", 32, 128), ("torchvision:resnet18", 64, 128),
          ("torchvision:mobilenet_v2", 224, 64), ("torchvision:maxvit_t", 224, 16)]
+# Weights in one large layer, and in many middle-sized ones.
+SEARCHES = [("vgg16", 32, 64), ("vit_b_32", 224, 64)]
 
 
 def measure(spec: str, side: int, batch: int) -> dict:
@@ -54,9 +61,49 @@ def measure(spec: str, side: int, batch: int) -> dict:
             "checked": need.at(batch), "measured": peak - before}
 
 
+def search(name: str, side: int, batch: int) -> dict:
+    """One search of ``name`` in this process: the check's figure, what the process held when
+    it checked, and the search's peak resident memory."""
+    import tempfile
+
+    from torchvision_coverage import BUDGET, SEARCH, write_inputs
+
+    import edgeslim.models.check as check
+    from edgeslim.cli import main as optimize
+
+    seen = {}
+    real = check.check_training_memory
+
+    def recording(model, spec, shape, train_batch, *args, **kwargs):
+        statm = Path("/proc/self/statm").read_text().split()
+        seen["resident"] = int(statm[1]) * resource.getpagesize()
+        need = real(model, spec, shape, train_batch, *args, **kwargs)
+        seen["checked"], seen["params"] = need.at(train_batch), need.params
+        return need
+
+    check.check_training_memory = recording
+    with tempfile.TemporaryDirectory() as tmp:
+        data, init = write_inputs(name, side, Path(tmp))
+        (Path(tmp) / "budget.yaml").write_text(BUDGET)
+        args = ["--budget", f"{tmp}/budget.yaml", "--model", f"torchvision:{name}",
+                "--dataset", f"npz:{data}", "--checkpoint", str(init), *SEARCH,
+                "--batch-size", str(batch), "--workdir", f"{tmp}/run"]
+        args[args.index("--trials") + 1] = "1"
+        sys.argv = ["optimize", *args]
+        try:
+            optimize()
+        except SystemExit as exc:
+            assert not exc.code, f"the search of {name} ended with {exc.code}"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"model": name, "side": side, "batch": batch, **seen, "measured": peak}
+
+
 def main() -> None:
     if len(sys.argv) == 4:  # one case, in its own process
         print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
+        return
+    if len(sys.argv) == 5:  # one search, in its own process
+        print(json.dumps(search(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
         return
     rows = []
     for spec, side, batch in CASES:
@@ -64,12 +111,21 @@ def main() -> None:
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    (RESULTS / "train_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
+    searches = []
+    for name, side, batch in SEARCHES:
+        out = subprocess.run([sys.executable, __file__, "search", name, str(side), str(batch)],
+                             capture_output=True, text=True, check=True).stdout
+        searches.append(json.loads(out.strip().splitlines()[-1]))
+        print(searches[-1], flush=True)
+    (RESULTS / "train_memory.json").write_text(
+        json.dumps({"steps": rows, "searches": searches}, indent=1) + "\n")
     lines = ["# Training-step memory: the check's figure against whole steps", "",
              "Command: `uv run python benchmarks/train_memory.py`", "",
-             "Saved: what autograd saves for the backward pass on the batch, plus four copies "
-             "of the parameters (``step_memory``). Checked: the figure the check compares with "
-             "the memory available (saved times the headroom, plus the runtime's fixed bytes). "
+             "## Training steps", "",
+             "Saved: what autograd saves for the backward pass on the batch (``step_memory``). "
+             "Checked: the figure the check compares with the memory available (saved times "
+             "the headroom, plus the copies of the weights a search holds and the runtime's "
+             "fixed bytes). "
              "Measured: peak resident memory two whole training steps add, in a process of "
              "their own. GB = 10^9 bytes.", "",
              "| model | input | batch | saved GB | checked GB | measured GB "
@@ -78,6 +134,19 @@ def main() -> None:
     lines += [f"| {r['model']} | {r['side']}x{r['side']} | {r['batch']} | {r['saved'] / 1e9:.2f} "
               f"| {r['checked'] / 1e9:.2f} | {r['measured'] / 1e9:.2f} "
               f"| {r['checked'] / r['measured']:.2f} |" for r in rows]
+    lines += ["", "## Whole searches", "",
+              "One search of one trial with every stage (prune, cluster, int8 static, packed "
+              "file), the torchvision coverage benchmark's command on its synthetic data, at "
+              "the batch shown. Held: the process's resident memory when the check ran (the "
+              "check compares its figure with the memory then available). Measured: the "
+              "search's peak resident memory.", "",
+              "| model | weights GB | input | batch | held GB | checked GB | held + checked GB "
+              "| measured GB | (held + checked) / measured |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['params'] / 1e9:.2f} | {r['side']}x{r['side']} | "
+              f"{r['batch']} | {r['resident'] / 1e9:.2f} | {r['checked'] / 1e9:.2f} | "
+              f"{(r['resident'] + r['checked']) / 1e9:.2f} | {r['measured'] / 1e9:.2f} | "
+              f"{(r['resident'] + r['checked']) / r['measured']:.2f} |" for r in searches]
     (RESULTS / "train_memory.md").write_text("\n".join(lines) + "\n")
 
 

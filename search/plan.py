@@ -135,11 +135,13 @@ def host_line(budget: Budget) -> str | None:
 def finetune_step_seconds(model: nn.Module, data: DataBundle, recipe: TrainRecipe,
                           steps: int = 3) -> float | None:
     """Seconds of one fine-tune step of ``model``: ``steps`` steps of the search's own trainer
-    (its precision, memory layout, augmentation and distillation from a copy of ``model``),
-    after one warm-up step, on copies (``model`` is untouched). None when the steps fail."""
+    (its precision, memory layout, augmentation and distillation from ``model``), after one
+    warm-up step, on a copy: ``model``'s weights are untouched (it is the teacher, as the base
+    is a trial's, so the steps hold as many copies of the weights as a trial's do). None when
+    the steps fail."""
 
     net = copy.deepcopy(model)
-    teacher = copy.deepcopy(model) if recipe.distill_alpha > 0 else None
+    teacher = model if recipe.distill_alpha > 0 else None
     try:
         train(net, data, dataclasses.replace(recipe, steps=1), teacher)
         stats = train(net, data, dataclasses.replace(recipe, steps=steps), teacher)

@@ -244,7 +244,7 @@ def test_a_training_batch_that_does_not_fit_in_memory_is_refused_at_start(tmp, c
 def test_a_training_step_holds_what_its_samples_save_for_the_backward_pass():
     """Per sample, a step holds what autograd saves: four times as much at twice the side
     for a convolutional model without pooling; what does not grow with the batch (the
-    parameters' copies, the weights' casts) does not grow with the input either."""
+    weights' casts) does not grow with the input either."""
     from edgeslim.models.train_memory import step_memory
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -252,6 +252,23 @@ def test_a_training_step_holds_what_its_samples_save_for_the_backward_pass():
     small, large = (step_memory(model, (3, side, side), torch.device("cpu")) for side in (16, 32))
     assert large.per_sample == 4 * small.per_sample > 0
     assert large.fixed == small.fixed > 0
+
+
+def test_the_memory_check_counts_the_copies_of_the_weights_a_search_holds():
+    """A search holds a dozen copies of the weights (base, gradients, candidate, momentum,
+    casts, export): a model of large weights and small activations, which a bare training
+    step fits, is refused when they do not fit, whatever its batch."""
+    from edgeslim.models import train_memory
+
+    model = nn.Sequential(nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))
+    need = train_memory.step_memory(model, (1000,), torch.device("cpu"))
+    assert need.params == 4 * (1000 * 1000 + 1000 + 10 * 1000 + 10)
+    assert need.at(2) > train_memory.SEARCH_COPIES * need.params + train_memory.RUNTIME_BYTES
+    with pytest.raises(ModelError, match=r"and 12 copies of its 4\.0 MB of weights that a "
+                                         r"search holds\), .*: not even a batch of 2 fits"):
+        train_memory.check_training_memory(model, "m", (1000,), 8, torch.device("cpu"),
+                                           need.at(2) - 1)
+    assert need.largest_batch(need.at(2) - 1) < 2 <= need.largest_batch(need.at(2))
 
 
 def test_a_model_too_large_for_one_onnx_file_is_refused_before_its_export(tmp, capsys,

@@ -1,23 +1,28 @@
-"""Whether a training step fits the memory it runs in, checked before anything is trained.
+"""Whether a search's training fits the memory it runs in, checked before anything is trained.
 
 A model whose training batch does not fit is otherwise found out by the kernel's out-of-memory
 killer, part way into the base model's training or a fine-tune, with nothing printed. What a
 step holds is measured on the model itself: the tensors autograd saves for the backward pass
 (``torch.autograd.graph.saved_tensors_hooks``) on batches of 2 and 4 samples, in the precision
 training runs at. Their difference is exact per sample for a feed-forward model, so a step on
-``batch`` samples saves ``batch`` times that, plus what does not grow with the batch: the saved
-tensors' fixed part, and four copies of the parameters (the weights, their gradients, the
-optimizer's momentum, and the teacher a fine-tune distils from).
+``batch`` samples saves ``batch`` times that, plus the saved tensors' fixed part.
 
 A step holds more than that at its peak: the backward pass's gradient buffers, the kernels'
 scratch and the allocator's slack. benchmarks/results/train_memory.md sets whole training steps
 (bf16 autocast, channels_last, SGD with momentum, a teacher's forward), their peak resident
 memory measured on a 2-core x86 host, against this figure: MobileNetV2 and MaxViT-T at
-224x224 added 2.74 and 3.97 GB where the saved tensors alone predict 2.54 and 3.19. A search of
-MaxViT-T at batch 108 was killed in its first step with 23.7 GB resident, where the saved
-tensors predict 18.4 GB. ``HEADROOM`` times the prediction plus ``RUNTIME_BYTES`` covers each,
-so a refused batch would not have fitted; a batch that just fits may be refused, with the
-numbers to decide on.
+224x224 added 2.74 and 3.97 GB where the saved tensors alone predict 2.54 and 3.19.
+``HEADROOM`` times the saved tensors covers each.
+
+A search holds more copies of the weights than a step: the base model (the teacher) and its
+loss gradients, the candidate, its gradients and momentum, autocast's half-precision casts,
+and, between fine-tunes, the copies a candidate's export, int8 calibration and packing make.
+The same file's second table measures whole searches (the plan, one trial, batch 64) against
+the check: VGG-16 at 32x32 (134M weights, most in one layer) peaked at 9.06 GB and ViT-B/32 at
+224x224 (87M) at 8.15 GB. With ``SEARCH_COPIES`` copies of the weights, what the process held
+when it checked plus the check's figure came to 1.05 and 1.02 times those peaks (with the
+four copies a step holds, the figure fell 3 to 5 GB short), so a refused batch would not have
+fitted; a batch that just fits may be refused, with the numbers to decide on.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from edgeslim.compress.untraced import one_thread
 from edgeslim.errors import ModelError
 from edgeslim.precision import autocast_for
 
-# Weights, gradients, momentum buffers, and the teacher's weights during a fine-tune.
-PARAM_COPIES = 4
+# Copies of the weights a search holds at its peak (see the module docstring).
+SEARCH_COPIES = 12
 HEADROOM = 1.25
 RUNTIME_BYTES = 500_000_000
 _PROBES = (2, 4)  # batch norm in training mode needs two samples
@@ -43,18 +48,21 @@ _PROBES = (2, 4)  # batch norm in training mode needs two samples
 @dataclass(frozen=True)
 class StepMemory:
     """What a training step saves for its backward pass: ``per_sample`` bytes times the batch,
-    plus ``fixed`` bytes (parameters' copies included)."""
+    plus ``fixed`` bytes; and ``params``, the bytes of one copy of the weights."""
 
     per_sample: int
     fixed: int
+    params: int = 0
 
     def at(self, batch: int) -> int:
-        """Bytes a step on ``batch`` samples needs at its peak (see the module docstring)."""
-        return math.ceil(HEADROOM * (self.per_sample * batch + self.fixed)) + RUNTIME_BYTES
+        """Bytes a search training on ``batch`` samples needs at its peak (see the module
+        docstring)."""
+        return math.ceil(HEADROOM * (self.per_sample * batch + self.fixed)) \
+            + SEARCH_COPIES * self.params + RUNTIME_BYTES
 
     def largest_batch(self, available: int) -> int:
-        """The largest batch whose step fits in ``available`` bytes (0: none does)."""
-        room = (available - RUNTIME_BYTES) / HEADROOM - self.fixed
+        """The largest batch whose search fits in ``available`` bytes (0: none does)."""
+        room = (available - RUNTIME_BYTES - SEARCH_COPIES * self.params) / HEADROOM - self.fixed
         if self.per_sample <= 0:
             return 0 if room < 0 else 1 << 30
         return max(0, math.floor(room / self.per_sample))
@@ -72,8 +80,8 @@ def step_memory(model: nn.Module, shape: tuple[int, ...], device: torch.device) 
     low, high = _PROBES
     per_sample = max(0, (saved[high] - saved[low]) // (high - low))
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    fixed = max(0, saved[low] - per_sample * low) + PARAM_COPIES * params
-    return StepMemory(per_sample=per_sample, fixed=fixed)
+    fixed = max(0, saved[low] - per_sample * low)
+    return StepMemory(per_sample=per_sample, fixed=fixed, params=params)
 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
@@ -137,7 +145,8 @@ def check_training_memory(model: nn.Module, spec: str, shape: tuple[int, ...], b
     head = (f"training model {spec!r} on batches of {batch} samples of {sample}{workers} needs "
             f"about {_size(processes * need.at(batch))} ({_size(need.per_sample)} per sample "
             f"saved for the backward pass, measured on batches of {_PROBES[0]} and "
-            f"{_PROBES[1]}), and {_size(available)} is {where}")
+            f"{_PROBES[1]}, and {SEARCH_COPIES} copies of its {_size(need.params)} of weights "
+            f"that a search holds), and {_size(available)} is {where}")
     fits = need.largest_batch(available // processes)
     if fits >= _PROBES[0]:
         raise ModelError(f"{head}: pass --batch-size {_round_down(fits)} or less")

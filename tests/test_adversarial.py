@@ -498,3 +498,25 @@ def test_library_chatter_goes_to_the_log_file_not_the_terminal(tmp_path, capfd):
     assert "WARNING root: Axis 1 is out-of-range for weight 'norm.weight' with rank 1\n" in text
     assert "FutureWarning: an old argument" in text
     assert "WARNING edgeslim: a library printed:\ngraph(%input : Float(*, 1, 8, 8))\n" in text
+
+
+def test_measuring_a_training_step_leaves_no_copy_of_the_weights_behind():
+    """Saved tensors handed back to autograd under autocast kept the weights' bf16 casts alive
+    after the forward: half a copy of the weights per probe, for the whole run."""
+    import gc
+
+    from edgeslim.models.train_memory import _saved_bytes
+
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                          nn.Linear(512, 10)).train()
+
+    def casts() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16)
+
+    before = casts()
+    # A CUDA device selects bf16 autocast on the CPU the probe runs on, whatever this host.
+    saved = _saved_bytes(model, torch.zeros(2, 512), torch.device("cuda"))
+    assert saved >= 512 * 512 * 2  # the second layer's bf16 weight was saved, and counted
+    assert casts() == before

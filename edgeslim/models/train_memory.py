@@ -87,14 +87,18 @@ def step_memory(model: nn.Module, shape: tuple[int, ...], device: torch.device) 
 def _saved_bytes(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
     """Bytes of the distinct storages autograd saves for the backward of ``model(x)``."""
     storages: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # until the forward ends: no storage is reused meanwhile
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
-        return t
+        alive.append(t)
+        # Nothing handed back: no backward runs, and a weight's autocast cast handed back
+        # outlives the forward (a half-precision copy of the weights per probe, for the run).
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device):
         model(x)
+    alive.clear()
     return sum(storages.values())
 
 

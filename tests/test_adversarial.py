@@ -269,6 +269,9 @@ def test_the_memory_check_counts_the_copies_of_the_weights_a_search_holds():
         train_memory.check_training_memory(model, "m", (1000,), 8, torch.device("cpu"),
                                            need.at(2) - 1)
     assert need.largest_batch(need.at(2) - 1) < 2 <= need.largest_batch(need.at(2))
+    # On a GPU, the export's, calibration's and packing's copies stay in host memory.
+    on_gpu = train_memory.step_memory(model, (1000,), torch.device("cuda"))
+    assert on_gpu.copies == train_memory.GPU_COPIES < train_memory.SEARCH_COPIES
 
 
 def test_a_model_too_large_for_one_onnx_file_is_refused_before_its_export(tmp, capsys,

@@ -38,8 +38,11 @@ from edgeslim.compress.untraced import one_thread
 from edgeslim.errors import ModelError
 from edgeslim.precision import autocast_for
 
-# Copies of the weights a search holds at its peak (see the module docstring).
+# Copies of the weights a search holds at its peak (see the module docstring). On a GPU only
+# the training's: the weights, gradients, momentum and the teacher, with the headroom (not
+# measured on a GPU); the export, calibration and packing copies stay in host memory.
 SEARCH_COPIES = 12
+GPU_COPIES = 5
 HEADROOM = 1.25
 RUNTIME_BYTES = 500_000_000
 _PROBES = (2, 4)  # batch norm in training mode needs two samples
@@ -48,21 +51,23 @@ _PROBES = (2, 4)  # batch norm in training mode needs two samples
 @dataclass(frozen=True)
 class StepMemory:
     """What a training step saves for its backward pass: ``per_sample`` bytes times the batch,
-    plus ``fixed`` bytes; and ``params``, the bytes of one copy of the weights."""
+    plus ``fixed`` bytes; and ``params``, the bytes of one copy of the weights, of which a
+    search holds ``copies``."""
 
     per_sample: int
     fixed: int
     params: int = 0
+    copies: int = SEARCH_COPIES
 
     def at(self, batch: int) -> int:
         """Bytes a search training on ``batch`` samples needs at its peak (see the module
         docstring)."""
         return math.ceil(HEADROOM * (self.per_sample * batch + self.fixed)) \
-            + SEARCH_COPIES * self.params + RUNTIME_BYTES
+            + self.copies * self.params + RUNTIME_BYTES
 
     def largest_batch(self, available: int) -> int:
         """The largest batch whose search fits in ``available`` bytes (0: none does)."""
-        room = (available - RUNTIME_BYTES - SEARCH_COPIES * self.params) / HEADROOM - self.fixed
+        room = (available - RUNTIME_BYTES - self.copies * self.params) / HEADROOM - self.fixed
         if self.per_sample <= 0:
             return 0 if room < 0 else 1 << 30
         return max(0, math.floor(room / self.per_sample))
@@ -81,7 +86,8 @@ def step_memory(model: nn.Module, shape: tuple[int, ...], device: torch.device) 
     per_sample = max(0, (saved[high] - saved[low]) // (high - low))
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     fixed = max(0, saved[low] - per_sample * low)
-    return StepMemory(per_sample=per_sample, fixed=fixed, params=params)
+    return StepMemory(per_sample=per_sample, fixed=fixed, params=params,
+                      copies=GPU_COPIES if device.type == "cuda" else SEARCH_COPIES)
 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
@@ -149,7 +155,7 @@ def check_training_memory(model: nn.Module, spec: str, shape: tuple[int, ...], b
     head = (f"training model {spec!r} on batches of {batch} samples of {sample}{workers} needs "
             f"about {_size(processes * need.at(batch))} ({_size(need.per_sample)} per sample "
             f"saved for the backward pass, measured on batches of {_PROBES[0]} and "
-            f"{_PROBES[1]}, and {SEARCH_COPIES} copies of its {_size(need.params)} of weights "
+            f"{_PROBES[1]}, and {need.copies} copies of its {_size(need.params)} of weights "
             f"that a search holds), and {_size(available)} is {where}")
     fits = need.largest_batch(available // processes)
     if fits >= _PROBES[0]:

@@ -119,7 +119,7 @@ def main() -> None:
         print(searches[-1], flush=True)
     (RESULTS / "train_memory.json").write_text(
         json.dumps({"steps": rows, "searches": searches}, indent=1) + "\n")
-    lines = ["# Training-step memory: the check's figure against whole steps", "",
+    lines = ["# Training memory: the check's figure against whole steps and whole searches", "",
              "Command: `uv run python benchmarks/train_memory.py`", "",
              "## Training steps", "",
              "Saved: what autograd saves for the backward pass on the batch (``step_memory``). "

@@ -45,7 +45,7 @@ from edgeslim.search.storage import artifact_store, load_study
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import recovery  # noqa: E402  (benchmarks/recovery.py: the data split and the base model)
+import _recovery_base as bases  # noqa: E402  (the data split and the base model)
 
 WALL = re.compile(r"^EXIT (\d+) wall (\d+) s$")
 
@@ -205,19 +205,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--base-epochs", type=float, default=recovery.BASE_EPOCHS)
-    parser.add_argument("--second-cycle", type=float, default=recovery.SECOND_CYCLE)
-    parser.add_argument("--second-lr", type=float, default=recovery.SECOND_LR)
+    bases.add_base_arguments(parser)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "pi4_study")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "pi4_study.md")
     args = parser.parse_args()
-    data, base, _ = recovery.setup(argparse.Namespace(
-        archive=args.archive, base_epochs=args.base_epochs, second_cycle=args.second_cycle,
-        second_lr=args.second_lr))
+    data, base, _ = bases.setup(args)
     cli = Path(sys.executable).with_name("optimize")
-    root = recovery.cifar_split(args.archive, 4000, 1000)
+    root = bases.cifar_split(args.archive, 4000, 1000)
     command = [str(cli), "--budget", str(ROOT.parent / "budgets" / "pi4.yaml"), "--model",
-               recovery.MODEL, "--dataset", f"imagefolder:{root}", "--checkpoint",
+               bases.MODEL, "--dataset", f"imagefolder:{root}", "--checkpoint",
                str(base.weights_path), "--trials", str(args.trials), "--workdir",
                str(args.workdir)]
     found = search(args.workdir, command)
@@ -225,7 +221,7 @@ def main() -> None:
     results = {"command": "uv run python benchmarks/pi4_study.py " + " ".join(sys.argv[1:]),
                "search_command": ["optimize", *map(shown, command[1:])],
                "cores": os.cpu_count(),
-               "base_epochs": recovery.epochs_label(args),
+               "base_epochs": bases.epochs_label(args),
                "base": base_measures(study, base.model, data), "search": found,
                "export": exported(args.workdir, data, cli)}
     results["trials"] = trial_rows(args.workdir, data, results["base"])

@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,18 +42,22 @@ from pathlib import Path
 
 import optuna
 import torch
-from _cifar import cifar_split  # benchmarks/_cifar.py, beside this script
+from _recovery_base import (
+    MODEL,
+    ROOT,
+    WORK,
+    add_base_arguments,
+    base_row,
+    epochs_label,
+    setup,
+    write_bases,
+)
 
-from edgeslim.basemodel import obtain_base_model
 from edgeslim.budget import Runtime, load_budget
 from edgeslim.compress import quantize_onnx, weight_layers
-from edgeslim.data import load_dataset
 from edgeslim.evaluators import MODEL_MEASURES, StagedEvaluator, onnx_accuracy
 from edgeslim.evaluators.recovery import Recovery
 from edgeslim.evaluators.staged import calibration_batches
-from edgeslim.export import write_onnx
-from edgeslim.fsutil import atomic_torch_save
-from edgeslim.models import load_checkpoint
 from edgeslim.search.config import SearchConfig, SpaceOptions
 from edgeslim.search.references import fit_uniform_ratio
 from edgeslim.search.repair import StaticCheck
@@ -63,14 +65,7 @@ from edgeslim.search.samplers import make_sampler
 from edgeslim.search.screening import ScreenObjective, run_screening
 from edgeslim.search.study import build_space
 from edgeslim.spaces import Candidate
-from edgeslim.training import TrainRecipe, train
-
-ROOT = Path(__file__).resolve().parent
-WORK = ROOT / "runs" / "recovery"
-# The base every table starts from: BASE_EPOCHS of the tool's recipe, then SECOND_CYCLE epochs
-# of a second one-cycle schedule peaking at SECOND_LR (none when 0).
-BASE_EPOCHS, SECOND_CYCLE, SECOND_LR = 120.0, 0.0, 0.05
-MODEL = "resnet20"
+from edgeslim.training import TrainRecipe
 
 # The fine-tune the search used before this benchmark: one-cycle SGD peaking at 0.05 with a
 # tenth of warm-up, distilled from the base model (alpha 0.5, temperature 4), no recovery.
@@ -138,99 +133,6 @@ CONFIGS: dict[str, Config] = {**ABLATION, **COMBINED}
 # Calibration variants of int8 static, applied to every run's float file: (method, images).
 QUANT = {"minmax 256": ("minmax", 256), "minmax 1024": ("minmax", 1024),
          "percentile 1024": ("percentile", 1024), "entropy 1024": ("entropy", 1024)}
-
-
-def setup(args: argparse.Namespace):
-    """The data and the base model: ``--base-epochs`` of the tool's own recipe (cached as the
-    search caches it), then, with ``--second-cycle E``, E more epochs of a second one-cycle
-    schedule peaking at ``--second-lr`` from those weights (cached beside it)."""
-    root = cifar_split(args.archive, 4000, 1000)
-    data = load_dataset(f"imagefolder:{root}", Path("."), WORK / "cache" / "data", 0)
-    recipe = TrainRecipe(epochs=args.base_epochs, seed=0)
-    start = time.perf_counter()
-    base = obtain_base_model(MODEL, data, recipe, WORK / "cache" / "base",
-                             on_step=_progress("base", start))
-    info_path = base.weights_path.with_suffix(".json")
-    if base.trained_here:
-        info_path.write_text(json.dumps({"seconds": time.perf_counter() - start}))
-    if not args.second_cycle:
-        return data, base, [info_path]
-    second = TrainRecipe(epochs=args.second_cycle, lr=args.second_lr, warmup_fraction=0.1,
-                         seed=1)
-    path = base.weights_path.with_name(
-        f"{base.weights_path.stem}-then-{args.second_cycle:g}ep-lr{args.second_lr:g}.pt")
-    if not path.is_file():
-        start = time.perf_counter()
-        train(base.model, data, second, on_step=_progress("second cycle", start))
-        atomic_torch_save(base.model.cpu().eval().state_dict(), path)
-        path.with_suffix(".json").write_text(json.dumps(
-            {"seconds": time.perf_counter() - start}))
-    load_checkpoint(base.model, path, MODEL)
-    return (data, dataclasses.replace(base, weights_path=path),
-            [info_path, path.with_suffix(".json")])
-
-
-def _progress(what: str, start: float, every: int = 20):
-    """An ``on_step`` for ``train`` printing how far a long training is, ``every`` times."""
-    def report(step: int, total: int) -> None:
-        if step == total or step % max(1, total // every) == 0:
-            minutes = (time.perf_counter() - start) / 60
-            print(f"{what}: step {step}/{total} ({100 * step / total:.0f}%), {minutes:.1f} min",
-                  flush=True)
-    return report
-
-
-def epochs_label(args: argparse.Namespace) -> str:
-    """The base's training, as the tables name it: ``120``, or ``120 + 30 (lr 0.05)``."""
-    return f"{args.base_epochs:g}" + (f" + {args.second_cycle:g} (lr {args.second_lr:g})"
-                                      if args.second_cycle else "")
-
-
-def write_bases(row: dict) -> Path:
-    """Adds ``row`` to the committed record of the bases trained (benchmarks/results/
-    recovery_bases.json, by weights file) and writes their table beside it."""
-    path = ROOT / "results" / "recovery_bases.json"
-    recipe = TrainRecipe()
-    bases = json.loads(path.read_text()) if path.is_file() else {}
-    bases[row["weights"]] = row
-    path.write_text(json.dumps(bases, indent=1))
-    lines = ["# ResNet-20 bases for the CIFAR-10 benchmarks", "",
-             "Command, once per base (`--base-epochs`, `--second-cycle`, `--second-lr`):", "",
-             "    uv run python benchmarks/recovery.py --archive "
-             "../shared/data/cifar10-train-jpeg.tar.gz --part base --base-epochs E", "",
-             f"Host: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. "
-             f"The tool's base recipe (one-cycle Nesterov SGD peaking at {recipe.lr:g}, batch "
-             f"{recipe.batch_size}, weight decay {recipe.weight_decay:g}, label smoothing "
-             f"{recipe.label_smoothing:g}, random crops and flips) on the recovery "
-             "benchmark's split: 36,000 training and 4,000 validation images, 10,000 test "
-             "images no choice reads. Accuracy of the base's ONNX file in onnxruntime. "
-             "Training time is wall time on a host other work shared at times (compare the "
-             "seconds an epoch). The weights stay in the cache of the checkout that trained "
-             "them, named as in the last column.", "",
-             "| epochs | training time | s an epoch | val acc | test acc | weights |",
-             "|---|---|---|---|---|---|"]
-    for name, r in sorted(bases.items(), key=lambda kv: float(str(kv[1]["epochs"]).split()[0])):
-        seconds = r.get("train_seconds")
-        total = sum(float(n) for n in str(r["epochs"]).split("(")[0].split("+"))
-        timing = f"{seconds / 60:.0f} min | {seconds / total:.0f}" if seconds else "- | -"
-        lines.append(f"| {r['epochs']} | {timing} | {100 * r['val']:.2f}% | "
-                     f"{100 * r['test']:.2f}% | {name} |")
-    md = path.with_suffix(".md")
-    md.write_text("\n".join(lines) + "\n")
-    return md
-
-
-def base_row(data, base, info_paths: list[Path], base_epochs: str, run: Path) -> dict:
-    path = run / "base.onnx"
-    write_onnx(base.model, torch.zeros(1, *data.input_shape), path)
-    seconds = sum(json.loads(p.read_text())["seconds"] for p in info_paths) \
-        if all(p.is_file() for p in info_paths) else None
-    example = torch.zeros(1, *data.input_shape)
-    return {"epochs": base_epochs, "weights": base.weights_path.name, "train_seconds": seconds,
-            "val": onnx_accuracy(path, data.val, data),
-            "test": onnx_accuracy(path, data.test, data),
-            "macs": MODEL_MEASURES["macs"](base.model, example).value,
-            "params": MODEL_MEASURES["params"](base.model, example).value}
 
 
 def allocations(data, base, screen: int, run: Path) -> dict[str, dict[str, float]]:
@@ -347,10 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--part", choices=("base", "run", "table"), required=True)
-    parser.add_argument("--base-epochs", type=float, default=BASE_EPOCHS)
-    parser.add_argument("--second-cycle", type=float, default=SECOND_CYCLE,
-                        help="epochs of a second one-cycle schedule after the base recipe")
-    parser.add_argument("--second-lr", type=float, default=SECOND_LR)
+    add_base_arguments(parser)
     parser.add_argument("--screen", type=int, default=48)
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")],
                         default=[0, 1, 2])

@@ -50,7 +50,7 @@ from edgeslim.search.storage import artifact_store, load_study
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-import recovery  # noqa: E402  (benchmarks/recovery.py: the data split and the base model)
+import _recovery_base as bases  # noqa: E402  (the data split and the base model)
 from pi4_study import runnable  # noqa: E402
 
 BUDGETS = ROOT.parent / "budgets"
@@ -174,12 +174,12 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "warm_start")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "warm_start.md")
     args = parser.parse_args()
-    data, base, _ = recovery.setup(argparse.Namespace(archive=args.archive, base_epochs=60,
+    data, base, _ = bases.setup(argparse.Namespace(archive=args.archive, base_epochs=60,
                                                       second_cycle=0))
     cli = Path(sys.executable).with_name("optimize")
-    root = recovery.cifar_split(args.archive, 4000, 1000)
+    root = bases.cifar_split(args.archive, 4000, 1000)
     # Relative to the repository: a warm start requires the same --checkpoint as the source.
-    common = ["--model", recovery.MODEL, "--dataset", f"imagefolder:{root}", "--checkpoint",
+    common = ["--model", bases.MODEL, "--dataset", f"imagefolder:{root}", "--checkpoint",
               os.path.relpath(base.weights_path), "--finetune-epochs", "1", "--finalists", "0"]
     args.runs = Path(os.path.relpath(args.runs))
     commands, runs, sources = [], [], []

@@ -103,9 +103,9 @@ def quant_table(rows: list[dict], allocs: list[str]) -> list[str]:
     return lines
 
 
-def write_tables(rows_path: Path, work: Path, out_dir: Path, command: str,
+def write_tables(rows_path: Path, work: Path, md: Path, command: str,
                  sections: list[tuple[str, str, list[str]]]) -> Path:
-    """Writes recovery.md and recovery.json: the base, the allocations and ``sections`` (title,
+    """Writes ``md`` and the .json beside it: the base, the allocations and ``sections`` (title,
     text, table lines)."""
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
     base = json.loads((work / "base.json").read_text())
@@ -136,8 +136,7 @@ def write_tables(rows_path: Path, work: Path, out_dir: Path, command: str,
           for name, ratios in allocs.items()], ""]
     for title, text, table in sections:
         lines += [f"## {title}", "", text, "", *table, ""]
-    md = out_dir / "recovery.md"
     md.write_text("\n".join(lines))
-    (out_dir / "recovery.json").write_text(json.dumps({"base": base, "allocations": allocs,
+    md.with_suffix(".json").write_text(json.dumps({"base": base, "allocations": allocs,
                                                        "rows": rows}, indent=1))
     return md

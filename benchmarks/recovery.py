@@ -229,8 +229,8 @@ def sections(rows_path: Path) -> list[tuple[str, str, list[str]]]:
          "distillation alpha 0.5 at temperature 4, peak learning rate 0.05); the columns vs "
          "today are the mean difference in points. Batch-norm recalibration (+bn) changes "
          "nothing once a fine-tune runs: training normalises with each batch's own statistics "
-         "and its running averages replace the recalibrated ones, so +bn's seed-0 run equals "
-         "today's to the image, and +reconstruct+bn equals +reconstruct; both ran one seed.",
+         "and its running averages replace the recalibrated ones, so +bn's runs end where "
+         "today's do, and +reconstruct+bn's where +reconstruct's do.",
          ablation_table(rows, pi4, list(ABLATION), 1.0, "today")),
         ("Combinations, 1 fine-tune epoch",
          "Several changes at once, against today's fine-tune.",
@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--quant", action="store_true",
                         help="also measure the int8 static variants of each float file")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "recovery.md",
+                        help="the table --part table writes (and its .json beside it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,7 +288,7 @@ def main() -> None:
     else:
         from _recovery_table import write_tables
 
-        md = write_tables(run / "rows.jsonl", run, ROOT / "results", " ".join(sys.argv[1:]),
+        md = write_tables(run / "rows.jsonl", run, args.out, " ".join(sys.argv[1:]),
                           sections(run / "rows.jsonl"))
         print(f"wrote {md}")
 

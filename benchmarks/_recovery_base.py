@@ -95,7 +95,7 @@ def _phase(base, data, suffix: str, run):
 
 
 def average_cycles(model: torch.nn.Module, data, cycles: int, lr: float,
-                   report_every: int = 10) -> None:
+                   report_every: int = 5) -> None:
     """Stochastic weight averaging in place: ``cycles`` one-epoch one-cycle trainings peaking
     at ``lr``, the weights averaged at the end of each, then the batch norms re-estimated on
     the training split. Prints the averaged weights' validation accuracy every
@@ -114,9 +114,9 @@ def average_cycles(model: torch.nn.Module, data, cycles: int, lr: float,
 
 def _averaged(average: torch.optim.swa_utils.AveragedModel, data) -> torch.nn.Module:
     """The averaged weights as a plain model, batch norms re-estimated on every training
-    image (without augmentation)."""
+    image, augmented as in training."""
     model = average.module
-    recalibrate_batch_norm(model, data, images=len(data.train))
+    recalibrate_batch_norm(model, data, images=len(data.train), augment=True)
     return model
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from edgeslim.budget import Runtime
 from edgeslim.cli import main
 from edgeslim.compress import apply_pruning
+from edgeslim.data import augment_batch
 from edgeslim.evaluators import Caps, StagedEvaluator
 from edgeslim.evaluators.screening import fast_accuracy, recalibrate_batch_norm
 from edgeslim.precision import autocast_for, default_device
@@ -59,17 +60,33 @@ def trained(digits) -> nn.Module:
     return model.eval()
 
 
-def test_recalibration_sets_each_batch_norm_to_the_average_over_the_images(digits):
+@pytest.mark.parametrize("augment", [False, True])
+def test_recalibration_sets_each_batch_norm_to_the_average_over_the_images(digits, augment):
     model = PlainNet().eval()
     model.bn1.running_mean.fill_(5.0)  # stale statistics are replaced, not blended
-    assert recalibrate_batch_norm(model, digits, images=512, seed=3) == 2
+    assert recalibrate_batch_norm(model, digits, images=512, seed=3, augment=augment) == 2
     assert model.bn1.momentum == 0.1 and not model.training  # the model is left as it was
-    idx = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(3))[:512]
+    # The same images (augmented as in training, with the same draws), in batches of 256.
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randperm(len(digits.train), generator=gen)[:512]
+    x = digits.train.x[idx]
+    if augment:
+        x = torch.cat([augment_batch(x[i:i + 256], digits.augment, gen) for i in (0, 256)])
+        assert digits.augment.crop_padding and not torch.equal(x, digits.train.x[idx])
     ctx, _ = autocast_for("auto", default_device())
     with torch.no_grad(), ctx:
-        out = model.conv1(digits.normalize(digits.train.x[idx])).float()
+        out = model.conv1(digits.normalize(x)).float()
     assert torch.allclose(model.bn1.running_mean, out.mean(dim=(0, 2, 3)), atol=1e-3)
     assert int(model.bn1.num_batches_tracked) == 2  # 512 images in batches of 256
+
+
+def test_a_trained_model_keeps_its_accuracy_when_recalibrated_on_augmented_images(
+        trained, digits):
+    """Its weights were trained against statistics of augmented images."""
+    before = fast_accuracy(trained, digits.val, digits, 1000)
+    again = copy.deepcopy(trained)
+    recalibrate_batch_norm(again, digits, images=len(digits.train), augment=True)
+    assert abs(fast_accuracy(again, digits.val, digits, 1000) - before) <= 0.01
 
 
 def test_recalibration_recovers_a_pruned_models_accuracy(trained, digits):

@@ -73,7 +73,7 @@ def setup(args: argparse.Namespace):
                       lambda: train(base.model, data, second,
                                     on_step=_progress("second cycle", time.perf_counter())))
         infos.append(base.weights_path.with_suffix(".json"))
-    if getattr(args, "average", 0):
+    if args.average:
         base = _phase(base, data, f"avg{args.average}x1ep-lr{args.average_lr:g}",
                       lambda: average_cycles(base.model, data, args.average, args.average_lr))
         infos.append(base.weights_path.with_suffix(".json"))
@@ -136,7 +136,7 @@ def epochs_label(args: argparse.Namespace) -> str:
     label = f"{args.base_epochs:g}"
     if args.second_cycle:
         label += f" + {args.second_cycle:g} (lr {args.second_lr:g})"
-    if getattr(args, "average", 0):
+    if args.average:
         label += f" + {args.average} averaged (lr {args.average_lr:g})"
     return label
 

@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "warm_start.md")
     args = parser.parse_args()
     data, base, _ = bases.setup(argparse.Namespace(archive=args.archive, base_epochs=60,
-                                                      second_cycle=0))
+                                                   second_cycle=0, average=0))
     cli = Path(sys.executable).with_name("optimize")
     root = bases.cifar_split(args.archive, 4000, 1000)
     # Relative to the repository: a warm start requires the same --checkpoint as the source.

@@ -26,10 +26,15 @@ from edgeslim.precision import autocast_for, default_device
 BATCH = 256
 
 
-def _batches(x: torch.Tensor, data: DataBundle, device: torch.device, batch: int = BATCH):
+def _batches(x: torch.Tensor, data: DataBundle, device: torch.device, batch: int = BATCH,
+             augment: torch.Generator | None = None):
+    """Normalised batches of ``x`` on ``device``, each augmented as in training first when
+    ``augment`` (the generator drawing the crops and flips) is given."""
     fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
     for i in range(0, len(x), batch):
-        yield data.normalize(x[i:i + batch].to(device)).contiguous(memory_format=fmt)
+        xb = x[i:i + batch] if augment is None else augment_batch(x[i:i + batch],
+                                                                  data.augment, augment)
+        yield data.normalize(xb.to(device)).contiguous(memory_format=fmt)
 
 
 @torch.no_grad()
@@ -59,10 +64,9 @@ def recalibrate_batch_norm(model: nn.Module, data: DataBundle, images: int = 204
     ctx, _ = autocast_for("auto", device)
     try:
         with ctx:
-            for i in range(0, len(idx), BATCH):  # augmented a batch at a time
-                x = data.train.x[idx[i:i + BATCH]]
-                x = augment_batch(x, data.augment, gen) if augment else x
-                model(next(_batches(x, data, device)))
+            for xb in _batches(data.train.x[idx], data, device,
+                               augment=gen if augment else None):
+                model(xb)
     finally:
         model.eval().to(memory_format=torch.contiguous_format)
         for m, momentum in zip(norms, momenta):

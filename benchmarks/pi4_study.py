@@ -205,6 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--final-epochs", type=float, default=None,
+                        help="the finalists' fine-tune, passed to optimize (default: the tool's)")
     bases.add_base_arguments(parser)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "pi4_study")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "pi4_study.md")
@@ -216,6 +218,8 @@ def main() -> None:
                bases.MODEL, "--dataset", f"imagefolder:{root}", "--checkpoint",
                str(base.weights_path), "--trials", str(args.trials), "--workdir",
                str(args.workdir)]
+    if args.final_epochs is not None:
+        command += ["--final-epochs", f"{args.final_epochs:g}"]
     found = search(args.workdir, command)
     study = load_study(None, default_storage(args.workdir))
     results = {"command": "uv run python benchmarks/pi4_study.py " + " ".join(sys.argv[1:]),

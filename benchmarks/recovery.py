@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -216,7 +217,7 @@ def run_part(args, data, base, allocs, configs: dict[str, Config], epochs: list[
                     row = run_one(data, base, alloc, allocs[alloc], name, config, e, seed,
                                   quant)
                     row["key"] = key
-                    row["command"] = " ".join(sys.argv[1:])
+                    row["command"] = shlex.join(sys.argv[1:])
                     with rows.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{key}: val {100 * row['val']:.2f} test {100 * row['test']:.2f} "
@@ -299,7 +300,7 @@ def main() -> None:
     else:
         from _recovery_table import write_tables
 
-        md = write_tables(run / "rows.jsonl", run, args.out, " ".join(sys.argv[1:]),
+        md = write_tables(run / "rows.jsonl", run, args.out, shlex.join(sys.argv[1:]),
                           sections(run / "rows.jsonl"))
         print(f"wrote {md}")
 

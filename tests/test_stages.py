@@ -77,17 +77,37 @@ def test_sparsify_zeros_exactly_the_smallest_fraction():
     assert float(kept[kept != 0].abs().min()) == float(first_kept)
 
 
-def test_centroid_gradient_is_the_sum_of_its_members_gradients():
-    m = nn.Sequential(nn.Linear(2, 2, bias=False))
+def _centroid_gradient(weight, grad, mode, masked=False):
+    m = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
     with torch.no_grad():
-        m[0].weight.copy_(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
-    g = torch.tensor([[0.5, 3.0], [7.0, 11.0]])
-    with tied(m, clustered={"0"}):
-        (m[0].weight * g).sum().backward()
+        m[0].weight.copy_(weight)
+    with tied(m, clustered={"0"}, masked={"0"} if masked else (), centroid_gradient=mode):
+        (m[0].weight * grad).sum().backward()
         book = m[0].parametrizations.weight[0].codebook
-        assert book.tolist() == [1.0, 2.0]
-        # value 1.0 sits at (0,0) and (1,1); value 2.0 at (0,1) and (1,0)
-        assert book.grad.tolist() == [0.5 + 11.0, 3.0 + 7.0]
+        return book.tolist(), book.grad.tolist()
+
+
+def test_centroid_gradient_is_the_mean_of_its_members_gradients():
+    # value 1.0 sits at (0,0), (0,2) and (1,1); value 2.0 at (0,1) and (1,0)
+    w = torch.tensor([[1.0, 2.0, 1.0], [2.0, 1.0, 2.5]])
+    g = torch.tensor([[0.5, 3.0, 2.5], [7.0, 12.0, -1.0]])
+    assert _centroid_gradient(w, g, "mean") == ([1.0, 2.0, 2.5],
+                                                [(0.5 + 12.0 + 2.5) / 3, (3.0 + 7.0) / 2, -1.0])
+    assert _centroid_gradient(w, g, "sum") == ([1.0, 2.0, 2.5],
+                                               [0.5 + 12.0 + 2.5, 3.0 + 7.0, -1.0])
+
+
+def test_masked_zeros_are_not_counted_as_centroid_members():
+    # The three zeros stay zero under the mask: only the unmasked ones would pass gradient,
+    # and there is none.
+    w = torch.tensor([[0.0, 2.0, 0.0], [2.0, 0.0, 3.0]])
+    g = torch.tensor([[5.0, 3.0, 5.0], [7.0, 5.0, 4.0]])
+    assert _centroid_gradient(w, g, "mean", masked=True) == ([0.0, 2.0, 3.0], [0.0, 5.0, 4.0])
+
+
+def test_unknown_centroid_gradient_is_refused():
+    with pytest.raises(ValueError, match="centroid gradient"):
+        _centroid_gradient(torch.ones(1, 2), torch.ones(1, 2), "median")
 
 
 def test_tied_training_keeps_values_shared_and_zeros_zero():

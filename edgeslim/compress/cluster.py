@@ -2,8 +2,8 @@
 
 After clustering, a layer stores ceil(log2 k) bits per weight plus a codebook of k values (see
 ``edgeslim.packing``); a fine-tune that follows keeps every weight tied to its centroid
-(``edgeslim.compress.ties``), so the centroid's gradient is the sum of its members' gradients, as
-in Deep Compression (Han et al., 2016).
+(``edgeslim.compress.ties``), which trains as Deep Compression's (Han et al., 2016) do, but on
+the mean of its members' gradients rather than their sum.
 
 Codebook methods (``CLUSTER_METHODS``):
 

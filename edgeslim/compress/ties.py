@@ -3,11 +3,17 @@ stay tied to their shared values.
 
 Before a fine-tune, each constrained layer's weight is re-expressed
 (``torch.nn.utils.parametrize``) as ``codebook[assign] * mask``: ``codebook`` holds the layer's
-distinct values and is what trains, so a centroid's gradient is the sum of its members'
-gradients (Deep Compression's update); ``mask`` keeps unstructured zeros at zero. The
-constraints are read from the weights themselves (their distinct values and zeros), so they
-survive any structural change in between: pruning channels out of a clustered layer leaves
-fewer members per centroid, not more centroids.
+distinct values and is what trains; ``mask`` keeps unstructured zeros at zero. The constraints
+are read from the weights themselves (their distinct values and zeros), so they survive any
+structural change in between: pruning channels out of a clustered layer leaves fewer members
+per centroid, not more centroids.
+
+A centroid's gradient is the mean of its members' gradients (``CENTROID_GRADIENTS``), so it
+moves as far as its average member would: the update of training the members untied for one
+step, then setting each cluster to its members' mean. Deep Compression (Han et al., 2016)
+sums them instead; at the rates a fine-tune uses that moves a centroid with a thousand members
+a thousand times further than a weight, and a ResNet-20 whose layers keep eight values each
+falls to chance within half an epoch (benchmarks/results/cluster_recovery.md).
 """
 
 from __future__ import annotations
@@ -21,29 +27,67 @@ from torch.nn.utils import parametrize
 
 from edgeslim.compress.cluster import weight_layers
 
+# How a centroid's gradient combines its members': "mean" (the default) or "sum" (Deep
+# Compression's rule, kept for comparison).
+CENTROID_GRADIENTS = ("mean", "sum")
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity, whose backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
 
 class TiedWeight(nn.Module):
-    """``weight = codebook[assign] * mask``; either part may be absent (plain or no mask)."""
+    """``weight = codebook[assign] * mask``; either part may be absent (plain or no mask).
+    ``gradient`` is one of ``CENTROID_GRADIENTS``."""
 
-    def __init__(self, weight: torch.Tensor, clustered: bool, masked: bool) -> None:
+    def __init__(self, weight: torch.Tensor, clustered: bool, masked: bool,
+                 gradient: str = "mean") -> None:
         super().__init__()
+        if gradient not in CENTROID_GRADIENTS:
+            raise ValueError(f"centroid gradient must be one of {CENTROID_GRADIENTS}, "
+                             f"got {gradient!r}")
         self.clustered = clustered
+        mask = (weight.detach() != 0).to(weight.dtype) if masked else None
+        self.register_buffer("mask", mask)
+        self.register_buffer("scale", None)
         if clustered:
             values, inverse = torch.unique(weight.detach(), return_inverse=True)
             self.codebook = nn.Parameter(values.clone())
             self.register_buffer("assign", inverse.reshape(weight.shape))
-        self.register_buffer("mask", (weight.detach() != 0).to(weight.dtype) if masked else None)
+            if gradient == "mean":
+                # Members the mask zeroes pass no gradient: they are not counted.
+                members = inverse if mask is None else inverse.reshape(-1)[mask.reshape(-1) > 0]
+                counts = torch.bincount(members.reshape(-1), minlength=values.numel())
+                self.scale = 1.0 / counts.clamp(min=1).to(values.dtype)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        weight = self.codebook[self.assign] if self.clustered else original
+        if self.clustered:
+            book = self.codebook
+            if self.scale is not None:
+                book = _ScaleGradient.apply(book, self.scale)
+            weight = book[self.assign]
+        else:
+            weight = original
         return weight if self.mask is None else weight * self.mask
 
 
 @contextmanager
-def tied(model: nn.Module, clustered: Iterable[str] = (), masked: Iterable[str] = ()):
-    """Within the block, the named layers train under their constraints; on exit their weights
-    are plain tensors again holding the constrained values (exactly: at most as many distinct
-    values as before, zeros where there were zeros)."""
+def tied(model: nn.Module, clustered: Iterable[str] = (), masked: Iterable[str] = (),
+         centroid_gradient: str = "mean"):
+    """Within the block, the named layers train under their constraints, each centroid's
+    gradient the ``centroid_gradient`` of its members' (see the module docstring); on exit
+    their weights are plain tensors again holding the constrained values (exactly: at most as
+    many distinct values as before, zeros where there were zeros)."""
     layers = weight_layers(model)
     clustered, masked = set(clustered), set(masked)
     names = sorted(clustered | masked)
@@ -51,7 +95,8 @@ def tied(model: nn.Module, clustered: Iterable[str] = (), masked: Iterable[str] 
     for name in names:
         module = layers[name]
         parametrize.register_parametrization(
-            module, "weight", TiedWeight(module.weight, name in clustered, name in masked),
+            module, "weight", TiedWeight(module.weight, name in clustered, name in masked,
+                                       centroid_gradient),
             unsafe=True)
         if name in clustered:
             # The unconstrained copy is not used by the forward pass; keep it out of training.

@@ -130,8 +130,8 @@ def spread_weights(model: nn.Module, counts: Mapping[str, int], seed: int = 0,
     through ``k`` distinct nonzero values, so each row holds ``min(k, its nonzeros)`` of them,
     as many as a ``k``-value codebook can leave in a row after batch-norm folding and
     per-channel int8 quantization, so the packed file encodes its large tensors in no fewer
-    bytes than the clustered model's (the small tensors it zips differ in their digits: the
-    2 kB files of the tests were within 2% of each other); zeros stay zero. Returns the distinct
+    bytes than the clustered model's (the small tensors it zips differ: the 3 kB files of the
+    tests were within 3% of each other); zeros stay zero. Returns the distinct
     values per layer, and raises for the layers and counts ``cluster_weights`` refuses."""
     layers = weight_layers(model)
     distinct = {}

@@ -41,7 +41,7 @@ from pathlib import Path
 import optuna
 import torch
 from _recovery_base import ROOT, WORK, add_base_arguments, base_row, epochs_label, setup
-from recovery import allocations, done_keys
+from recovery import Config, allocations, done_keys
 
 import edgeslim.evaluators.staged as staged
 from edgeslim.budget import Runtime
@@ -52,12 +52,11 @@ from edgeslim.training import TrainRecipe
 
 
 def candidate(ratios: dict[str, float] | None, layers: list[str], k: int) -> Candidate:
-    counts = tuple((name, k) for name in layers)
     if ratios is None:
-        return Candidate(order=("cluster", "quantize"), cluster_counts=counts,
+        return Candidate(order=("cluster", "quantize"),
+                         cluster_counts=tuple((name, k) for name in layers),
                          quantize="int8_static")
-    return Candidate(order=("prune", "cluster", "quantize"), prune_ratios=tuple(ratios.items()),
-                     importance="taylor", cluster_counts=counts, quantize="int8_static")
+    return Config(importance="taylor", clusters=k).candidate(ratios, layers)
 
 
 def run_one(data, base, ratios, k: int, rule: str, epochs: float, seed: int) -> dict:

@@ -77,11 +77,11 @@ def test_sparsify_zeros_exactly_the_smallest_fraction():
     assert float(kept[kept != 0].abs().min()) == float(first_kept)
 
 
-def _centroid_gradient(weight, grad, mode, masked=False):
+def _centroid_gradient(weight, grad, mode):
     m = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
     with torch.no_grad():
         m[0].weight.copy_(weight)
-    with tied(m, clustered={"0"}, masked={"0"} if masked else (), centroid_gradient=mode):
+    with tied(m, clustered={"0"}, centroid_gradient=mode):
         (m[0].weight * grad).sum().backward()
         book = m[0].parametrizations.weight[0].codebook
         return book.tolist(), book.grad.tolist()
@@ -95,14 +95,6 @@ def test_centroid_gradient_is_the_mean_of_its_members_gradients():
                                                 [(0.5 + 12.0 + 2.5) / 3, (3.0 + 7.0) / 2, -1.0])
     assert _centroid_gradient(w, g, "sum") == ([1.0, 2.0, 2.5],
                                                [0.5 + 12.0 + 2.5, 3.0 + 7.0, -1.0])
-
-
-def test_masked_zeros_are_not_counted_as_centroid_members():
-    # The three zeros stay zero under the mask: only the unmasked ones would pass gradient,
-    # and there is none.
-    w = torch.tensor([[0.0, 2.0, 0.0], [2.0, 0.0, 3.0]])
-    g = torch.tensor([[5.0, 3.0, 5.0], [7.0, 5.0, 4.0]])
-    assert _centroid_gradient(w, g, "mean", masked=True) == ([0.0, 2.0, 3.0], [0.0, 5.0, 4.0])
 
 
 def test_unknown_centroid_gradient_is_refused():

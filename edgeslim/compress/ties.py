@@ -66,10 +66,10 @@ class TiedWeight(nn.Module):
             self.codebook = nn.Parameter(values.clone())
             self.register_buffer("assign", inverse.reshape(weight.shape))
             if gradient == "mean":
-                # Members the mask zeroes pass no gradient: they are not counted.
-                members = inverse if mask is None else inverse.reshape(-1)[mask.reshape(-1) > 0]
-                counts = torch.bincount(members.reshape(-1), minlength=values.numel())
-                self.scale = 1.0 / counts.clamp(min=1).to(values.dtype)
+                # The mask zeroes only the weights of the zero centroid, whose gradient it
+                # already cancels: every centroid's members count.
+                counts = torch.bincount(inverse.reshape(-1), minlength=values.numel())
+                self.scale = 1.0 / counts.to(values.dtype)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         if self.clustered:

@@ -107,7 +107,8 @@ def trial_rows(workdir: Path, data, base: dict) -> list[dict]:
                      "macs": a.get("macs"), "size_bytes": size,
                      "smaller": base["size_bytes"] / size, "val": a["val_acc"], "test": test,
                      "val_drop": a["val_acc"] - base["val_acc"],
-                     "test_drop": test - base["test_acc"], "fits": is_feasible(t)})
+                     "test_drop": test - base["test_acc"], "fits": is_feasible(t),
+                     "minutes": t.duration.total_seconds() / 60 if t.duration else None})
     return rows
 
 
@@ -173,10 +174,11 @@ def write(results: dict, out: Path) -> None:
     else:
         lines.append(f"`optimize export` exited {e['exit']}: {e['message']}")
     lines += ["", "## Every fine-tuned trial", "",
-              "`+N`: finalist of trial N (the long fine-tune); `*`: a reference preset.", "",
+              "`+N`: finalist of trial N (the long fine-tune); `*`: a reference preset; "
+              "`minutes`: the trial's wall time (building, fine-tuning, measuring).", "",
               "| trial | stages | quantize | params | MACs | size | smaller | val acc | val drop "
-              "| test acc | test drop | fits |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| test acc | test drop | fits | minutes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["trials"]:
         label = f"{r['trial']}" + (f" +{r['finalist_of']}" if r["finalist_of"] is not None
                                    else "") + (" *" if r["reference"] else "")
@@ -184,7 +186,8 @@ def write(results: dict, out: Path) -> None:
             f"| {label} | {r['stages']} | {r['quantize']} | {r['params'] / 1e3:.1f}K | "
             f"{r['macs'] / 1e6:.2f}M | {r['size_bytes'] / 1000:.1f} kB | {r['smaller']:.1f}x | "
             f"{_pct(r['val'])} | {_pts(r['val_drop'])} | {_pct(r['test'])} | "
-            f"{_pts(r['test_drop'])} | {'yes' if r['fits'] else 'no'} |")
+            f"{_pts(r['test_drop'])} | {'yes' if r['fits'] else 'no'} | "
+            f"{'-' if r.get('minutes') is None else format(r['minutes'], '.1f')} |")
     within = [r for r in results["trials"] if r["test_drop"] >= -0.01]
     best = max(within, key=lambda r: r["smaller"], default=None)
     lines += ["", "Smallest artifact within 1.0 point of the base on the test split: "
